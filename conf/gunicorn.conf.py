@@ -1,0 +1,7 @@
+# gunicorn -c conf/gunicorn.conf.py  ==  pumplink serve
+# The patch must come first: nothing may import peewee, psycopg2, paho or pykka before it.
+from gevent import monkey
+
+monkey.patch_all()
+
+from pumplink.serving import *  # noqa: E402,F401,F403

@@ -1,0 +1,3 @@
+"""PumpLink: safe, remotely controlled, scheduled pumps over MQTT."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,598 @@
+"""DeviceActor: the only writer of one device's state, queue, running activation and session.
+
+The activation is a decision ("run for N seconds", "stop now"); the session is a physical
+fact (the pump said it is ON / OFF). An activation ends when the server decides it does and
+sends OFF; its session closes when the pump confirms, so the actual duration is honest.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+import uuid
+
+import pykka
+
+from .. import models as m
+from .. import quota
+from ..clock import from_db, iso, to_db
+from ..db import OPERATIONAL_ERRORS, unit_of_work
+from ..errors import Conflict, NotFound, PumpLinkError, TooManyRequests, Unprocessable
+from ..events import ActivationChanged, Alert, DeviceStateChanged
+from ..runtime import Runtime
+from ..views import activation_view
+from .messages import Ack, Availability, BrokerConnected, Publish, StateReport, TimerFired
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = ("queued", "starting", "running")
+
+
+@dataclasses.dataclass
+class Pending:
+    """A command waiting for its ack."""
+
+    id: str
+    action: str  # on | off
+    topic: str
+    payload: str
+    activation_id: int | None
+    reason: str  # why an OFF was sent: completed | force | cancelled | ...
+    actor: str
+    attempts: int = 1
+    timer: threading.Timer | None = None
+
+
+def _tell_later(ref: pykka.ActorRef, delay: float, message) -> threading.Timer:
+    def fire():
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    timer = threading.Timer(max(0.0, delay), fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+class DeviceActor(pykka.ThreadingActor):
+    def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef):
+        super().__init__()
+        self.device_id = device_id
+        self.rt = rt
+        self.db = rt.db
+        self.config = rt.config
+        self.clock = rt.clock
+        self.mqtt = mqtt
+        self.device: m.Device | None = None
+        self.available: bool | None = None
+        self.reported: str | None = None  # last ON/OFF the pump itself confirmed
+        self.queue: collections.deque[m.Activation] = collections.deque()
+        self.current: m.Activation | None = None  # starting or running
+        self.session: m.Session | None = None
+        self.pending: Pending | None = None
+        self.off_timer: threading.Timer | None = None
+        self.off_owed = False  # an OFF was never confirmed: send it again at the next chance
+        self.state = "unknown"
+
+    # --- life cycle ------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self._recover()
+
+    def on_stop(self) -> None:
+        self._cancel_timer(self.off_timer)
+        if self.pending:
+            self._cancel_timer(self.pending.timer)
+
+    def on_failure(self, exception_type, exception_value, traceback) -> None:
+        log.error("device %s actor failed: %s", self.device_id, exception_value)
+
+    @unit_of_work
+    def _recover(self) -> None:
+        """Reconcile the database with the clock before any request is accepted (API.md, Crash recovery)."""
+        self.device = m.Device.get_by_id(self.device_id)
+        now = self.clock.now()
+        self.session = m.Session.get_or_none((m.Session.device == self.device_id) & m.Session.ended_at.is_null())
+        open_acts = list(
+            m.Activation.select()
+            .where((m.Activation.device == self.device_id) & m.Activation.state.in_(OPEN_STATES))
+            .order_by(m.Activation.created_at, m.Activation.id)
+        )
+        owe_off = False
+        for act in open_acts:
+            if act.state == "queued":
+                self.queue.append(act)
+            elif act.state == "running" and from_db(act.ends_at) > now and self.current is None:
+                self.current = act
+                remaining = (from_db(act.ends_at) - now).total_seconds()
+                self.off_timer = _tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
+                log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act.id, remaining)
+            else:
+                # Should have ended while the server was down, or its ON was never confirmed.
+                state = "completed" if act.state == "running" else "failed"
+                ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
+                self._finish(act, state, "recovered", "system", ended_at=ended_at)
+                if self.session is not None and self.session.activation_id == act.id:
+                    self._close_session("recovered", ended_at=ended_at)
+                owe_off = True
+                log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, state)
+        if self.session is not None and self.session.activation_id is not None and self.current is None:
+            # A session of an activation that has ended: the pump may still be on.
+            owe_off = True
+        # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
+        self.off_owed = owe_off
+        self._refresh_state("start-up")
+
+    # --- messages from MQTT and timers -------------------------------------------------------
+    def on_receive(self, message):
+        try:
+            self._dispatch(message)
+        except OPERATIONAL_ERRORS + (PumpLinkError,) as exc:
+            log.error("device %s could not handle %s: %s", self.device_id, type(message).__name__, exc)
+        except Exception:
+            # An exception here would kill the actor; log it and keep the device consistent.
+            log.exception("device %s failed handling %r", self.device_id, message)
+
+    @unit_of_work
+    def _dispatch(self, message) -> None:
+        if isinstance(message, Ack):
+            self._on_ack(message)
+        elif isinstance(message, StateReport):
+            self._on_state(message)
+        elif isinstance(message, Availability):
+            self._on_availability(message)
+        elif isinstance(message, TimerFired):
+            if message.kind == "ack":
+                self._on_ack_timeout(message.token)
+            elif message.kind == "off":
+                self._on_off_timer(message.token)
+        elif isinstance(message, BrokerConnected):
+            self._pay_off_debt()
+            self._advance()
+        else:
+            log.warning("device %s ignores unknown message %r", self.device_id, message)
+
+    def _on_ack(self, ack: Ack) -> None:
+        p = self.pending
+        if p is None or (ack.command_id is not None and ack.command_id != p.id):
+            log.info("device %s: ack for %s is not awaited (late or repeated); ignored", self.device_id, ack.command_id)
+            return
+        self._cancel_timer(p.timer)
+        self.pending = None
+        if p.action == "on":
+            act = self.current
+            if act is None or act.id != p.activation_id or act.state != "starting":
+                self._refresh_state("ack")
+                self._advance()
+                return
+            if ack.ok:
+                self._start_running(act)
+            else:
+                if ack.state in ("on", "off"):
+                    self.reported = ack.state
+                self._finish(act, "failed", "device_refused", "device", detail=ack.error)
+                self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} did not start",
+                            f"The pump refused to start: {ack.error or 'no reason given'}.", f"user:{act.user_id}",
+                            also_admins=True)
+        else:
+            if ack.ok:
+                self.reported = "off"
+                self.off_owed = False
+                self._close_session(p.reason)
+                self._log("off", p.reason, p.actor, activation_id=p.activation_id)
+            else:
+                self.off_owed = True
+                log.error("device %s refused OFF: %s", self.device_id, ack.error)
+        self._refresh_state(p.reason if p.action == "off" else "command")
+        self._advance()
+
+    def _on_ack_timeout(self, command_id: str) -> None:
+        p = self.pending
+        if p is None or p.id != command_id:
+            return
+        if p.attempts <= self.config.ack_retries:
+            p.attempts += 1
+            log.warning("device %s: no ack for %s %s, re-sending (attempt %d)", self.device_id, p.action, p.id, p.attempts)
+            self._publish(p.topic, p.payload)
+            p.timer = _tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", p.id))
+            return
+        self.pending = None
+        log.error("device %s: no ack for %s %s after %d attempts", self.device_id, p.action, p.id, p.attempts)
+        if p.action == "on" and self.current is not None and self.current.id == p.activation_id:
+            act = self.current
+            self._finish(act, "failed", "ack_timeout", "system")
+            self._alert("ack_timeout", f"ack_timeout:{act.id}", f"{self.device.name} did not answer",
+                        "The pump did not confirm the start command; it was sent OFF for safety.", "admins",
+                        extra_user_id=act.user_id)
+            # For safety: the pump may have switched on without our hearing it.
+            self.off_owed = True
+            self._send_untracked_off()
+        else:
+            self.off_owed = True
+            if self.session is not None:
+                self._close_session("off_unacknowledged")
+                self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
+                          detail="the pump did not confirm OFF; its own timer is the safety")
+            self.reported = None
+            self._alert("ack_timeout", f"off_unacknowledged:{p.id}", f"{self.device.name} did not confirm OFF",
+                        "The pump did not confirm the OFF command; check it.", "admins")
+        self._refresh_state("ack_timeout")
+        self._advance()
+
+    def _on_off_timer(self, activation_id: int) -> None:
+        act = self.current
+        if act is None or act.id != activation_id or act.state != "running":
+            return
+        self.off_timer = None
+        self._stop_current("completed", "completed", "system")
+
+    def _on_state(self, report: StateReport) -> None:
+        if report.state == "on":
+            self.reported = "on"
+            if self.pending is not None and self.pending.action == "off":
+                pass  # an OFF is on its way; its ack decides
+            elif self.pending is not None and self.pending.action == "on" and report.reason == "command":
+                pass  # the ack of our ON follows
+            elif self.session is None:
+                self._open_session(None, report.reason)
+                self._log("on", report.reason, "device")
+                self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
+                            f"{self.device.name} was switched on ({report.reason}).", "approved")
+            if self.off_owed and self.pending is None:
+                self._send("off", None, reason="owed", actor="system")
+        else:
+            self.reported = "off"
+            self.off_owed = False
+            if self.session is not None:
+                self._close_session(report.reason)
+                self._log("off", report.reason, "device",
+                          activation_id=self.current.id if self.current else None)
+            act = self.current
+            if act is not None and act.state == "running" and not (self.pending and self.pending.action == "on"):
+                state, reason = {
+                    "timer": ("completed", "device_timer"),
+                    "fault": ("failed", "fault"),
+                }.get(report.reason, ("stopped", "device_off"))
+                self._finish(act, state, reason, "device")
+                if reason == "fault":
+                    self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} fault",
+                                "The pump reported a fault and switched off.", f"user:{act.user_id}", also_admins=True)
+        self._refresh_state(report.reason)
+        self._advance()
+
+    def _on_availability(self, msg: Availability) -> None:
+        self.available = msg.online
+        self._refresh_state("online" if msg.online else "offline")
+        if msg.online:
+            self._pay_off_debt()
+            self._advance()
+
+    def _pay_off_debt(self) -> None:
+        if self.off_owed and self.pending is None:
+            self._send("off", None, reason="owed", actor="system")
+            self._refresh_state("owed")
+
+    # --- requests from the API and the scheduler ----------------------------------------------
+    @unit_of_work
+    def activate(self, user_id: int | None, duration_s: int, source: str = "api",
+                 schedule_id: int | None = None) -> dict:
+        device = self._live_device()
+        if duration_s <= 0:
+            raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
+        max_s = device.max_run_minutes * 60
+        if duration_s > max_s:
+            raise Unprocessable(
+                f"{device.name} runs at most {device.max_run_minutes:g} minutes at a time.", "duration_above_max_run",
+                max_run_minutes=device.max_run_minutes,
+            )
+        if self.available is False:
+            raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
+        busy = self.current is not None or self.pending is not None
+        if busy and len(self.queue) >= self.config.queue_limit:
+            raise TooManyRequests(
+                f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
+                retry_after=max(1, int(self._busy_for_s())),
+            )
+        self._check_quota(user_id, duration_s)
+        act = m.Activation.create(
+            device=self.device_id, user=user_id, schedule=schedule_id, duration_s=duration_s,
+            source=source, state="queued", created_at=to_db(self.clock.now()),
+        )
+        self.queue.append(act)
+        log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
+        self._changed(act)
+        self._advance()
+        return activation_view(act, self.clock.now())
+
+    @unit_of_work
+    def cancel(self, activation_id: int, by: str) -> dict:
+        for act in self.queue:
+            if act.id == activation_id:
+                self.queue.remove(act)
+                self._finish(act, "cancelled", "cancelled", by)
+                return activation_view(act, self.clock.now())
+        if self.current is not None and self.current.id == activation_id:
+            act = self.current
+            self._stop_current("stopped", "cancelled", by)
+            return activation_view(act, self.clock.now())
+        raise Conflict("This activation has already ended.", "activation_ended")
+
+    @unit_of_work
+    def force_shutdown(self, by: str) -> dict:
+        """OFF at once, whatever the state; the queue is cancelled. Works for offline devices too."""
+        cancelled = []
+        while self.queue:
+            act = self.queue.popleft()
+            self._finish(act, "cancelled", "force", by)
+            cancelled.append(act.id)
+        stopped = self.current.id if self.current is not None else None
+        if self.current is not None:
+            self._stop_current("stopped", "force", by)
+        else:
+            if self.pending is not None:
+                self._cancel_timer(self.pending.timer)
+                self.pending = None
+            self._send("off", None, reason="force", actor=by)
+        self._refresh_state("force")
+        self._alert("force_shutdown", f"force_shutdown:{self.device_id}:{uuid.uuid4().hex}",
+                    f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", "admins")
+        return {"device_id": self.device_id, "stopped_activation_id": stopped, "cancelled_activation_ids": cancelled}
+
+    @unit_of_work
+    def reload(self) -> dict:
+        self.device = m.Device.get_by_id(self.device_id)
+        return self.describe()
+
+    @unit_of_work
+    def describe(self) -> dict:
+        device = self.device
+        now = self.clock.now()
+        used = self._used_today_s(now)
+        quota_s = self._device_quota_s()
+        reserved = self._reserved_s(now)
+        running = activation_view(self.current, now) if self.current is not None else None
+        return {
+            "id": device.id,
+            "name": device.name,
+            "protocol": device.protocol,
+            "state": self.state,
+            "available": self.available,
+            "online": self.available is True,
+            "running": running,
+            "queue": [activation_view(a, now) for a in self.queue],
+            "session_id": self.session.id if self.session is not None else None,
+            "daily_quota_minutes": quota_s / 60,
+            "max_run_minutes": device.max_run_minutes,
+            "today": {
+                "used_s": round(used, 1),
+                "used_minutes": round(used / 60, 2),
+                "reserved_s": round(reserved, 1),
+                "left_minutes": round(max(0.0, quota_s - used - reserved) / 60, 2),
+            },
+        }
+
+    def go_status(self) -> dict:
+        """The Go server's ``/device/{id}/status`` shape, kept for old clients."""
+        act = self.current
+        return {
+            "device_id": self.device_id,
+            "status": self.state,
+            "active_until": iso(act.ends_at) if act is not None and act.state == "running" else None,
+            "intended_duration": round(act.duration_s / 60, 3) if act is not None else None,
+            "session_id": self.session.id if self.session is not None else None,
+        }
+
+    def summary(self) -> dict:
+        """The little a WebSocket snapshot needs; no database work."""
+        return {"device_id": self.device_id, "name": self.device.name, "state": self.state,
+                "available": self.available,
+                "activation_id": self.current.id if self.current is not None else None}
+
+    # --- the machinery -----------------------------------------------------------------------
+    def _advance(self) -> None:
+        if self.current is not None or self.pending is not None or not self.queue:
+            return
+        if self.available is False:
+            return  # queued work waits until the pump is back
+        act = self.queue.popleft()
+        act.state = "starting"
+        self.current = act
+        pending = self._send("on", act, reason="command", actor=self._actor_of(act))
+        act.command_id = pending.id
+        act.save()
+        self._changed(act)
+        self._refresh_state("command")
+
+    def _start_running(self, act: m.Activation) -> None:
+        now = self.clock.now()
+        act.state = "running"
+        act.started_at = to_db(now)
+        act.ends_at = to_db(now + dt.timedelta(seconds=act.duration_s))
+        act.save()
+        self.reported = "on"
+        if self.session is not None:
+            self._close_session("superseded")
+        self._open_session(act, "command")
+        self._log("on", "command", self._actor_of(act), activation_id=act.id)
+        self.off_timer = _tell_later(self.actor_ref, act.duration_s, TimerFired("off", act.id))
+        self._changed(act)
+        self._alert("device_on", f"device_on:activation:{act.id}", self.device.name,
+                    f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", "approved")
+
+    def _stop_current(self, state: str, reason: str, by: str) -> None:
+        act = self.current
+        if self.pending is not None:
+            self._cancel_timer(self.pending.timer)
+            self.pending = None
+        self._finish(act, state, reason, by)
+        self._send("off", None, reason=reason, actor=by, activation_id=act.id)
+        self._refresh_state(reason)
+
+    def _finish(self, act: m.Activation, state: str, reason: str, by: str, *, detail: str | None = None,
+                ended_at: dt.datetime | None = None) -> None:
+        act.state, act.reason, act.ended_by = state, reason, by
+        act.ended_at = to_db(ended_at or self.clock.now())
+        act.save()
+        if self.current is not None and self.current.id == act.id:
+            self.current = None
+            self._cancel_timer(self.off_timer)
+            self.off_timer = None
+        log.info("device %s activation %s %s (reason %s, by %s)%s", self.device_id, act.id, state, reason, by,
+                 f": {detail}" if detail else "")
+        self._changed(act)
+
+    def _send(self, action: str, act: m.Activation | None, *, reason: str, actor: str,
+              activation_id: int | None = None) -> Pending:
+        command_id = str(uuid.uuid4())
+        activation_id = act.id if act is not None else activation_id
+        if self.device.protocol == "legacy":
+            topic, payload = self.rt.topics.legacy_control, action
+        else:
+            body = {"id": command_id, "action": action, "activation_id": activation_id,
+                    "sent_at": iso(self.clock.now())}
+            if action == "on":
+                body["duration_s"] = act.duration_s
+            topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
+        self._publish(topic, payload)
+        pending = Pending(command_id, action, topic, payload, activation_id, reason, actor)
+        pending.timer = _tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", command_id))
+        self.pending = pending
+        return pending
+
+    def _send_untracked_off(self) -> None:
+        if self.device.protocol == "legacy":
+            self._publish(self.rt.topics.legacy_control, "off")
+        else:
+            body = {"id": str(uuid.uuid4()), "action": "off", "activation_id": None, "sent_at": iso(self.clock.now())}
+            self._publish(self.rt.topics.command(self.device_id), json.dumps(body))
+
+    def _publish(self, topic: str, payload: str) -> None:
+        self.mqtt.tell(Publish(topic, payload))
+
+    def _open_session(self, act: m.Activation | None, cause: str) -> None:
+        self.session = m.Session.create(
+            device=self.device_id, activation=act.id if act else None, user=act.user_id if act else None,
+            started_at=to_db(self.clock.now()), intended_s=act.duration_s if act else None, start_cause=cause,
+        )
+
+    def _close_session(self, reason: str, ended_at: dt.datetime | None = None) -> None:
+        s = self.session
+        if s is None:
+            return
+        end = ended_at or self.clock.now()
+        s.ended_at = to_db(end)
+        s.actual_s = max(0.0, (end - from_db(s.started_at)).total_seconds())
+        s.end_reason = reason
+        s.save()
+        self.session = None
+
+    def _log(self, event: str, cause: str, actor: str | None, *, activation_id: int | None = None,
+             detail: str | None = None) -> None:
+        m.DeviceLog.create(
+            device=self.device_id, session=self.session.id if self.session else None, activation=activation_id,
+            event=event, cause=cause, actor=actor, detail=detail, at=to_db(self.clock.now()),
+        )
+
+    def _derive_state(self) -> str:
+        if self.available is False:
+            return "offline"
+        if self.pending is not None:
+            return "starting" if self.pending.action == "on" else "stopping"
+        return self.reported or "unknown"
+
+    def _refresh_state(self, reason: str) -> None:
+        new = self._derive_state()
+        if new == self.state:
+            return
+        previous, self.state = self.state, new
+        activation_id = self.current.id if self.current is not None else None
+        log.info("device %s state %s -> %s (activation %s, reason %s)", self.device_id, previous, new,
+                 activation_id, reason)
+        self.rt.bus.publish(DeviceStateChanged(
+            device_id=self.device_id, state=new, previous=previous, available=self.available,
+            activation_id=activation_id, reason=reason, at=self.clock.now(),
+        ))
+
+    def _changed(self, act: m.Activation) -> None:
+        self.rt.bus.publish(ActivationChanged(activation=activation_view(act, self.clock.now()), at=self.clock.now()))
+
+    def _alert(self, kind: str, key: str, title: str, body: str, audience: str, *, also_admins: bool = False,
+               extra_user_id: int | None = None) -> None:
+        if audience == "user:None":
+            audience = "admins"
+        elif also_admins and audience.startswith("user:"):
+            extra_user_id, audience = int(audience[5:]), "admins"
+        self.rt.bus.publish(Alert(key=key, kind=kind, device_id=self.device_id, title=title, body=body,
+                                  audience=audience, extra_user_id=extra_user_id))
+
+    @staticmethod
+    def _cancel_timer(timer: threading.Timer | None) -> None:
+        if timer is not None:
+            timer.cancel()
+
+    @staticmethod
+    def _actor_of(act: m.Activation) -> str:
+        if act.schedule_id is not None:
+            return f"schedule:{act.schedule_id}"
+        return f"user:{act.user_id}" if act.user_id is not None else "system"
+
+    def _live_device(self) -> m.Device:
+        if self.device is None or self.device.deleted_at is not None:
+            raise NotFound(f"There is no device {self.device_id}.", "device_not_found")
+        return self.device
+
+    # --- quotas ------------------------------------------------------------------------------
+    def _device_quota_s(self) -> float:
+        minutes = self.device.daily_quota_minutes
+        return (minutes if minutes is not None else self.config.daily_quota_minutes) * 60
+
+    def _used_today_s(self, now: dt.datetime, user_id: int | None = None) -> float:
+        start, end = quota.day_bounds(now, self.config.tz)
+        where = (m.Session.started_at < to_db(end)) & (m.Session.ended_at.is_null() | (m.Session.ended_at > to_db(start)))
+        where &= (m.Session.user == user_id) if user_id is not None else (m.Session.device == self.device_id)
+        rows = m.Session.select(m.Session.started_at, m.Session.ended_at).where(where).tuples()
+        return quota.used_seconds(((from_db(a), from_db(b)) for a, b in rows), start, end, now)
+
+    def _reserved_s(self, now: dt.datetime, user_id: int | None = None) -> float:
+        """Time promised to queued and running work, counted from the database."""
+        where = m.Activation.state.in_(OPEN_STATES)
+        where &= (m.Activation.user == user_id) if user_id is not None else (m.Activation.device == self.device_id)
+        total = 0.0
+        for state, duration_s, ends_at in m.Activation.select(
+                m.Activation.state, m.Activation.duration_s, m.Activation.ends_at).where(where).tuples():
+            if state == "running" and ends_at is not None:
+                total += max(0.0, (from_db(ends_at) - now).total_seconds())
+            else:
+                total += duration_s
+        return total
+
+    def _check_quota(self, user_id: int | None, duration_s: int) -> None:
+        now = self.clock.now()
+        checks = [("device", self._device_quota_s(), None)]
+        if user_id is not None:
+            user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+            if user_quota is not None:
+                checks.append(("user", user_quota * 60, user_id))
+        for kind, quota_s, uid in checks:
+            ok, free = quota.fits(quota_s, self._used_today_s(now, uid), self._reserved_s(now, uid), duration_s)
+            if not ok:
+                whose = f"{self.device.name}'s" if kind == "device" else "your"
+                raise TooManyRequests(
+                    f"This would pass {whose} daily quota: {free / 60:.1f} minutes are left today.",
+                    "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
+                    quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
+                )
+
+    def _busy_for_s(self) -> float:
+        now = self.clock.now()
+        total = sum(a.duration_s for a in self.queue)
+        if self.current is not None and self.current.ends_at is not None:
+            total += max(0.0, (from_db(self.current.ends_at) - now).total_seconds())
+        return total
+
+

@@ -1,0 +1,98 @@
+"""Supervisor: starts a DeviceActor per device, restarts one that died, stops them all.
+
+Starting an actor runs its crash recovery (``DeviceActor._recover``), so when ``start_all``
+returns every device has been reconciled with the clock and the requests may come in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pykka
+
+from .. import models as m
+from ..errors import NotFound
+from ..runtime import Runtime
+from .device import DeviceActor
+from .messages import BrokerConnected
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    def __init__(self, rt: Runtime, mqtt: pykka.ActorRef):
+        self.rt = rt
+        self.mqtt = mqtt
+        self._refs: dict[int, pykka.ActorRef] = {}
+        self._lock = threading.RLock()
+
+    def start_all(self) -> None:
+        with self.rt.db.connection_context():
+            ids = [d.id for d in m.Device.select(m.Device.id).where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
+        for device_id in ids:
+            self.start_device(device_id)
+        log.info("%d device actors started", len(ids))
+
+    def start_device(self, device_id: int) -> pykka.ActorRef:
+        with self._lock:
+            ref = self._refs.get(device_id)
+            if ref is not None and ref.is_alive():
+                return ref
+            ref = DeviceActor.start(device_id, self.rt, self.mqtt)
+            self._refs[device_id] = ref
+            return ref
+
+    def get(self, device_id: int) -> pykka.ActorRef:
+        """The device's actor; one that died is started again from the database's truth."""
+        with self._lock:
+            ref = self._refs.get(device_id)
+            if ref is None:
+                raise NotFound(f"There is no device {device_id}.", "device_not_found")
+            if not ref.is_alive():
+                log.warning("device %s actor was dead; restarting it", device_id)
+                ref = self.start_device(device_id)
+            return ref
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._refs)
+
+    def route(self, device_id: int, message) -> bool:
+        """Called from paho's thread: tell only."""
+        ref = self._refs.get(device_id)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def broker_connected(self) -> None:
+        for ref in list(self._refs.values()):
+            try:
+                ref.tell(BrokerConnected())
+            except pykka.ActorDeadError:
+                pass
+
+    def stop_device(self, device_id: int) -> None:
+        with self._lock:
+            ref = self._refs.pop(device_id, None)
+        if ref is not None:
+            ref.stop(block=True, timeout=10)
+
+    def stop_all(self) -> None:
+        with self._lock:
+            refs, self._refs = list(self._refs.values()), {}
+        futures = []
+        for ref in refs:
+            try:
+                futures.append(ref.stop(block=False))
+            except pykka.ActorDeadError:
+                pass
+        for future in futures:
+            try:
+                future.get(timeout=5)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                log.warning("a device actor did not stop within 5 s")

@@ -1,0 +1,107 @@
+"""Accounts: register, login, refresh, logout, /me, and admin user management."""
+
+from __future__ import annotations
+
+import falcon
+
+from .. import models as m
+from ..accounts import Accounts, user_dict
+from ..views import audit_view
+from .schemas import Credentials, LogoutBody, RefreshBody, UserPatch
+from .support import Auth, client_address, page_params, path_id, read_json
+
+
+class Register:
+    def __init__(self, accounts: Accounts):
+        self.accounts = accounts
+
+    def on_post(self, req, resp):
+        body = read_json(req, Credentials)
+        user = self.accounts.register(body.email, body.password)
+        resp.status = falcon.HTTP_201
+        message = ("Account created." if user.role != "pending"
+                   else "Account created; an admin must approve it before it can control pumps.")
+        resp.media = {"message": message, "user": user_dict(user)}
+
+
+class Login:
+    def __init__(self, accounts: Accounts):
+        self.accounts = accounts
+
+    def on_post(self, req, resp):
+        body = read_json(req, Credentials)
+        resp.media = self.accounts.login(body.email, body.password, client_address(req))
+
+
+class Refresh:
+    def __init__(self, accounts: Accounts):
+        self.accounts = accounts
+
+    def on_post(self, req, resp):
+        body = read_json(req, RefreshBody)
+        resp.media = self.accounts.refresh(body.refresh_token)
+
+
+class Logout:
+    def __init__(self, accounts: Accounts, auth: Auth):
+        self.accounts, self.auth = accounts, auth
+
+    def on_post(self, req, resp):
+        self.auth.user(req)
+        body = read_json(req, LogoutBody)
+        if body.refresh_token:
+            self.accounts.logout(body.refresh_token)
+        resp.media = {"message": "Logged out."}
+
+
+class Me:
+    def __init__(self, auth: Auth):
+        self.auth = auth
+
+    def on_get(self, req, resp):
+        resp.media = user_dict(self.auth.user(req))
+
+
+class Users:
+    def __init__(self, auth: Auth):
+        self.auth = auth
+
+    def on_get(self, req, resp):
+        self.auth.user(req, "admin")
+        page = page_params(req)
+        query = m.User.select().order_by(m.User.id)
+        rows = list(query.offset(page.offset).limit(page.limit))
+        resp.media = {"items": [user_dict(u) for u in rows], "limit": page.limit, "offset": page.offset}
+
+
+class User:
+    def __init__(self, accounts: Accounts, auth: Auth, gateway_of):
+        self.accounts, self.auth, self.gateway_of = accounts, auth, gateway_of
+
+    def on_patch(self, req, resp, user_id):
+        admin = self.auth.user(req, "admin")
+        raw = read_json(req)
+        body = UserPatch.model_validate(raw)
+        user = self.accounts.update_user(path_id(user_id), body.role, body.daily_quota_minutes,
+                                         "daily_quota_minutes" in raw)
+        self.gateway_of().audit(admin, "user.update", f"user:{user.id}",
+                                {k: raw[k] for k in ("role", "daily_quota_minutes") if k in raw})
+        resp.media = user_dict(user)
+
+    def on_delete(self, req, resp, user_id):
+        admin = self.auth.user(req, "admin")
+        uid = path_id(user_id)
+        self.accounts.delete_user(uid, admin)
+        self.gateway_of().audit(admin, "user.delete", f"user:{uid}")
+        resp.media = {"message": f"User {uid} deleted."}
+
+
+class Audit:
+    def __init__(self, auth: Auth):
+        self.auth = auth
+
+    def on_get(self, req, resp):
+        self.auth.user(req, "admin")
+        page = page_params(req)
+        rows = m.AuditLog.select().order_by(m.AuditLog.id.desc()).offset(page.offset).limit(page.limit)
+        resp.media = {"items": [audit_view(a) for a in rows], "limit": page.limit, "offset": page.offset}

@@ -1,0 +1,63 @@
+"""The app factory: builds the Falcon app around an actor system, and the WSGI entry point."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+
+from ..accounts import Accounts
+from ..config import Config
+from ..system import ActorSystem
+from . import accounts as acc
+from . import devices as dev
+from . import errors, ops
+from .support import Auth, DatabaseMiddleware, RequestLogMiddleware
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+
+
+def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falcon.App:
+    app = falcon.App(middleware=[RequestLogMiddleware(), DatabaseMiddleware(system.rt.db)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    auth = Auth(accounts)
+
+    def gateway():
+        return system.gateway
+
+    base = dict(auth=auth, gateway_of=gateway, tz=config.tz, clock=system.rt.clock)
+    routes = {
+        "/register": acc.Register(accounts),
+        "/login": acc.Login(accounts),
+        "/refresh-token": acc.Refresh(accounts),
+        "/refresh": acc.Refresh(accounts),
+        "/logout": acc.Logout(accounts, auth),
+        "/me": acc.Me(auth),
+        "/users": acc.Users(auth),
+        "/users/{user_id}": acc.User(accounts, auth, gateway),
+        "/audit": acc.Audit(auth),
+        "/devices": dev.Devices(**base),
+        "/devices/{device_id}": dev.Device(**base),
+        "/devices/{device_id}/sessions": dev.Sessions(**base),
+        "/devices/{device_id}/logs": dev.Logs(**base),
+        "/device/{device_id}/status": dev.DeviceStatus(**base),
+        "/device/{device_id}/force-shutdown": dev.ForceShutdown(**base),
+        "/devices/{device_id}/force-shutdown": dev.ForceShutdown(**base),
+        "/admin/emergency-stop": dev.EmergencyStop(**base),
+        "/activate": dev.Activate(**base),
+        "/activate-device": dev.Activate(**base),
+        "/activations": dev.Activations(**base),
+        "/activations/{activation_id}": dev.Activation(**base),
+        "/health": ops.Health(),
+        "/ready": ops.Ready(system.rt.db, system.broker),
+    }
+    for path, resource in routes.items():
+        app.add_route(PREFIX + path, resource)
+    # Paths older clients use: the seed's activation name, and probes at the root.
+    app.add_route("/api/activate-device", routes["/activate"])
+    app.add_route("/health", routes["/health"])
+    app.add_route("/ready", routes["/ready"])
+    return app

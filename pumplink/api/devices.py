@@ -1,0 +1,170 @@
+"""Devices, activations, sessions, logs, force shutdown and emergency stop."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import falcon
+
+from .. import models as m
+from ..clock import to_db
+from ..errors import NotFound
+from ..gateway import Gateway
+from ..views import activation_view, log_view, session_view
+from .schemas import ActivateBody, DeviceCreate, DevicePatch
+from .support import Auth, page_params, path_id, read_json
+
+
+class _Base:
+    def __init__(self, auth: Auth, gateway_of, tz=None, clock=None):
+        self.auth = auth
+        self.gateway_of = gateway_of
+        self.tz = tz
+        self.clock = clock
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.gateway_of()
+
+
+class Devices(_Base):
+    def on_get(self, req, resp):
+        self.auth.user(req)
+        resp.media = {"devices": self.gateway.devices()}
+
+    def on_post(self, req, resp):
+        admin = self.auth.user(req, "admin")
+        body = read_json(req, DeviceCreate)
+        resp.status = falcon.HTTP_201
+        resp.media = self.gateway.create_device(admin, **body.model_dump())
+
+
+class Device(_Base):
+    def on_get(self, req, resp, device_id):
+        self.auth.user(req)
+        resp.media = self.gateway.device(path_id(device_id))
+
+    def on_patch(self, req, resp, device_id):
+        admin = self.auth.user(req, "admin")
+        body = read_json(req, DevicePatch)
+        resp.media = self.gateway.update_device(admin, path_id(device_id), **body.model_dump(exclude_unset=True))
+
+    def on_delete(self, req, resp, device_id):
+        admin = self.auth.user(req, "admin")
+        did = path_id(device_id)
+        self.gateway.delete_device(admin, did)
+        resp.media = {"message": f"Device {did} deleted; it was sent OFF first."}
+
+
+class DeviceStatus(_Base):
+    """The Go server's shape, kept for old clients."""
+
+    def on_get(self, req, resp, device_id):
+        self.auth.user(req)
+        resp.media = self.gateway.go_status(path_id(device_id))
+
+
+class ForceShutdown(_Base):
+    def on_post(self, req, resp, device_id):
+        admin = self.auth.user(req, "admin")
+        read_json(req)
+        result = self.gateway.force_shutdown(admin, path_id(device_id))
+        resp.media = {"message": f"OFF sent to device {result['device_id']}; its queue was cancelled.", **result}
+
+
+class EmergencyStop(_Base):
+    def on_post(self, req, resp):
+        admin = self.auth.user(req, "admin")
+        read_json(req)
+        results = self.gateway.emergency_stop(admin)
+        resp.media = {"message": f"OFF sent to {len(results)} devices; every queue was cancelled.",
+                      "devices": results}
+
+
+class Activate(_Base):
+    def on_post(self, req, resp):
+        user = self.auth.user(req, "user")
+        body = read_json(req, ActivateBody)
+        seconds = Gateway.duration_s(body.duration, body.duration_s)
+        activation = self.gateway.activate(user, body.device_id, seconds)
+        resp.status = falcon.HTTP_202
+        where = "started" if activation["state"] != "queued" else "queued"
+        resp.media = {"message": f"Activation {activation['id']} {where} for {seconds} s.", "activation": activation}
+
+
+def _window(query, field, page, tz):
+    def aware(value: dt.datetime) -> dt.datetime:
+        return value if value.tzinfo else value.replace(tzinfo=tz)
+
+    if page.since is not None:
+        query = query.where(field >= to_db(aware(page.since)))
+    if page.until is not None:
+        query = query.where(field < to_db(aware(page.until)))
+    return query
+
+
+class Activations(_Base):
+    def on_get(self, req, resp):
+        user = self.auth.user(req)
+        page = page_params(req)
+        query = m.Activation.select().order_by(m.Activation.id.desc())
+        if user.role != "admin" or req.get_param("mine") == "true":
+            query = query.where(m.Activation.user == user.id)
+        device_id = req.get_param_as_int("device_id")
+        if device_id is not None:
+            query = query.where(m.Activation.device == device_id)
+        state = req.get_param("state")
+        if state:
+            query = query.where(m.Activation.state == state)
+        query = _window(query, m.Activation.created_at, page, self.tz)
+        now = self.clock.now()
+        resp.media = {"items": [activation_view(a, now) for a in query.offset(page.offset).limit(page.limit)],
+                      "limit": page.limit, "offset": page.offset}
+
+
+class Activation(_Base):
+    def _load(self, req, activation_id):
+        user = self.auth.user(req)
+        act = m.Activation.get_or_none(m.Activation.id == path_id(activation_id))
+        if act is None or (user.role != "admin" and act.user_id != user.id):
+            raise NotFound(f"There is no activation {activation_id} of yours.", "activation_not_found")
+        return user, act
+
+    def on_get(self, req, resp, activation_id):
+        _, act = self._load(req, activation_id)
+        resp.media = activation_view(act, self.clock.now())
+
+    def on_delete(self, req, resp, activation_id):
+        user, act = self._load(req, activation_id)
+        result = self.gateway.cancel_activation(user, act.id)
+        resp.media = {"message": f"Activation {act.id} {result['state']}.", "activation": result}
+
+
+class _DeviceHistory(_Base):
+    model = None
+    view = None
+
+    def on_get(self, req, resp, device_id):
+        self.auth.user(req)
+        did = path_id(device_id)
+        if not m.Device.select().where(m.Device.id == did).exists():
+            raise NotFound(f"There is no device {did}.", "device_not_found")
+        page = page_params(req)
+        model = self.model
+        time_field = model.started_at if model is m.Session else model.at
+        query = model.select().where(model.device == did).order_by(time_field.desc(), model.id.desc())
+        query = _window(query, time_field, page, self.tz)
+        rows = list(query.offset(page.offset).limit(page.limit + 1))
+        more = len(rows) > page.limit
+        resp.media = {"items": [type(self).view(r) for r in rows[: page.limit]], "limit": page.limit,
+                      "offset": page.offset, "next_offset": page.offset + page.limit if more else None}
+
+
+class Sessions(_DeviceHistory):
+    model = m.Session
+    view = staticmethod(session_view)
+
+
+class Logs(_DeviceHistory):
+    model = m.DeviceLog
+    view = staticmethod(log_view)

@@ -1,0 +1,34 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import falcon
+
+
+class Health:
+    uses_db = False
+
+    def on_get(self, req, resp):
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    uses_db = False
+
+    def __init__(self, db, broker):
+        self.db, self.broker = db, broker
+
+    def on_get(self, req, resp):
+        checks = {"database": "ok", "broker": "ok" if self.broker.connected.is_set() else "down"}
+        try:
+            with self.db.connection_context():
+                self.db.execute_sql("SELECT 1")
+        except Exception as exc:  # any failure means not ready; the reason is reported
+            checks["database"] = f"down: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        if not ready:
+            body.update(error="A dependency is down: " + ", ".join(k for k, v in checks.items() if v != "ok"),
+                        code="not_ready")
+        resp.media = body

@@ -1,0 +1,113 @@
+"""What every resource shares: reading JSON bodies, authentication, database connections."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import falcon
+import peewee
+
+from .. import models as m
+from ..accounts import Accounts, require_role
+from ..errors import BadRequest, PumpLinkError, Unauthorized
+from .errors import malformed_json
+
+log = logging.getLogger("pumplink.request")
+
+MAX_BODY = 1024 * 1024
+
+
+def read_json(req: falcon.Request, schema=None, *, required: bool = True):
+    """The body as a dict (validated by ``schema`` when given); content type is not insisted on."""
+    raw = req.bounded_stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise falcon.HTTPContentTooLarge(description="The request body is larger than 1 MiB.")
+    if not raw.strip():
+        data = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise malformed_json(str(exc)) from None
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", "body_not_object")
+    return schema.model_validate(data) if schema is not None else data
+
+
+def client_address(req: falcon.Request) -> str:
+    return req.remote_addr or "unknown"
+
+
+class Auth:
+    def __init__(self, accounts: Accounts):
+        self.accounts = accounts
+
+    @staticmethod
+    def bearer(req: falcon.Request) -> str:
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Log in first: send Authorization: Bearer <access token>.", "missing_token")
+        return token.strip()
+
+    def user(self, req: falcon.Request, role: str | None = None) -> m.User:
+        user, _ = self.accounts.user_for_token(self.bearer(req))
+        if role is not None:
+            require_role(user, role)
+        return user
+
+
+class DatabaseMiddleware:
+    """One pooled connection per request, returned afterwards."""
+
+    def __init__(self, db: peewee.Database):
+        self.db = db
+
+    def process_request(self, req, resp):
+        if req.path.endswith(("/health", "/metrics")):
+            return
+        if req.content_length is not None and req.content_length > MAX_BODY:
+            raise falcon.HTTPContentTooLarge(description="The request body is larger than 1 MiB.")
+
+    def process_resource(self, req, resp, resource, params):
+        if resource is not None and getattr(resource, "uses_db", True):
+            self.db.connect(reuse_if_open=True)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        if not self.db.is_closed():
+            self.db.close()
+
+
+class RequestLogMiddleware:
+    """One line per request."""
+
+    def process_request(self, req, resp):
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        started = getattr(req.context, "started", None)
+        took = (time.perf_counter() - started) * 1000 if started else 0.0
+        log.info("%s %s %s %.1fms", req.method, req.path, resp.status_code if hasattr(resp, "status_code") else resp.status,
+                 took, extra={"method": req.method, "path": req.path, "duration_ms": round(took, 1)})
+
+
+def page_params(req: falcon.Request):
+    from .schemas import PageQuery
+
+    return PageQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "offset", "since", "until")})
+
+
+def path_id(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise falcon.HTTPNotFound(description=f"{value!r} is not an id.") from None
+    if number < 1 or number > 2**31 - 1:
+        raise falcon.HTTPNotFound(description=f"There is nothing with id {value}.")
+    return number
+
+
+__all__ = ["Auth", "DatabaseMiddleware", "RequestLogMiddleware", "read_json", "client_address", "page_params",
+           "path_id", "PumpLinkError"]

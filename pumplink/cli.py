@@ -1,0 +1,102 @@
+"""The ``pumplink`` command: serve, migrate, create-admin, simulate, demo."""
+
+from gevent import monkey
+
+# First, before peewee, psycopg2, paho or pykka are imported (ARCHITECTURE.md, "Patch first").
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+import psycogreen.gevent  # noqa: E402
+
+psycogreen.gevent.patch_psycopg()
+
+from .config import ConfigError, load  # noqa: E402
+
+
+def _serve(args) -> int:
+    config = load()
+    config.require_jwt_secret()
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    sys.argv = ["pumplink serve", "-c", "python:pumplink.serving"]
+    WSGIApplication("%(prog)s").run()
+    return 0
+
+
+def _migrate(args) -> int:
+    from . import migrations
+    from .db import make_database
+
+    config = load()
+    applied = migrations.migrate(make_database(config.database_url))
+    print(f"migrations applied: {applied}" if applied else "the database is up to date")
+    return 0
+
+
+def _create_admin(args) -> int:
+    from . import migrations
+    from .accounts import Accounts
+    from .clock import Clock
+    from .db import make_database
+
+    config = load()
+    db = make_database(config.database_url)
+    migrations.migrate(db)
+    with db.connection_context():
+        user = Accounts(config, Clock()).ensure_admin(args.email, args.password)
+    print(f"admin {user.email} (id {user.id}) is ready")
+    return 0
+
+
+def _simulate(args) -> int:
+    from .simulator import run_simulator
+
+    return run_simulator(load(), args)
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pumplink", description="Safe, remotely controlled, scheduled pumps.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (gunicorn + gevent, one worker)").set_defaults(func=_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    admin = sub.add_parser("create-admin", help="create an admin account (or make one an admin)")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", required=True)
+    admin.set_defaults(func=_create_admin)
+    sim = sub.add_parser("simulate", help="simulated pump controllers speaking the MQTT protocol")
+    sim.add_argument("--devices", type=int, default=1, help="how many controllers (ids 1..N)")
+    sim.add_argument("--ids", help="comma-separated device ids instead of 1..N")
+    sim.add_argument("--ack-delay", type=float, default=0.0, help="seconds before each ack")
+    sim.add_argument("--no-ack", action="store_true", help="never acknowledge commands")
+    sim.add_argument("--legacy", action="store_true", help="speak the plain-text legacy protocol")
+    sim.set_defaults(func=_simulate)
+    demo = sub.add_parser("demo", help="broker, database, server and simulated pumps in one command")
+    demo.add_argument("--devices", type=int, default=3)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"pumplink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+
+

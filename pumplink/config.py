@@ -1,0 +1,240 @@
+"""One validated, frozen configuration built from ``PUMPLINK_*`` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DEFAULT_EXPO_URL = "https://exp.host/--/api/v2/push/send"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    database_url: str = "sqlite:///pumplink.db"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_prefix: str = "pumplink"
+    legacy_base: str = "device"
+    bind: str = "127.0.0.1:8080"
+    jwt_secret: str | None = None
+    timezone: str = "UTC"
+    ack_timeout_s: float = 10.0
+    ack_retries: int = 2
+    queue_limit: int = 10
+    daily_quota_minutes: float = 60.0
+    schedule_grace_s: float = 300.0
+    auto_approve: bool = False
+    legacy_device_id: int = 1
+    push_enabled: bool = True
+    expo_url: str = DEFAULT_EXPO_URL
+    expo_access_token: str | None = None
+    admin_email: str | None = None
+    admin_password: str | None = None
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    login_failures_per_email: int = 5
+    login_failures_per_client: int = 20
+    login_window_s: int = 300
+    ws_ping_s: float = 20.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def bind_host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host, int(port)
+
+    def require_jwt_secret(self) -> str:
+        if not self.jwt_secret:
+            raise ConfigError(
+                "PUMPLINK_JWT_SECRET: not set; the server signs access tokens with it "
+                "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        return self.jwt_secret
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _number(kind):
+    def parse(name: str, raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a {kind.__name__} number, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _positive(kind):
+    base = _number(kind)
+
+    def parse(name: str, raw: str):
+        value = base(name, raw)
+        if value <= 0:
+            raise ConfigError(f"{name}: must be greater than zero, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name}: must not be empty")
+    return raw.strip()
+
+
+def _optional(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _secret(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    if len(raw) < 32:
+        raise ConfigError(f"{name}: must be at least 32 characters long (got {len(raw)}); use a random value")
+    return raw
+
+
+def _database_url(name: str, raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        raise ConfigError(f"{name}: scheme must be sqlite:// or postgresql://, got {raw!r}")
+    return raw
+
+
+def _mqtt_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"{name}: expected mqtt://host:port or mqtts://host:port, got {raw!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"{name}: the port is not a number in {raw!r}") from None
+    return raw
+
+
+def _topic_part(name: str, raw: str) -> str:
+    raw = raw.strip().strip("/")
+    if not raw or any(c in raw for c in "+#"):
+        raise ConfigError(f"{name}: must be a non-empty MQTT topic without + or #, got {raw!r}")
+    return raw
+
+
+def _bind(name: str, raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}: expected host:port such as 127.0.0.1:8080, got {raw!r}")
+    return raw
+
+
+def _timezone(name: str, raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name}: unknown time zone {raw!r} (use an IANA name such as Europe/Berlin)") from None
+    return raw
+
+
+def _choice(*choices):
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{name}: expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return value
+
+
+# field name -> parser; the variable is PUMPLINK_<FIELD NAME IN CAPITALS>.
+_PARSERS = {
+    "database_url": _database_url,
+    "mqtt_url": _mqtt_url,
+    "mqtt_prefix": _topic_part,
+    "legacy_base": _topic_part,
+    "bind": _bind,
+    "jwt_secret": _secret,
+    "timezone": _timezone,
+    "ack_timeout_s": _positive(float),
+    "ack_retries": _number(int),
+    "queue_limit": _positive(int),
+    "daily_quota_minutes": _positive(float),
+    "schedule_grace_s": _number(float),
+    "auto_approve": _bool,
+    "legacy_device_id": _positive(int),
+    "push_enabled": _bool,
+    "expo_url": _text,
+    "expo_access_token": _optional,
+    "admin_email": _optional,
+    "admin_password": _optional,
+    "access_token_ttl_s": _positive(int),
+    "refresh_token_ttl_s": _positive(int),
+    "login_failures_per_email": _positive(int),
+    "login_failures_per_client": _positive(int),
+    "login_window_s": _positive(int),
+    "ws_ping_s": _positive(float),
+    "log_format": _choice("text", "json"),
+    "log_level": _log_level,
+}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a ``.env`` file; comments and blank lines skipped."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def load(env: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Config:
+    """Build the config; the process environment wins over a ``.env`` file."""
+    merged: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        merged.update(read_env_file(env_file))
+    merged.update(os.environ if env is None else env)
+    values = {}
+    for field, parse in _PARSERS.items():
+        name = "PUMPLINK_" + field.upper()
+        if name in merged:
+            values[field] = parse(name, merged[name])
+    if bool(values.get("admin_email")) != bool(values.get("admin_password")):
+        raise ConfigError("PUMPLINK_ADMIN_EMAIL and PUMPLINK_ADMIN_PASSWORD: set both or neither")
+    return Config(**values)

@@ -1,0 +1,86 @@
+"""Events the actors publish for listeners (WebSocket broadcaster, push notifier, metrics).
+
+Events are small immutable values delivered with ``tell`` so a slow listener never blocks
+the actor that published them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+
+import pykka
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceStateChanged:
+    device_id: int
+    state: str
+    previous: str
+    available: bool | None
+    activation_id: int | None
+    reason: str
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationChanged:
+    activation: dict  # the API's view of the activation, already serialisable
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleChanged:
+    schedule_id: int
+    device_id: int
+    change: str  # created | updated | deleted | fired | missed
+    detail: dict
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Alert:
+    """Something people should be told about by push.
+
+    ``key`` identifies the event exactly once (the notifier de-duplicates on it);
+    ``audience`` is ``approved`` (every approved user), ``admins``, or ``user:<id>``.
+    """
+
+    key: str
+    kind: str  # device_on | activation_failed | force_shutdown | schedule_missed | ack_timeout
+    device_id: int | None
+    title: str
+    body: str
+    audience: str
+    extra_user_id: int | None = None
+    data: dict = dataclasses.field(default_factory=dict)
+
+
+class EventBus:
+    """Fans events out to listener actors by ``tell``."""
+
+    def __init__(self):
+        self._listeners: list[pykka.ActorRef] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, ref: pykka.ActorRef) -> None:
+        with self._lock:
+            self._listeners.append(ref)
+
+    def unsubscribe(self, ref: pykka.ActorRef) -> None:
+        with self._lock:
+            if ref in self._listeners:
+                self._listeners.remove(ref)
+
+    def publish(self, event) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for ref in listeners:
+            try:
+                ref.tell(event)
+            except pykka.ActorDeadError:
+                log.debug("listener %s is gone; event %s dropped", ref, type(event).__name__)

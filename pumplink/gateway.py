@@ -1,0 +1,139 @@
+"""DeviceGateway: the small facade the API calls; every call to an actor has a timeout."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import pykka
+
+from . import models as m
+from .clock import to_db
+from .errors import Forbidden, NotFound, Unavailable, Unprocessable
+
+if TYPE_CHECKING:
+    from .system import ActorSystem
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT_S = 10.0
+
+
+def actor_name(user: m.User) -> str:
+    return f"{'admin' if user.role == 'admin' else 'user'}:{user.id}"
+
+
+class Gateway:
+    def __init__(self, system: "ActorSystem"):
+        self.system = system
+        self.rt = system.rt
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _call(self, device_id: int, method: str, *args, timeout: float = ASK_TIMEOUT_S, **kwargs):
+        return self._wait(self._start(device_id, method, *args, **kwargs), timeout)
+
+    def _start(self, device_id: int, method: str, *args, **kwargs) -> pykka.Future:
+        ref = self.system.supervisor.get(device_id)
+        try:
+            return getattr(ref.proxy(), method)(*args, **kwargs)
+        except pykka.ActorDeadError:
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
+
+    @staticmethod
+    def _wait(future: pykka.Future, timeout: float = ASK_TIMEOUT_S):
+        try:
+            return future.get(timeout=timeout)
+        except pykka.Timeout:
+            raise Unavailable("The device did not answer in time; try again shortly.", "device_timeout") from None
+        except pykka.ActorDeadError:
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
+
+    def _all(self, method: str, *args) -> list:
+        futures = [(i, self._start(i, method, *args)) for i in self.system.supervisor.ids()]
+        return [self._wait(f) for _, f in futures]
+
+    def audit(self, actor: m.User | None, action: str, target: str | None, detail: dict | None = None) -> None:
+        m.AuditLog.create(actor=actor.id if actor else None, action=action, target=target,
+                          detail=json.dumps(detail) if detail is not None else None,
+                          at=to_db(self.rt.clock.now()))
+
+    # --- devices -----------------------------------------------------------------------------
+    def devices(self) -> list[dict]:
+        return self._all("describe")
+
+    def device(self, device_id: int) -> dict:
+        return self._call(device_id, "describe")
+
+    def go_status(self, device_id: int) -> dict:
+        return self._call(device_id, "go_status")
+
+    def snapshot(self) -> list[dict]:
+        return self._all("summary")
+
+    def create_device(self, admin: m.User, **fields) -> dict:
+        device = m.Device.create(**fields)
+        self.system.supervisor.start_device(device.id)
+        self.audit(admin, "device.create", f"device:{device.id}", fields)
+        return self.device(device.id)
+
+    def update_device(self, admin: m.User, device_id: int, **fields) -> dict:
+        self._existing(device_id)
+        if fields:
+            m.Device.update(**fields).where(m.Device.id == device_id).execute()
+        self.audit(admin, "device.update", f"device:{device_id}", fields)
+        return self._call(device_id, "reload")
+
+    def delete_device(self, admin: m.User, device_id: int) -> None:
+        self._existing(device_id)
+        # OFF first: a deleted device must not be left running.
+        self._call(device_id, "force_shutdown", actor_name(admin))
+        m.Device.update(deleted_at=to_db(self.rt.clock.now())).where(m.Device.id == device_id).execute()
+        self.system.supervisor.stop_device(device_id)
+        self.audit(admin, "device.delete", f"device:{device_id}")
+
+    def _existing(self, device_id: int) -> m.Device:
+        device = m.Device.get_or_none((m.Device.id == device_id) & m.Device.deleted_at.is_null())
+        if device is None:
+            raise NotFound(f"There is no device {device_id}.", "device_not_found")
+        return device
+
+    # --- activations -------------------------------------------------------------------------
+    def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
+        return self._call(device_id, "activate", user.id, duration_s, "api")
+
+    def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int) -> pykka.Future:
+        """For the scheduler: a future, so the scheduler never waits on a device actor."""
+        return self._start(device_id, "activate", user_id, duration_s, "schedule", schedule_id)
+
+    def cancel_activation(self, user: m.User, activation_id: int) -> dict:
+        act = m.Activation.get_or_none(m.Activation.id == activation_id)
+        if act is None:
+            raise NotFound(f"There is no activation {activation_id}.", "activation_not_found")
+        if user.role != "admin" and act.user_id != user.id:
+            raise Forbidden("Only the owner of an activation or an admin may cancel it.", "not_owner")
+        result = self._call(act.device_id, "cancel", activation_id, actor_name(user))
+        if user.role == "admin" and act.user_id != user.id:
+            self.audit(user, "activation.cancel", f"activation:{activation_id}")
+        return result
+
+    def force_shutdown(self, admin: m.User, device_id: int) -> dict:
+        self._existing(device_id)
+        result = self._call(device_id, "force_shutdown", actor_name(admin))
+        self.audit(admin, "device.force_shutdown", f"device:{device_id}", result)
+        return result
+
+    def emergency_stop(self, admin: m.User) -> list[dict]:
+        results = self._all("force_shutdown", actor_name(admin))
+        self.audit(admin, "emergency_stop", "devices:all", {"devices": [r["device_id"] for r in results]})
+        return results
+
+    @staticmethod
+    def duration_s(duration_min: float | None, duration_s: float | None) -> int:
+        """``duration_s`` wins over ``duration`` (minutes), as API.md says."""
+        if duration_s is None and duration_min is None:
+            raise Unprocessable("Give duration (minutes) or duration_s (seconds).", "duration_missing")
+        seconds = duration_s if duration_s is not None else duration_min * 60
+        if seconds <= 0:
+            raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
+        return max(1, round(seconds))

@@ -1,0 +1,61 @@
+"""Versioned schema migrations, applied in order inside one transaction each; safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+
+import peewee as pw
+
+from . import models as m
+
+log = logging.getLogger(__name__)
+
+
+def _v1_initial(db: pw.Database) -> None:
+    tables = [t for t in m.MODELS if t is not m.SchemaVersion]
+    db.create_tables(tables, safe=True)
+    # One open session per device, enforced by the database itself.
+    db.execute_sql(
+        'CREATE UNIQUE INDEX IF NOT EXISTS session_one_open_per_device ON "session" (device_id) '
+        "WHERE ended_at IS NULL"
+    )
+    if not m.Device.select().where(m.Device.id == 1).exists():
+        m.Device.insert(id=1, name="Motor Pump", protocol="pumplink").execute()
+        if isinstance(db, pw.PostgresqlDatabase):
+            db.execute_sql("SELECT setval(pg_get_serial_sequence('device', 'id'), (SELECT MAX(id) FROM device))")
+
+
+MIGRATIONS = [
+    (1, "initial schema", _v1_initial),
+]
+
+
+def current_version(db: pw.Database) -> int:
+    if not db.table_exists("schema_version"):
+        return 0
+    row = m.SchemaVersion.select(pw.fn.MAX(m.SchemaVersion.version)).scalar()
+    return row or 0
+
+
+def migrate(db: pw.Database) -> list[int]:
+    """Apply every migration newer than the database; returns the versions applied."""
+    m.bind_models(db)
+    applied = []
+    with db.connection_context():
+        db.create_tables([m.SchemaVersion], safe=True)
+        for version, title, apply in MIGRATIONS:
+            with db.atomic():
+                _lock(db)
+                if m.SchemaVersion.select().where(m.SchemaVersion.version == version).exists():
+                    continue
+                log.info("applying migration %d: %s", version, title)
+                apply(db)
+                m.SchemaVersion.insert(version=version).execute()
+                applied.append(version)
+    return applied
+
+
+def _lock(db: pw.Database) -> None:
+    # Two processes migrating at once take turns instead of racing.
+    if isinstance(db, pw.PostgresqlDatabase):
+        db.execute_sql("SELECT pg_advisory_xact_lock(4242001)")

@@ -1,0 +1,45 @@
+"""Quota arithmetic: the local day, real ON time within it, and what a new request may take."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Iterable
+from zoneinfo import ZoneInfo
+
+UTC = dt.timezone.utc
+
+
+def day_bounds(now: dt.datetime, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """Start and end (UTC) of the local day containing ``now``; 23 or 25 hours on DST days."""
+    local_day = now.astimezone(tz).date()
+    start = dt.datetime.combine(local_day, dt.time(0), tzinfo=tz)
+    end = dt.datetime.combine(local_day + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def used_seconds(
+    intervals: Iterable[tuple[dt.datetime, dt.datetime | None]],
+    day_start: dt.datetime,
+    day_end: dt.datetime,
+    now: dt.datetime,
+) -> float:
+    """ON time inside [day_start, day_end); an open interval counts up to ``now``."""
+    total = 0.0
+    for start, end in intervals:
+        end = now if end is None else end
+        lo, hi = max(start, day_start), min(end, day_end)
+        if hi > lo:
+            total += (hi - lo).total_seconds()
+    return total
+
+
+def seconds_until_reset(now: dt.datetime, tz: ZoneInfo) -> int:
+    _, end = day_bounds(now, tz)
+    return max(1, math.ceil((end - now).total_seconds()))
+
+
+def fits(quota_s: float, used_s: float, reserved_s: float, requested_s: float) -> tuple[bool, float]:
+    """Whether the request fits, and the seconds still free once reservations are counted."""
+    free = max(0.0, quota_s - used_s - reserved_s)
+    return requested_s <= free + 1e-6, free

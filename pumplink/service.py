@@ -1,0 +1,59 @@
+"""One worker's PumpLink: database, migrations, accounts, actors and the WSGI app.
+
+``make_wsgi_app`` is gunicorn's app factory; it runs inside the worker, after gevent is
+patched, and returns only when crash recovery is done, so no request sees unreconciled state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import logs, migrations
+from . import models as m
+from .accounts import Accounts
+from .api.app import create_app
+from .clock import Clock
+from .config import Config, load
+from .db import make_database
+from .system import ActorSystem
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_admin(config: Config, accounts: Accounts) -> None:
+    if config.admin_email and config.admin_password:
+        user = accounts.ensure_admin(config.admin_email, config.admin_password)
+        log.info("admin %s is ready", user.email)
+
+
+class PumpLinkService:
+    def __init__(self, config: Config, clock: Clock | None = None):
+        config.require_jwt_secret()
+        self.config = config
+        self.db = make_database(config.database_url)
+        migrations.migrate(self.db)
+        m.bind_models(self.db)
+        clock = clock or Clock()
+        self.accounts = Accounts(config, clock)
+        with self.db.connection_context():
+            bootstrap_admin(config, self.accounts)
+        self.system = ActorSystem(config, self.db, clock).start()
+        self.app = create_app(config, self.system, self.accounts)
+        self.ws = None  # the WebSocket endpoint, when the live module is present
+        log.info("PumpLink is serving on %s", config.bind)
+
+    def __call__(self, environ, start_response):
+        if self.ws is not None and environ.get("wsgi.websocket") is not None:
+            return self.ws(environ, start_response)
+        return self.app(environ, start_response)
+
+    def close(self) -> None:
+        self.system.stop()
+        if hasattr(self.db, "close_all"):
+            self.db.close_all()
+
+
+def make_wsgi_app() -> PumpLinkService:
+    config = load()
+    logs.setup(config.log_level, config.log_format)
+    return PumpLinkService(config)

@@ -1,0 +1,120 @@
+"""Fixtures: one PostgreSQL database and one MQTT prefix per test run, a real server, real pumps."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+
+import pytest
+
+from pumplink.simulator import SimulatedPump
+from tests.support import MQTT_URL, Server, create_database, drop_database, run_id, server_env
+
+ADMIN = ("admin@example.org", "admin-password-1")
+
+
+@pytest.fixture(scope="session")
+def run_tag() -> str:
+    return run_id()
+
+
+@pytest.fixture(scope="session")
+def pg_factory(run_tag):
+    """Makes fresh PostgreSQL databases for this run and drops them all at the end."""
+    made = []
+    counter = itertools.count()
+
+    def make() -> str:
+        name = f"pumplink_test_{run_tag}_{next(counter)}"
+        url = create_database(name)
+        made.append(name)
+        return url
+
+    yield make
+    for name in made:
+        drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def server_factory(pg_factory, run_tag, tmp_path_factory):
+    """Starts servers on fresh databases with their own topic prefixes; stops them at the end."""
+    servers = []
+    counter = itertools.count()
+
+    def make(database_url: str | None = None, **overrides) -> Server:
+        n = next(counter)
+        prefix = f"pltest-{run_tag}-{n}"
+        env = server_env(database_url or pg_factory(), prefix, **overrides)
+        server = Server(env, tmp_path_factory.mktemp(f"server{n}") / "server.log")
+        server.prefix = prefix
+        server.legacy_base = env["PUMPLINK_LEGACY_BASE"]
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(server_factory) -> Server:
+    """The shared server; tests make their own devices and users so they never collide."""
+    return server_factory()
+
+
+class World:
+    """A test's view of one server: accounts, devices and simulated pumps, cleaned up after."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.pumps: list[SimulatedPump] = []
+        self._admin = None
+
+    @property
+    def admin(self):
+        if self._admin is None:
+            self._admin = self.login(*ADMIN)
+        return self._admin
+
+    def login(self, email: str, password: str):
+        r = self.server.api().post("login", {"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return self.server.api(r.json()["access_token"])
+
+    def user(self, role: str = "user", password: str = "password-123"):
+        email = f"u{secrets.token_hex(5)}@example.org"
+        r = self.server.api().post("register", {"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        uid = r.json()["user"]["id"]
+        if role != "pending":
+            r = self.admin.patch(f"users/{uid}", {"role": role})
+            assert r.status_code == 200, r.text
+        api = self.login(email, password)
+        api.user_id, api.email = uid, email
+        return api
+
+    def device(self, name: str = "Test pump", **fields) -> int:
+        r = self.admin.post("devices", {"name": name, **fields})
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def pump(self, device_id: int, **options) -> SimulatedPump:
+        legacy = options.get("legacy", False)
+        pump = SimulatedPump(MQTT_URL, self.server.prefix, device_id, legacy_base=self.server.legacy_base, **options)
+        pump.start()
+        self.pumps.append(pump)
+        return pump
+
+    def close(self):
+        for pump in self.pumps:
+            try:
+                pump.stop()
+            except Exception:
+                pass
+
+
+@pytest.fixture
+def world(server):
+    w = World(server)
+    yield w
+    w.close()
