@@ -65,9 +65,12 @@ class ActorSystem:
 
     # Hooks the scheduler and the live listeners plug into.
     def _listener_factories(self):
-        return []
+        factories = []
+        # --- broadcaster and notifier (issue 5) go here: callables returning started ActorRefs ---
+        return factories
 
     def _start_scheduler(self) -> pykka.ActorRef | None:
+        # --- the scheduler (issue 4) starts here ---
         return None
 
     def _route(self, device_id: int, message) -> bool:

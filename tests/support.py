@@ -56,6 +56,8 @@ class Api:
         self.base = base.rstrip("/")
         self.token = token
         self.http = requests.Session()
+        # No idle keep-alive connections: a server's graceful stop would wait for them.
+        self.http.headers["Connection"] = "close"
 
     def url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base}{path if path.startswith('/') else '/api/v1/' + path}"

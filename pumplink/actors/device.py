@@ -255,7 +255,8 @@ class DeviceActor(pykka.ThreadingActor):
             act = self.current
             if act is not None and act.state == "running" and not (self.pending and self.pending.action == "on"):
                 state, reason = {
-                    "timer": ("completed", "device_timer"),
+                    # The pump's own timer usually wins the race with ours by a few ms: the run is complete.
+                    "timer": ("completed", "completed"),
                     "fault": ("failed", "fault"),
                 }.get(report.reason, ("stopped", "device_off"))
                 self._finish(act, state, reason, "device")

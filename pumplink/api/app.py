@@ -54,6 +54,8 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
         "/health": ops.Health(),
         "/ready": ops.Ready(system.rt.db, system.broker),
     }
+    # --- schedules (issue 4) go here ---
+    # --- push tokens (issue 5) go here ---
     for path, resource in routes.items():
         app.add_route(PREFIX + path, resource)
     # Paths older clients use: the seed's activation name, and probes at the root.
