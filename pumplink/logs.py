@@ -35,3 +35,5 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("peewee").setLevel(logging.WARNING)
+    # pykka logs every exception returned to a caller at INFO; the API answers those itself.
+    logging.getLogger("pykka").setLevel(logging.WARNING)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +39,15 @@ def pg_factory(run_tag):
 
 
 @pytest.fixture(scope="session")
-def server_factory(pg_factory, run_tag, tmp_path_factory):
+def log_dir(run_tag) -> Path:
+    """Server logs outlive pytest's own temp dirs (which other runs prune)."""
+    path = Path(os.environ.get("PUMPLINK_TEST_LOGDIR", tempfile.gettempdir())) / f"pumplink-test-{run_tag}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server_factory(pg_factory, run_tag, log_dir):
     """Starts servers on fresh databases with their own topic prefixes; stops them at the end."""
     servers = []
     counter = itertools.count()
@@ -45,7 +56,7 @@ def server_factory(pg_factory, run_tag, tmp_path_factory):
         n = next(counter)
         prefix = f"pltest-{run_tag}-{n}"
         env = server_env(database_url or pg_factory(), prefix, **overrides)
-        server = Server(env, tmp_path_factory.mktemp(f"server{n}") / "server.log")
+        server = Server(env, log_dir / f"server{n}.log")
         server.prefix = prefix
         server.legacy_base = env["PUMPLINK_LEGACY_BASE"]
         servers.append(server)

@@ -55,9 +55,6 @@ class Api:
     def __init__(self, base: str, token: str | None = None):
         self.base = base.rstrip("/")
         self.token = token
-        self.http = requests.Session()
-        # No idle keep-alive connections: a server's graceful stop would wait for them.
-        self.http.headers["Connection"] = "close"
 
     def url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base}{path if path.startswith('/') else '/api/v1/' + path}"
@@ -67,7 +64,8 @@ class Api:
         token = token if token is not None else self.token
         if token:
             headers.setdefault("Authorization", f"Bearer {token}")
-        return self.http.request(method, self.url(path), json=json, headers=headers, timeout=kw.pop("timeout", 15), **kw)
+        # A connection per request, closed by us: no idle keep-alive socket for a graceful stop to wait on.
+        return requests.request(method, self.url(path), json=json, headers=headers, timeout=kw.pop("timeout", 15), **kw)
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
