@@ -1,0 +1,156 @@
+"""Schedules: the app's ``POST /schedule`` and ``/schedules`` (list, create, show, enable/disable, delete)."""
+
+from __future__ import annotations
+
+import collections
+
+import falcon
+import peewee as pw
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from .. import models as m
+from ..clock import iso
+from ..errors import NotFound, Unprocessable
+from ..gateway import Gateway
+from ..schedules import Recurrence, check_new, parse_start, schedule_view
+from .schemas import Body, Number
+from .support import Auth, page_params, path_id, read_json
+
+RUNS_SHOWN = 20
+
+
+class ScheduleBody(Body):
+    device_id: StrictInt = Field(default=1, ge=1)
+    # A string, parsed by the resource: a bare number must not pass as a Unix time.
+    start_time: StrictStr = Field(min_length=1, max_length=64)
+    duration: Number | None = Field(default=None, gt=0, le=24 * 60)
+    duration_s: Number | None = Field(default=None, gt=0, le=24 * 3600)
+    rrule: StrictStr | None = Field(default=None, max_length=500)
+
+
+class SchedulePatch(Body):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: StrictBool
+
+
+class _Base:
+    def __init__(self, auth: Auth, gateway_of, tz=None, clock=None):
+        self.auth = auth
+        self.gateway_of = gateway_of
+        self.tz = tz
+        self.clock = clock
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.gateway_of()
+
+    def _runs(self, schedule_ids: list[int]) -> tuple[dict, dict]:
+        """The latest runs and the run count of each schedule, in two queries."""
+        runs: dict[int, list] = collections.defaultdict(list)
+        counts: dict[int, int] = {}
+        if not schedule_ids:
+            return runs, counts
+        for sid, count in (m.ScheduleRun.select(m.ScheduleRun.schedule, pw.fn.COUNT(m.ScheduleRun.id))
+                           .where(m.ScheduleRun.schedule.in_(schedule_ids))
+                           .group_by(m.ScheduleRun.schedule).tuples()):
+            counts[sid] = count
+        ranked = (m.ScheduleRun.select(m.ScheduleRun.id, pw.fn.ROW_NUMBER().over(
+            partition_by=[m.ScheduleRun.schedule], order_by=[m.ScheduleRun.due_at.desc()]).alias("n"))
+                  .where(m.ScheduleRun.schedule.in_(schedule_ids)))
+        latest = (m.ScheduleRun.select().join(ranked, on=(m.ScheduleRun.id == ranked.c.id))
+                  .where(ranked.c.n <= RUNS_SHOWN).order_by(m.ScheduleRun.due_at.desc()))
+        for run in latest:
+            runs[run.schedule_id].append(run)
+        return runs, counts
+
+    def _view(self, s: m.Schedule) -> dict:
+        runs, counts = self._runs([s.id])
+        return schedule_view(s, self.tz, runs[s.id], counts.get(s.id, 0))
+
+    def _own(self, user: m.User, schedule_id: str) -> m.Schedule:
+        s = m.Schedule.get_or_none(m.Schedule.id == path_id(schedule_id))
+        if s is None or (user.role != "admin" and s.user_id != user.id):
+            raise NotFound(f"There is no schedule {schedule_id} of yours.", "schedule_not_found")
+        return s
+
+    def _create(self, req, resp) -> None:
+        user = self.auth.user(req, "user")
+        body = read_json(req, ScheduleBody)
+        seconds = Gateway.duration_s(body.duration, body.duration_s)
+        start = parse_start(body.start_time, self.tz)
+        device = m.Device.get_or_none((m.Device.id == body.device_id) & m.Device.deleted_at.is_null())
+        if device is None:
+            raise NotFound(f"There is no device {body.device_id}.", "device_not_found")
+        if seconds > device.max_run_minutes * 60:
+            raise Unprocessable(
+                f"{device.name} runs at most {device.max_run_minutes:g} minutes at a time.", "duration_above_max_run",
+                max_run_minutes=device.max_run_minutes,
+            )
+        first = check_new(Recurrence(start, body.rrule, self.tz), seconds, self.clock.now())
+        schedule = self.gateway.create_schedule(user, device.id, start, body.rrule, seconds)
+        resp.status = falcon.HTTP_201
+        every = f", then {schedule['rrule']}" if schedule["rrule"] else ""
+        resp.media = {
+            "message": f"Schedule {schedule['id']} created: {device.name} runs {seconds} s at {iso(first)}{every}.",
+            "schedule": schedule,
+        }
+
+
+class Schedules(_Base):
+    def on_get(self, req, resp):
+        user = self.auth.user(req)
+        page = page_params(req)
+        query = m.Schedule.select().order_by(m.Schedule.id.desc())
+        if user.role != "admin" or req.get_param("mine") == "true":
+            query = query.where(m.Schedule.user == user.id)
+        device_id = req.get_param_as_int("device_id")
+        if device_id is not None:
+            query = query.where(m.Schedule.device == device_id)
+        enabled = req.get_param_as_bool("enabled")
+        if enabled is not None:
+            query = query.where(m.Schedule.enabled == enabled)
+        rows = list(query.offset(page.offset).limit(page.limit + 1))
+        more = len(rows) > page.limit
+        rows = rows[: page.limit]
+        runs, counts = self._runs([s.id for s in rows])
+        resp.media = {
+            "items": [schedule_view(s, self.tz, runs[s.id], counts.get(s.id, 0)) for s in rows],
+            "limit": page.limit, "offset": page.offset, "next_offset": page.offset + page.limit if more else None,
+        }
+
+    def on_post(self, req, resp):
+        self._create(req, resp)
+
+
+class AppSchedule(_Base):
+    """The mobile app's name for creating a schedule."""
+
+    def on_post(self, req, resp):
+        self._create(req, resp)
+
+
+class Schedule(_Base):
+    def on_get(self, req, resp, schedule_id):
+        user = self.auth.user(req)
+        resp.media = self._view(self._own(user, schedule_id))
+
+    def on_patch(self, req, resp, schedule_id):
+        user = self.auth.user(req, "user")
+        body = read_json(req, SchedulePatch)
+        s = self._own(user, schedule_id)
+        self.gateway.set_schedule_enabled(user, s, body.enabled)
+        resp.media = self._view(self._own(user, schedule_id))
+
+    def on_delete(self, req, resp, schedule_id):
+        user = self.auth.user(req, "user")
+        s = self._own(user, schedule_id)
+        self.gateway.delete_schedule(user, s)
+        resp.media = {"message": f"Schedule {s.id} deleted; it will not run again."}
+
+
+def routes(**base) -> dict:
+    return {
+        "/schedule": AppSchedule(**base),
+        "/schedules": Schedules(**base),
+        "/schedules/{schedule_id}": Schedule(**base),
+    }
