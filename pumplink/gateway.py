@@ -137,3 +137,29 @@ class Gateway:
         if seconds <= 0:
             raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
         return max(1, round(seconds))
+
+    # --- schedules (issue 4) -----------------------------------------------------------------
+    def _scheduler_call(self, method: str, *args, timeout: float = ASK_TIMEOUT_S):
+        ref = self.system.scheduler
+        try:
+            if ref is None:
+                raise pykka.ActorDeadError("no scheduler")
+            return getattr(ref.proxy(), method)(*args).get(timeout=timeout)
+        except pykka.Timeout:
+            raise Unavailable("The scheduler did not answer in time; try again shortly.", "scheduler_timeout") from None
+        except pykka.ActorDeadError:
+            raise Unavailable("The scheduler is not running; try again in a moment.", "scheduler_unavailable") from None
+
+    def create_schedule(self, user: m.User, device_id: int, start, rrule: str | None, duration_s: int) -> dict:
+        return self._scheduler_call("create", user.id, device_id, start, rrule, duration_s)
+
+    def set_schedule_enabled(self, user: m.User, schedule: m.Schedule, enabled: bool) -> dict:
+        result = self._scheduler_call("set_enabled", schedule.id, enabled)
+        if user.role == "admin" and schedule.user_id != user.id:
+            self.audit(user, "schedule.enable" if enabled else "schedule.disable", f"schedule:{schedule.id}")
+        return result
+
+    def delete_schedule(self, user: m.User, schedule: m.Schedule) -> None:
+        self._scheduler_call("delete", schedule.id)
+        if user.role == "admin" and schedule.user_id != user.id:
+            self.audit(user, "schedule.delete", f"schedule:{schedule.id}")

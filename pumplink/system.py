@@ -71,7 +71,9 @@ class ActorSystem:
 
     def _start_scheduler(self) -> pykka.ActorRef | None:
         # --- the scheduler (issue 4) starts here ---
-        return None
+        from .actors.scheduler import SchedulerActor
+
+        return SchedulerActor.start(self.rt, self.gateway)
 
     def _route(self, device_id: int, message) -> bool:
         return self.supervisor is not None and self.supervisor.route(device_id, message)

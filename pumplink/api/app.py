@@ -55,6 +55,9 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
         "/ready": ops.Ready(system.rt.db, system.broker),
     }
     # --- schedules (issue 4) go here ---
+    from . import schedules as sch
+
+    routes.update(sch.routes(**base))
     # --- push tokens (issue 5) go here ---
     for path, resource in routes.items():
         app.add_route(PREFIX + path, resource)
