@@ -163,3 +163,8 @@ class Gateway:
         self._scheduler_call("delete", schedule.id)
         if user.role == "admin" and schedule.user_id != user.id:
             self.audit(user, "schedule.delete", f"schedule:{schedule.id}")
+
+    # --- live view (issue 5) -----------------------------------------------------------------
+    def summary(self, device_id: int) -> dict:
+        """One device's live summary (state, availability, running activation); no database work."""
+        return self._call(device_id, "summary")

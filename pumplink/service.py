@@ -12,6 +12,7 @@ from . import logs, migrations
 from . import models as m
 from .accounts import Accounts
 from .api.app import create_app
+from .api.live import LiveSocket
 from .clock import Clock
 from .config import Config, load
 from .db import make_database
@@ -39,7 +40,7 @@ class PumpLinkService:
             bootstrap_admin(config, self.accounts)
         self.system = ActorSystem(config, self.db, clock).start()
         self.app = create_app(config, self.system, self.accounts)
-        self.ws = None  # the WebSocket endpoint, when the live module is present
+        self.ws = LiveSocket(config, self.system, self.accounts)  # upgraded requests (/api/v1/ws, /ws)
         log.info("PumpLink is serving on %s", config.bind)
 
     def __call__(self, environ, start_response):
@@ -47,7 +48,13 @@ class PumpLinkService:
             return self.ws(environ, start_response)
         return self.app(environ, start_response)
 
+    def close_websockets(self) -> None:
+        """On SIGTERM: close every WebSocket with 1001 so gunicorn's graceful stop need not wait on them."""
+        if self.ws is not None:
+            self.ws.close_all(1001, "The server is shutting down.")
+
     def close(self) -> None:
+        self.close_websockets()
         self.system.stop()
         if hasattr(self.db, "close_all"):
             self.db.close_all()

@@ -28,6 +28,7 @@ class ActorSystem:
         self.listeners: list[pykka.ActorRef] = []
         self.scheduler: pykka.ActorRef | None = None
         self.gateway: Gateway | None = None
+        self.broadcaster: pykka.ActorRef | None = None  # the WebSocket endpoint registers clients here
 
     @property
     def config(self) -> Config:
@@ -67,6 +68,13 @@ class ActorSystem:
     def _listener_factories(self):
         factories = []
         # --- broadcaster and notifier (issue 5) go here: callables returning started ActorRefs ---
+        from .actors.broadcaster import BroadcasterActor
+
+        def broadcaster():
+            self.broadcaster = BroadcasterActor.start(self.rt)
+            return self.broadcaster
+
+        factories.append(broadcaster)
         return factories
 
     def _start_scheduler(self) -> pykka.ActorRef | None:

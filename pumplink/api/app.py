@@ -59,6 +59,10 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
 
     routes.update(sch.routes(**base))
     # --- push tokens (issue 5) go here ---
+    from . import live
+
+    routes.update(live.routes(auth, system.rt.clock))
+    app.add_route("/ws", routes["/ws"])
     for path, resource in routes.items():
         app.add_route(PREFIX + path, resource)
     # Paths older clients use: the seed's activation name, and probes at the root.

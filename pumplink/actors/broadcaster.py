@@ -1,0 +1,388 @@
+"""BroadcasterActor: fans device, activation and schedule events out to WebSocket clients.
+
+The actor never touches a socket. Each client is a ``Connection`` with a bounded outbox and
+ONE writer greenlet (two greenlets writing one gevent-websocket raise
+``ConcurrentObjectUseError``, and a sequential broadcast blocks forever on a client that stops
+reading). Offering a frame never blocks; a client whose outbox is full is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import socket
+import struct
+
+import gevent
+import gevent.lock
+import gevent.queue
+import pykka
+from geventwebsocket.exceptions import WebSocketError
+from geventwebsocket.websocket import WebSocket
+
+from ..clock import Clock, iso
+from ..events import ActivationChanged, DeviceStateChanged, ScheduleChanged
+from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Per client: at most this many frames wait in the outbox, plus what the kernel holds.
+OUTBOX_LIMIT = 100
+# Without a cap Linux grows a loopback send buffer to megabytes before a stuck client shows.
+SEND_BUFFER_BYTES = 16 * 1024
+# A peer that does not answer our close frame within this time is cut off.
+CLOSE_WAIT_S = 2.0
+
+OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
+
+
+def legacy_frame(state: str) -> str:
+    """The legacy app's on/off: ``on`` only once the pump has confirmed it runs."""
+    return "on" if state == "on" else "off"
+
+
+def event_body(event, event_id: int) -> tuple[int | None, dict] | None:
+    """``(device_id, JSON body)`` of an event for JSON clients; None for events they do not get."""
+    if isinstance(event, DeviceStateChanged):
+        return event.device_id, {
+            "type": "device.state", "id": event_id, "device_id": event.device_id, "state": event.state,
+            "previous": event.previous, "available": event.available, "activation_id": event.activation_id,
+            "reason": event.reason, "at": iso(event.at),
+        }
+    if isinstance(event, ActivationChanged):
+        act = event.activation
+        return act.get("device_id"), {
+            "type": "activation", "id": event_id, "device_id": act.get("device_id"),
+            "activation_id": act.get("id"), "state": act.get("state"), "activation": act, "at": iso(event.at),
+        }
+    if isinstance(event, ScheduleChanged):
+        return event.device_id, {
+            "type": "schedule", "id": event_id, "device_id": event.device_id, "schedule_id": event.schedule_id,
+            "change": event.change, "schedule": event.detail, "at": iso(event.at),
+        }
+    return None
+
+
+def dumps(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"), default=str)
+
+
+_ENVIRON_KEY = "pumplink.connection"
+
+
+class _RoutedWebSocket(WebSocket):
+    """gevent-websocket's socket (which has __slots__) with its control-frame callbacks sent to our Connection."""
+
+    __slots__ = ()
+
+    def _connection(self):
+        return (self.environ or {}).get(_ENVIRON_KEY)
+
+    def handle_ping(self, header, payload):
+        conn = self._connection()
+        return conn._on_ping(header, payload) if conn is not None else super().handle_ping(header, payload)
+
+    def handle_pong(self, header, payload):
+        conn = self._connection()
+        return conn._on_pong(header, payload) if conn is not None else None
+
+    def handle_close(self, header, payload):
+        conn = self._connection()
+        return conn._on_close_frame(header, payload) if conn is not None else super().handle_close(header, payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Close:
+    code: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pong:
+    payload: bytes
+
+
+class Connection:
+    """One WebSocket client: its outbox, its single writer greenlet and its subscription.
+
+    ``offer`` and ``abort`` may be called from any greenlet and never block. Everything that
+    writes the socket holds ``_lock``; once the writer runs, only the writer writes.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws, *, ping_s: float, clock: Clock, outbox_limit: int = OUTBOX_LIMIT):
+        self.id = next(Connection._ids)
+        self.ws = ws
+        self.ping_s = ping_s
+        self.clock = clock
+        self.legacy = False
+        self.user_id: int | None = None
+        self.device_ids: frozenset[int] | None = None  # None: every device
+        self.outbox: gevent.queue.Queue = gevent.queue.Queue(outbox_limit)
+        self.last_heard = clock.monotonic()
+        self.close_sent = False
+        self.peer_close: int | None = None
+        self.dead = False
+        self.why: str | None = None
+        self._closing = False
+        self._ping_sent_at: float | None = None
+        self._last_legacy: str | None = None
+        self._writer: gevent.Greenlet | None = None
+        self._timers: list[gevent.Greenlet] = []
+        self._expiry: gevent.Greenlet | None = None
+        self._lock = gevent.lock.Semaphore()
+        # gevent-websocket answers pings and close frames from the reading greenlet, which
+        # would make it a second writer; route them through our lock and writer instead.
+        if ws.environ is not None:
+            ws.environ[_ENVIRON_KEY] = self
+        if type(ws) is WebSocket:
+            ws.__class__ = _RoutedWebSocket
+        sock = self._socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError:
+                log.debug("could not cap the send buffer of websocket %s", self.id)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id} {'legacy' if self.legacy else 'json'}>"
+
+    # --- any greenlet ----------------------------------------------------------------------
+    def wants(self, device_id: int | None) -> bool:
+        return self.device_ids is None or device_id is None or device_id in self.device_ids
+
+    def offer(self, frame) -> bool:
+        """Queue a frame; False (and the client dropped) when its outbox is full."""
+        if self.dead or self._closing:
+            return False
+        try:
+            self.outbox.put_nowait(frame)
+        except gevent.queue.Full:
+            self.abort(f"its outbox is full ({self.outbox.maxsize} frames): it is not reading")
+            return False
+        return True
+
+    def heard(self) -> None:
+        self.last_heard = self.clock.monotonic()
+
+    def start(self, first: list[str]) -> None:
+        """Start the writer: ``first`` frames go out before anything queued meanwhile."""
+        if self.dead or self._closing or self.close_sent:
+            return
+        if self.legacy and first:
+            self._last_legacy = first[-1]
+        self._writer = gevent.spawn(self._write_loop, list(first))
+
+    def expire_in(self, seconds: float) -> None:
+        """Close with 1008 when the token expires (a fresh token re-arms it)."""
+        if self._expiry is not None:
+            self._expiry.kill(block=False)
+        self._expiry = gevent.spawn_later(max(0.0, seconds), self.close, 1008, "The access token has expired.")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close politely (after what is already queued); cut off if the peer does not answer."""
+        if self.dead or self._closing or self.close_sent:
+            return
+        if self._writer is not None and not self._writer.dead:
+            try:
+                self.outbox.put_nowait(_Close(code, reason))
+            except gevent.queue.Full:
+                self.abort(f"its outbox is full while closing ({code})")
+                return
+        else:
+            try:
+                with gevent.Timeout(CLOSE_WAIT_S):
+                    self._send_close(code, reason)
+            except (gevent.Timeout, WebSocketError, OSError):
+                self.abort(f"the close frame ({code}) could not be sent")
+                return
+        self._closing = True
+        self._timers.append(gevent.spawn_later(CLOSE_WAIT_S, self.abort, "it did not answer the close frame"))
+
+    def abort(self, why: str) -> None:
+        """Cut the client off at once: stop its writer and shut the socket down."""
+        if self.dead:
+            return
+        self.dead = True
+        self.why = why
+        log.info("websocket %s (user %s) dropped: %s", self.id, self.user_id, why)
+        writer = self._writer
+        if writer is not None and writer is not gevent.getcurrent():
+            writer.kill(block=False)
+        sock = self._socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        """The reading greenlet is done: stop the writer, answer a close frame, release everything."""
+        for timer in self._timers + [self._expiry]:
+            if timer is not None:
+                timer.kill(block=False)
+        writer = self._writer
+        if writer is not None and not writer.dead and writer is not gevent.getcurrent():
+            writer.kill(block=True, timeout=1)
+        if not self.dead and not self.close_sent:
+            code = self.peer_close if self.peer_close and self.peer_close not in (1005, 1006) else 1000
+            try:
+                with gevent.Timeout(1):
+                    self._send_close(code, "")
+            except (gevent.Timeout, WebSocketError, OSError):
+                pass
+        self.dead = True
+        # gevent-websocket's own close() would send a close frame without its status code.
+        self.ws.closed = True
+        if self.ws.environ is not None:
+            self.ws.environ.pop(_ENVIRON_KEY, None)
+
+    # --- the writer greenlet ---------------------------------------------------------------
+    def _write_loop(self, first: list[str]) -> None:
+        try:
+            for frame in first:
+                self._send_frame(frame, OPCODE_TEXT)
+            while True:
+                try:
+                    item = self.outbox.get(timeout=self.ping_s)
+                except gevent.queue.Empty:
+                    if not self._ping():
+                        return
+                    continue
+                if isinstance(item, _Close):
+                    self._send_close(item.code, item.reason)
+                    return
+                if isinstance(item, _Pong):
+                    self._send_frame(item.payload, OPCODE_PONG)
+                    continue
+                if self.legacy:
+                    if item == self._last_legacy:
+                        continue  # the app hears about changes of on/off only
+                    self._last_legacy = item
+                self._send_frame(item, OPCODE_TEXT)
+        except (WebSocketError, OSError) as exc:
+            self.abort(f"writing failed: {exc}")
+
+    def _ping(self) -> bool:
+        if self._ping_sent_at is not None and self.last_heard < self._ping_sent_at:
+            self.abort(f"it did not answer a ping within {self.ping_s:g} s")
+            return False
+        self._ping_sent_at = self.clock.monotonic()
+        self._send_frame(b"", OPCODE_PING)
+        return True
+
+    # --- socket writes -----------------------------------------------------------------------
+    def _send_frame(self, payload, opcode: int) -> None:
+        with self._lock:
+            self.ws.send_frame(payload, opcode)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._send_frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], OPCODE_CLOSE)
+        self.close_sent = True
+
+    def _socket(self):
+        return getattr(getattr(self.ws, "handler", None), "socket", None)
+
+    # --- gevent-websocket callbacks (the reading greenlet) ------------------------------------
+    def _on_ping(self, header, payload) -> None:
+        self.heard()
+        if self._writer is not None and not self._writer.dead:
+            self.offer(_Pong(bytes(payload)))
+        else:
+            self._send_frame(bytes(payload), OPCODE_PONG)
+
+    def _on_pong(self, header, payload) -> None:
+        self.heard()
+
+    def _on_close_frame(self, header, payload) -> None:
+        self.peer_close = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+@dataclasses.dataclass(frozen=True)
+class Register:
+    connection: Connection
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregister:
+    connection: Connection
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscribe:
+    connection: Connection
+    device_ids: frozenset[int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CloseAll:
+    code: int
+    reason: str
+
+
+class BroadcasterActor(pykka.ThreadingActor):
+    """Keeps the registered clients and their subscriptions; numbers and fans out every event."""
+
+    def __init__(self, rt: Runtime):
+        super().__init__()
+        self.rt = rt
+        self.legacy_device_id = rt.config.legacy_device_id
+        self.clients: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self.last_event_id = 0
+
+    def on_receive(self, message):
+        try:
+            return self._dispatch(message)
+        except Exception:
+            # An exception here would kill the actor and every client's live view with it.
+            log.exception("broadcaster failed handling %r", message)
+            return None
+
+    def on_stop(self) -> None:
+        self._close_all(1001, "The server is shutting down.")
+
+    def _dispatch(self, message):
+        if isinstance(message, (DeviceStateChanged, ActivationChanged, ScheduleChanged)):
+            self._fan_out(message)
+        elif isinstance(message, Register):
+            self.clients[message.connection.id] = message.connection
+            return self.last_event_id
+        elif isinstance(message, Unregister):
+            self.clients.pop(message.connection.id, None)
+        elif isinstance(message, Subscribe):
+            conn = message.connection
+            conn.device_ids = message.device_ids
+            ids = sorted(message.device_ids) if message.device_ids is not None else None
+            # Everything after this frame in the stream follows the new subscription.
+            conn.offer(dumps({"type": "subscribed", "device_ids": ids, "after_id": self.last_event_id}))
+        elif isinstance(message, CloseAll):
+            self._close_all(message.code, message.reason)
+        return None
+
+    def _fan_out(self, event) -> None:
+        described = event_body(event, next(self._ids))
+        if described is None:
+            return
+        device_id, body = described
+        self.last_event_id = body["id"]
+        text = dumps(body)
+        legacy = None
+        if isinstance(event, DeviceStateChanged) and event.device_id == self.legacy_device_id:
+            legacy = legacy_frame(event.state)
+        gone = []
+        for conn in self.clients.values():
+            if conn.legacy:
+                if legacy is not None and not conn.offer(legacy):
+                    gone.append(conn.id)
+            elif conn.wants(device_id) and not conn.offer(text):
+                gone.append(conn.id)
+        for conn_id in gone:
+            self.clients.pop(conn_id, None)
+
+    def _close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.clients.values()):
+            conn.close(code, reason)
