@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEVICE_ANSWER_S = 15.0  # how long a run waits for its device actor to take the request
 RETRY_S = 5.0  # a run that hit a database error is tried again this much later
+LOAD_PAGE = 5000  # schedules read per query when the heap is rebuilt at start-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +104,7 @@ class SchedulerActor(pykka.ThreadingActor):
         began = time.perf_counter()
         with self.db.connection_context():
             self._settle_interrupted_runs()
-            rows = (m.Schedule.select(m.Schedule.id, m.Schedule.next_run_at)
-                    .where(m.Schedule.enabled & m.Schedule.next_run_at.is_null(False)).tuples())
-            self.queue.load((sid, from_db(due)) for sid, due in rows)
+            self.queue.load(self._pending())
         self.started_in_s = time.perf_counter() - began
         log.info("scheduler loaded %d pending schedules in %.3fs; next due %s", len(self.queue),
                  self.started_in_s, iso(self.queue.armed_for) if self.queue.armed_for else "never")
@@ -115,6 +114,19 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("scheduler actor failed: %s", exception_value)
+
+    def _pending(self) -> list[tuple[int, dt.datetime]]:
+        # In pages: each query hands the gevent loop back, so 100,000 schedules do not stall requests.
+        items: list[tuple[int, dt.datetime]] = []
+        last = 0
+        while True:
+            page = list(m.Schedule.select(m.Schedule.id, m.Schedule.next_run_at)
+                        .where(m.Schedule.enabled & m.Schedule.next_run_at.is_null(False) & (m.Schedule.id > last))
+                        .order_by(m.Schedule.id).limit(LOAD_PAGE).tuples())
+            items.extend((sid, from_db(due)) for sid, due in page)
+            if len(page) < LOAD_PAGE:
+                return items
+            last = page[-1][0]
 
     def _settle_interrupted_runs(self) -> None:
         """Runs whose device answer was lost in a crash: find their activation, never fire again."""

@@ -1,0 +1,1 @@
+"""Benchmarks: runnable modules, not tests (python -m bench.bench_schedules)."""
