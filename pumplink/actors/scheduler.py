@@ -180,7 +180,12 @@ class SchedulerActor(pykka.ThreadingActor):
         if s is None or not s.enabled or s.next_run_at is None or from_db(s.next_run_at) != due:
             return  # deleted or changed since this entry was queued
         now = self.clock.now()
-        rec = Recurrence.of(s, self.tz)
+        try:
+            rec = Recurrence.of(s, self.tz)
+        except PumpLinkError as exc:
+            # Retrying cannot help a rule this dateutil no longer reads; the row stays for a fix.
+            log.error("schedule %s has an unreadable rule %r (%s); it does not run", schedule_id, s.rrule, exc)
+            return
         decision = plan(rec, due, now, self.config.schedule_grace_s)
         outcome = "firing" if decision.fire else "missed"
         detail = None
@@ -216,7 +221,6 @@ class SchedulerActor(pykka.ThreadingActor):
             self._settle(RunSettled(run.id, schedule_id, None, exc))
             return
         _report_when_done(self.actor_ref, future, run.id, schedule_id)
-        self._publish(s, "fired", {"run": run_view(run)})
 
     @unit_of_work
     def _settle(self, msg: RunSettled) -> None:
@@ -235,7 +239,7 @@ class SchedulerActor(pykka.ThreadingActor):
         s = m.Schedule.get_or_none(m.Schedule.id == msg.schedule_id)
         if s is None:
             return
-        self._publish(s, "run", {"run": run_view(run)})
+        self._publish(s, "fired", {"run": run_view(run)})  # once per run, with its outcome
         if msg.error is not None:
             self._alert_not_run(s, from_db(run.due_at), f"{outcome}: {detail}")
 

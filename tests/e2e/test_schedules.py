@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import psycopg2
+
 from tests.conftest import World
 from tests.support import wait_until
 
@@ -273,6 +275,43 @@ def test_a_run_missed_beyond_the_grace_window_is_recorded_as_missed(server_facto
         assert on_commands(pump) == []
         after = user.get(f"schedules/{s['id']}").json()
         assert after["status"] == "finished" and after["next_run_at"] is None
+    finally:
+        world.close()
+        server.stop()
+
+
+def test_runs_cut_off_by_a_crash_are_settled_after_the_restart_and_not_fired_again(server_factory):
+    server = server_factory()
+    world = World(server)
+    try:
+        user = world.user()
+        device_id, pump = ready_pump(world, user)
+        later = Timeline().due(3600)[0]
+        lost, taken = schedule(user, device_id, later, duration_s=60), schedule(user, device_id, later, duration_s=60)
+        server.kill()
+        # What a crash between "run recorded" and "device answered" leaves behind: one run the
+        # device never took, and one it took (its activation exists) but whose answer was lost.
+        due = dt.datetime.now(UTC).replace(tzinfo=None) - dt.timedelta(seconds=30)
+        conn = psycopg2.connect(server.env["PUMPLINK_DATABASE_URL"])
+        with conn, conn.cursor() as cur:
+            for s in (lost, taken):
+                cur.execute("INSERT INTO schedule_run (schedule_id, due_at, fired_at, outcome) "
+                            "VALUES (%s, %s, %s, 'firing')", (s["id"], due, due))
+            cur.execute("INSERT INTO activation (device_id, user_id, schedule_id, duration_s, state, reason, source, "
+                        "created_at, started_at, ends_at, ended_at) VALUES (%s, %s, %s, 1, 'completed', 'completed', "
+                        "'schedule', %s, %s, %s, %s) RETURNING id",
+                        (device_id, user.user_id, taken["id"], due, due, due + dt.timedelta(seconds=1),
+                         due + dt.timedelta(seconds=1)))
+            activation_id = cur.fetchone()[0]
+        conn.close()
+        server.start()
+
+        (run,) = settled_runs(user, lost["id"])
+        assert run["outcome"] == "interrupted" and "at most once" in run["detail"]
+        (run,) = settled_runs(user, taken["id"])
+        assert run["outcome"] == "started" and run["activation_id"] == activation_id
+        assert on_commands(pump) == []  # neither is fired again
+        assert user.get(f"schedules/{lost['id']}").json()["next_run_at"] == lost["next_run_at"]
     finally:
         world.close()
         server.stop()
