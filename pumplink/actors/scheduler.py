@@ -239,6 +239,13 @@ class SchedulerActor(pykka.ThreadingActor):
         s = m.Schedule.get_or_none(m.Schedule.id == msg.schedule_id)
         if s is None:
             return
+        if isinstance(msg.error, NotFound) and not m.Device.select().where(
+                (m.Device.id == s.device_id) & m.Device.deleted_at.is_null()).exists():
+            # The device was deleted: later runs could only be refused the same way.
+            s.enabled = False
+            s.save(only=[m.Schedule.enabled])
+            self.queue.discard(s.id)
+            log.info("schedule %s disabled: its device %s was deleted", s.id, s.device_id)
         self._publish(s, "fired", {"run": run_view(run)})  # once per run, with its outcome
         if msg.error is not None:
             self._alert_not_run(s, from_db(run.due_at), f"{outcome}: {detail}")

@@ -137,6 +137,17 @@ def test_a_run_over_the_devices_quota_is_recorded_as_rejected(world):
     assert on_commands(pump) == []
 
 
+def test_a_schedule_whose_device_was_deleted_records_why_and_stops(world):
+    user = world.user()
+    device_id = world.device("Doomed pump")
+    s = schedule(user, device_id, Timeline().due(1.5)[0], duration_s=1, rrule="FREQ=SECONDLY;INTERVAL=2")
+    assert world.admin.delete(f"devices/{device_id}").status_code == 200
+    (run,) = settled_runs(user, s["id"])
+    assert run["outcome"] == "rejected: no device"
+    after = user.get(f"schedules/{s['id']}").json()
+    assert after["status"] == "disabled" and after["run_count"] == 1
+
+
 def test_disabled_and_deleted_schedules_do_not_fire_and_others_cannot_touch_them(world):
     owner, stranger = world.user(), world.user()
     device_id, pump = ready_pump(world, owner)
