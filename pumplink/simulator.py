@@ -98,6 +98,8 @@ class SimulatedPump:
         self.connected.set()
 
     def _on_message(self, client, userdata, msg):
+        if msg.topic != self.command_topic:
+            return  # some brokers (amqtt) echo retained messages of other topics on subscribe
         if self.legacy:
             action, command_id, duration = msg.payload.decode(errors="replace").strip().lower(), None, None
             if action not in ("on", "off"):
