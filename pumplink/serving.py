@@ -19,7 +19,7 @@ _config = _load_config()
 bind = [_config.bind]
 # One worker: the actor system (device state, timers, MQTT link) lives in it.
 workers = 1
-worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+worker_class = "pumplink.worker.PumpLinkWorker"
 worker_connections = 4000
 wsgi_app = "pumplink.service:make_wsgi_app()"
 preload_app = False

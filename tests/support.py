@@ -109,6 +109,9 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"server did not answer /health within {timeout}s:\n{self.log_tail()}")
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
