@@ -29,6 +29,7 @@ class ActorSystem:
         self.scheduler: pykka.ActorRef | None = None
         self.gateway: Gateway | None = None
         self.broadcaster: pykka.ActorRef | None = None  # the WebSocket endpoint registers clients here
+        self.notifier: pykka.ActorRef | None = None
 
     @property
     def config(self) -> Config:
@@ -69,12 +70,19 @@ class ActorSystem:
         factories = []
         # --- broadcaster and notifier (issue 5) go here: callables returning started ActorRefs ---
         from .actors.broadcaster import BroadcasterActor
+        from .actors.notifier import NotifierActor
 
         def broadcaster():
             self.broadcaster = BroadcasterActor.start(self.rt)
             return self.broadcaster
 
+        def notifier():
+            self.notifier = NotifierActor.start(self.rt)
+            return self.notifier
+
         factories.append(broadcaster)
+        if self.rt.config.push_enabled:
+            factories.append(notifier)
         return factories
 
     def _start_scheduler(self) -> pykka.ActorRef | None:
