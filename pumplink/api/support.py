@@ -21,19 +21,60 @@ MAX_BODY = 1024 * 1024
 
 def read_json(req: falcon.Request, schema=None, *, required: bool = True):
     """The body as a dict (validated by ``schema`` when given); content type is not insisted on."""
-    raw = req.bounded_stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise falcon.HTTPContentTooLarge(description="The request body is larger than 1 MiB.")
+    raw = _read_body(req)
     if not raw.strip():
         data = {}
     else:
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise malformed_json(str(exc)) from None
+        except RecursionError:
+            raise malformed_json("it is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.", "body_not_object")
+    if _has_nul(data):
+        # PostgreSQL cannot store NUL in text; refusing here beats a 500 from the driver.
+        raise BadRequest("Text in the body must not contain NUL (\\u0000) characters.", "nul_character")
     return schema.model_validate(data) if schema is not None else data
+
+
+def _read_body(req: falcon.Request) -> bytes:
+    if req.content_length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        # falcon's bounded_stream reads a body without Content-Length as empty; the server
+        # (gevent's pywsgi) decodes chunked input on wsgi.input itself.
+        stream, parts, size = req.stream, [], 0
+        while size <= MAX_BODY:
+            part = stream.read(MAX_BODY + 1 - size)
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        raw = b"".join(parts)
+    else:
+        raw = req.bounded_stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise falcon.HTTPContentTooLarge(description="The request body is larger than 1 MiB.")
+    return raw
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _has_nul(value) -> bool:
+    stack = [value]  # iterative: a body may be nested as deep as the JSON parser allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def client_address(req: falcon.Request) -> str:
