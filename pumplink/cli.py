@@ -25,27 +25,38 @@ def _serve(args) -> int:
     return 0
 
 
-def _migrate(args) -> int:
+def _migrated_database(config):
     from . import migrations
-    from .db import make_database
+    from .db import OPERATIONAL_ERRORS, make_database
 
-    config = load()
-    applied = migrations.migrate(make_database(config.database_url))
+    db = make_database(config.database_url)
+    try:
+        applied = migrations.migrate(db)
+    except OPERATIONAL_ERRORS as exc:
+        # Name the setting to check rather than print a driver traceback.
+        raise ConfigError(f"PUMPLINK_DATABASE_URL: cannot use the database: {str(exc).strip()}") from None
+    return db, applied
+
+
+def _migrate(args) -> int:
+    _, applied = _migrated_database(load())
     print(f"migrations applied: {applied}" if applied else "the database is up to date")
     return 0
 
 
 def _create_admin(args) -> int:
-    from . import migrations
     from .accounts import Accounts
     from .clock import Clock
-    from .db import make_database
+    from .errors import PumpLinkError
 
     config = load()
-    db = make_database(config.database_url)
-    migrations.migrate(db)
-    with db.connection_context():
-        user = Accounts(config, Clock()).ensure_admin(args.email, args.password)
+    db, _ = _migrated_database(config)
+    try:
+        with db.connection_context():
+            user = Accounts(config, Clock()).ensure_admin(args.email, args.password)
+    except PumpLinkError as exc:  # a bad email or password: say which, no traceback
+        print(f"pumplink create-admin: {exc.message}", file=sys.stderr)
+        return 2
     print(f"admin {user.email} (id {user.id}) is ready")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Mapping
@@ -86,6 +87,8 @@ def _number(kind):
             value = kind(raw)
         except ValueError:
             raise ConfigError(f"{name}: expected a {kind.__name__} number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {raw!r}")
         if value < 0:
             raise ConfigError(f"{name}: must not be negative, got {raw!r}")
         return value
@@ -105,12 +108,6 @@ def _positive(kind):
     return parse
 
 
-def _text(name: str, raw: str) -> str:
-    if not raw.strip():
-        raise ConfigError(f"{name}: must not be empty")
-    return raw.strip()
-
-
 def _optional(name: str, raw: str) -> str | None:
     return raw or None
 
@@ -120,6 +117,38 @@ def _secret(name: str, raw: str) -> str | None:
         return None
     if len(raw) < 32:
         raise ConfigError(f"{name}: must be at least 32 characters long (got {len(raw)}); use a random value")
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: expected an http:// or https:// URL, got {raw!r}")
+    return raw.strip()
+
+
+def _admin_email(name: str, raw: str) -> str | None:
+    if not raw.strip():
+        return None
+    from .accounts import normalize_email  # late: accounts needs this module
+    from .errors import PumpLinkError
+
+    try:
+        return normalize_email(raw)
+    except PumpLinkError as exc:
+        raise ConfigError(f"{name}: {exc.message}") from None
+
+
+def _admin_password(name: str, raw: str) -> str | None:
+    if not raw:
+        return None
+    from .accounts import check_password
+    from .errors import PumpLinkError
+
+    try:
+        check_password(raw)
+    except PumpLinkError as exc:
+        raise ConfigError(f"{name}: {exc.message}") from None
     return raw
 
 
@@ -197,10 +226,10 @@ _PARSERS = {
     "auto_approve": _bool,
     "legacy_device_id": _positive(int),
     "push_enabled": _bool,
-    "expo_url": _text,
+    "expo_url": _http_url,
     "expo_access_token": _optional,
-    "admin_email": _optional,
-    "admin_password": _optional,
+    "admin_email": _admin_email,
+    "admin_password": _admin_password,
     "access_token_ttl_s": _positive(int),
     "refresh_token_ttl_s": _positive(int),
     "login_failures_per_email": _positive(int),
