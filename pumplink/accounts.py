@@ -51,11 +51,15 @@ _dummy_hash: list[bytes] = []
 
 
 def verify_password(password: str, hashed: str | None) -> bool:
+    candidate = password.encode()
+    if len(candidate) > PASSWORD_MAX_BYTES:
+        # No stored password is that long (bcrypt 5 raises on it); fail like a wrong one, same cost.
+        candidate, hashed = candidate[:PASSWORD_MAX_BYTES], None
     # An unknown email still costs one bcrypt check, so timing does not reveal which accounts exist.
     if not hashed and not _dummy_hash:
         _dummy_hash.append(hash_password("not-a-real-password").encode())
     target = hashed.encode() if hashed else _dummy_hash[0]
-    ok = offload(lambda: bcrypt.checkpw(password.encode(), target))
+    ok = offload(lambda: bcrypt.checkpw(candidate, target))
     return ok and hashed is not None
 
 
@@ -74,45 +78,88 @@ class LoginLimiter:
     """Counts failed logins per client address and per email in a sliding window.
 
     Only failures count: a household behind one address should not lock itself out by
-    logging in successfully, while guessing passwords is throttled.
+    logging in successfully, while guessing passwords is throttled. bcrypt makes each check
+    take ~250 ms, so parallel guesses must not all pass the limit before the first one fails:
+    attempts for one email take turns, and an attempt counts against its client from the
+    moment it starts until it succeeds.
     """
 
     def __init__(self, config: Config, clock: Clock):
         self._limits = {"client": config.login_failures_per_client, "email": config.login_failures_per_email}
         self._window = config.login_window_s
         self._clock = clock
-        self._failures: dict[tuple[str, str], collections.deque] = collections.defaultdict(collections.deque)
+        self._failures: dict[tuple[str, str], collections.deque] = {}
+        self._turns: dict[str, list] = {}  # email -> [lock, waiters]
         self._lock = threading.Lock()
 
-    def _prune(self, key) -> collections.deque:
-        q = self._failures[key]
+    def attempt(self, client: str, email: str, verify) -> bool:
+        """Run ``verify()`` as one counted login attempt; 429 when a limit is reached."""
+        turn = self._take_turn(email)
+        try:
+            with turn[0]:
+                stamp = self._begin(client, email)
+                ok = verify()
+                if ok:
+                    self._succeeded(client, email, stamp)
+                return ok
+        finally:
+            self._leave_turn(email, turn)
+
+    def _take_turn(self, email: str) -> list:
+        with self._lock:
+            turn = self._turns.setdefault(email, [threading.Lock(), 0])
+            turn[1] += 1
+            return turn
+
+    def _leave_turn(self, email: str, turn: list) -> None:
+        with self._lock:
+            turn[1] -= 1
+            if turn[1] == 0:
+                self._turns.pop(email, None)
+
+    def _recent(self, key) -> int:
+        q = self._failures.get(key)
+        if q is None:
+            return 0
         cutoff = self._clock.monotonic() - self._window
         while q and q[0] < cutoff:
             q.popleft()
-        return q
+        if not q:
+            # Forget idle keys, or guessed emails would grow this dict without bound.
+            del self._failures[key]
+            return 0
+        return len(q)
 
-    def check(self, client: str, email: str) -> None:
+    def _begin(self, client: str, email: str) -> float:
         with self._lock:
             for kind, value in (("client", client), ("email", email)):
-                q = self._prune((kind, value))
-                if len(q) >= self._limits[kind]:
-                    retry = max(1, int(q[0] + self._window - self._clock.monotonic()) + 1)
+                key, limit = (kind, value), self._limits[kind]
+                if self._recent(key) >= limit:
+                    # The attempt that must leave the window before one more is allowed.
+                    freed_at = self._failures[key][-limit] + self._window
+                    retry = max(1, int(freed_at - self._clock.monotonic()) + 1)
                     raise TooManyRequests(
                         f"Too many failed logins from this {'address' if kind == 'client' else 'account'}; "
                         f"try again in {retry} seconds.",
                         "login_rate_limited",
                         retry_after=retry,
                     )
-
-    def failed(self, client: str, email: str) -> None:
-        with self._lock:
             now = self._clock.monotonic()
-            self._prune(("client", client)).append(now)
-            self._prune(("email", email)).append(now)
+            for key in (("client", client), ("email", email)):
+                self._failures.setdefault(key, collections.deque()).append(now)
+            return now
 
-    def succeeded(self, email: str) -> None:
+    def _succeeded(self, client: str, email: str, stamp: float) -> None:
         with self._lock:
             self._failures.pop(("email", email), None)
+            q = self._failures.get(("client", client))
+            if q is not None:
+                try:
+                    q.remove(stamp)
+                except ValueError:  # already out of the window
+                    pass
+                if not q:
+                    del self._failures[("client", client)]
 
 
 def _sha256(token: str) -> str:
@@ -154,20 +201,25 @@ class Accounts:
             email = normalize_email(email)
         except Unprocessable:
             raise Unauthorized("Wrong email or password.", "invalid_credentials") from None
-        self.limiter.check(client, email)
-        user = m.User.get_or_none(m.User.email == email)
-        if not verify_password(password, user.password_hash if user else None):
-            self.limiter.failed(client, email)
+        found: list[m.User | None] = []
+
+        def verify() -> bool:
+            found.append(m.User.get_or_none(m.User.email == email))
+            return verify_password(password, found[0].password_hash if found[0] else None)
+
+        if not self.limiter.attempt(client, email, verify):
             raise Unauthorized("Wrong email or password.", "invalid_credentials")
-        self.limiter.succeeded(email)
-        return self._issue(user, family=str(uuid.uuid4()))
+        return self._issue(found[0], family=str(uuid.uuid4()))
 
     def refresh(self, refresh_token: str) -> dict:
         now = self.clock.now()
         row = m.RefreshToken.get_or_none(m.RefreshToken.token_hash == _sha256(refresh_token))
         if row is None:
             raise Unauthorized("The refresh token is not valid; log in again.", "invalid_refresh_token")
-        if row.used_at is not None or row.revoked_at is not None:
+        if row.used_at is None and row.revoked_at is not None:
+            raise Unauthorized("This session has ended (logged out or revoked); log in again.",
+                               "refresh_token_revoked")
+        if row.used_at is not None:
             # A spent token came back: someone copied it. End the whole family.
             self.revoke_family(row.family)
             log.warning("refresh token reuse for user %s; family %s revoked", row.user_id, row.family)
@@ -253,6 +305,8 @@ class Accounts:
         if role is not None:
             if role not in ROLES:
                 raise Unprocessable(f"role must be one of {', '.join(ROLES)}.", "invalid_role")
+            if user.role == "admin" and role != "admin" and _admin_count() <= 1:
+                raise Conflict("This is the only admin; make another account an admin first.", "last_admin")
             user.role = role
         if quota_given:
             user.daily_quota_minutes = quota
@@ -265,6 +319,10 @@ class Accounts:
         deleted = m.User.delete().where(m.User.id == user_id).execute()
         if not deleted:
             raise NotFound(f"There is no user {user_id}.", "user_not_found")
+
+
+def _admin_count() -> int:
+    return m.User.select().where(m.User.role == "admin").count()
 
 
 def require_role(user: m.User, role: str) -> None:

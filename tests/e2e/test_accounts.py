@@ -1,0 +1,325 @@
+"""Accounts through a real server: the mobile app's path, tokens, roles, limits, admin tools."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import secrets
+import subprocess
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.conftest import ADMIN
+from tests.support import PUMPLINK_BIN, Api, wait_until
+
+PASSWORD = "password-123"
+
+
+class ClosingApi(Api):
+    """Asks the server to close each connection: a live Response keeps its socket open
+    otherwise, and a dedicated server's graceful stop would wait 10 s for it."""
+
+    def request(self, method, path, json=None, token=None, **kw):
+        kw.setdefault("headers", {}).setdefault("Connection", "close")
+        return super().request(method, path, json=json, token=token, **kw)
+
+
+def unique_email(tag: str = "u") -> str:
+    return f"{tag}{secrets.token_hex(5)}@example.org"
+
+
+def assert_error(r, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert isinstance(body.get("code"), str) and body["code"], body
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def register(api, email: str, password: str = PASSWORD):
+    return api.post("register", {"email": email, "password": password})
+
+
+def login(api, email: str, password: str = PASSWORD):
+    return api.post("login", {"email": email, "password": password})
+
+
+@pytest.fixture(scope="module")
+def member(server):
+    """One approved user for the tests that only need some account."""
+    api = server.api()
+    email = unique_email("member")
+    r = register(api, email)
+    assert r.status_code == 201, r.text
+    uid = r.json()["user"]["id"]
+    admin = server.api(login(api, *ADMIN).json()["access_token"])
+    assert admin.patch(f"users/{uid}", {"role": "user"}).status_code == 200
+    return {"id": uid, "email": email}
+
+
+def test_mobile_app_path_register_wait_for_approval_then_activate(world):
+    device_id = world.device("Approval pump")
+    pump = world.pump(device_id)
+    anonymous = world.server.api()
+    email = unique_email("app")
+
+    r = register(anonymous, email)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["message"] and body["user"]["email"] == email
+    assert body["user"]["role"] == "pending" and body["user"]["approved"] is False
+
+    # A pending user can log in (the app needs the token) but controls nothing.
+    r = login(anonymous, email)
+    assert r.status_code == 200, r.text
+    tokens = r.json()
+    assert tokens["access_token"] and tokens["refresh_token"]
+    assert tokens["token"] == tokens["access_token"]  # the Go server's field name, read by the app
+    user = world.server.api(tokens["access_token"])
+    assert user.get("me").json()["role"] == "pending"
+    assert_error(user.post("activate", {"device_id": device_id, "duration": 0.02}), 403, "approval_required")
+    assert pump.commands == []
+    wait_until(lambda: world.admin.get(f"devices/{device_id}").json()["state"] == "off", what="pump reported off")
+
+    r = world.admin.patch(f"users/{body['user']['id']}", {"role": "user"})
+    assert r.status_code == 200 and r.json()["role"] == "user", r.text
+
+    # The same access token now works: roles are read from the database on every request.
+    r = user.post("activate", {"device_id": device_id, "duration": 0.02})
+    assert r.status_code == 202, r.text
+    cmd = pump.wait_for(lambda p: p.commands and p.commands[0], what="ON command")
+    assert cmd["action"] == "on" and cmd["duration_s"] == 1
+
+
+def test_refresh_rotates_and_reusing_a_spent_token_ends_the_family(server, member):
+    api = server.api()
+    first = login(api, member["email"]).json()
+
+    r = api.post("refresh-token", {"refresh_token": first["refresh_token"]})
+    assert r.status_code == 200, r.text
+    second = r.json()
+    assert second["access_token"] and second["refresh_token"] != first["refresh_token"]
+    assert server.api(second["access_token"]).get("me").json()["id"] == member["id"]
+
+    r = api.post("refresh-token", {"refresh_token": second["refresh_token"]})
+    assert r.status_code == 200, r.text
+    third = r.json()
+
+    # Someone replays the first token: the whole family ends, the newest token included.
+    assert_error(api.post("refresh-token", {"refresh_token": first["refresh_token"]}), 401, "refresh_token_reused")
+    assert_error(api.post("refresh-token", {"refresh_token": third["refresh_token"]}), 401)
+    assert_error(api.post("refresh-token", {"refresh_token": "never-issued"}), 401, "invalid_refresh_token")
+
+
+def test_logout_revokes_that_session_only_and_works_with_an_expired_access_token(server, member):
+    api = server.api()
+    phone = login(api, member["email"]).json()
+    tablet = login(api, member["email"]).json()
+
+    r = server.api(phone["access_token"]).post("logout", {"refresh_token": phone["refresh_token"]})
+    assert r.status_code == 200, r.text
+    assert_error(api.post("refresh-token", {"refresh_token": phone["refresh_token"]}), 401, "refresh_token_revoked")
+    assert api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}).status_code == 200
+
+    # Without a usable access token the refresh token itself is the authority to log out.
+    other = login(api, member["email"]).json()
+    r = api.post("logout", {"refresh_token": other["refresh_token"]}, token="expired.or.garbage")
+    assert r.status_code == 200, r.text
+    assert_error(api.post("refresh-token", {"refresh_token": other["refresh_token"]}), 401)
+    assert_error(api.post("logout", {}), 401, "missing_token")
+
+
+def _claims(user_id: int, **changes) -> dict:
+    now = int(time.time())
+    claims = {"sub": str(user_id), "role": "admin", "iat": now, "exp": now + 600, "jti": uuid.uuid4().hex}
+    claims.update(changes)
+    return claims
+
+
+def test_forged_expired_and_unsigned_tokens_are_refused(server, member):
+    secret = server.env["PUMPLINK_JWT_SECRET"]
+    api = server.api()
+    genuine = jwt.encode(_claims(member["id"]), secret, algorithm="HS256")
+    assert api.get("me", token=genuine).status_code == 200  # the test signs the way the server does
+
+    now = int(time.time())
+    expired = jwt.encode(_claims(member["id"], iat=now - 1200, exp=now - 600), secret, algorithm="HS256")
+    assert_error(api.get("me", token=expired), 401, "token_expired")
+
+    forged = jwt.encode(_claims(member["id"]), "not-the-server-secret-" + "x" * 20, algorithm="HS256")
+    assert_error(api.get("me", token=forged), 401, "invalid_token")
+    assert_error(api.get("users", token=forged), 401)
+
+    unsigned = jwt.encode(_claims(member["id"]), None, algorithm="none")
+    assert_error(api.get("me", token=unsigned), 401, "invalid_token")
+    # Hand-made 'alg: none' with an empty signature, as an attacker would send it.
+    header, payload, _ = genuine.split(".")
+    none_header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    assert_error(api.get("me", token=f"{none_header}.{payload}."), 401, "invalid_token")
+
+    other_alg = jwt.encode(_claims(member["id"]), secret, algorithm="HS512")
+    assert_error(api.get("me", token=other_alg), 401, "invalid_token")
+    assert_error(api.get("me", token="not-a-jwt"), 401, "invalid_token")
+    assert_error(api.get("me", token=""), 401, "missing_token")
+    assert_error(api.get("me", headers={"Authorization": f"Basic {genuine}"}), 401, "missing_token")
+
+
+def test_demotion_and_deletion_apply_to_the_very_next_request(world):
+    device_id = world.device("Demotion pump")
+    second_admin = world.user("admin")
+    assert second_admin.get("users").status_code == 200
+
+    r = world.admin.patch(f"users/{second_admin.user_id}", {"role": "user"})
+    assert r.status_code == 200, r.text
+    assert_error(second_admin.get("users"), 403, "admin_required")
+    assert_error(second_admin.get("audit"), 403, "admin_required")
+
+    r = world.admin.patch(f"users/{second_admin.user_id}", {"role": "pending"})
+    assert r.status_code == 200, r.text
+    assert_error(second_admin.post("activate", {"device_id": device_id, "duration_s": 1}), 403, "approval_required")
+    assert second_admin.get("me").json()["role"] == "pending"
+
+    r = world.admin.delete(f"users/{second_admin.user_id}")
+    assert r.status_code == 200, r.text
+    assert_error(second_admin.get("me"), 401, "user_gone")
+    assert_error(world.admin.delete(f"users/{second_admin.user_id}"), 404, "user_not_found")
+    assert all(u["id"] != second_admin.user_id for u in world.admin.get("users?limit=500").json()["items"])
+
+
+def test_the_only_admin_cannot_be_demoted_or_delete_itself(world):
+    me = world.admin.get("me").json()
+    admins = [u for u in world.admin.get("users?limit=500").json()["items"] if u["role"] == "admin"]
+    if len(admins) == 1:
+        assert_error(world.admin.patch(f"users/{me['id']}", {"role": "user"}), 409, "last_admin")
+    assert_error(world.admin.delete(f"users/{me['id']}"), 409, "cannot_delete_self")
+    assert world.admin.get("me").json()["role"] == "admin"
+
+
+def test_emails_are_compared_case_insensitively(server):
+    api = server.api()
+    token = secrets.token_hex(4)
+    r = register(api, f"Mixed.Case{token}@Example.ORG")
+    assert r.status_code == 201, r.text
+    assert r.json()["user"]["email"] == f"mixed.case{token}@example.org"
+
+    assert login(api, f"mixed.case{token}@example.org").status_code == 200
+    assert_error(register(api, f"MIXED.CASE{token}@example.org"), 409, "email_taken")
+    assert_error(register(api, "not-an-email"), 422, "invalid_email")
+
+
+def test_password_length_limits(server):
+    api = server.api()
+    assert_error(register(api, unique_email(), "short"), 422, "password_too_short")
+    # 37 characters but 74 bytes: bcrypt would silently ignore the tail, so it is refused.
+    assert_error(register(api, unique_email(), "é" * 37), 422, "password_too_long")
+
+    email, longest = unique_email(), "é" * 36  # exactly 72 bytes
+    assert register(api, email, longest).status_code == 201
+    assert login(api, email, longest).status_code == 200
+    # Longer than any stored password: a plain wrong password, not a server error.
+    assert_error(login(api, email, longest + "x"), 401, "invalid_credentials")
+    assert_error(login(api, email, "x" * 500), 401, "invalid_credentials")
+
+
+@pytest.fixture(scope="module")
+def email_limited(server_factory):
+    srv = server_factory(PUMPLINK_LOGIN_FAILURES_PER_EMAIL="3",
+                         PUMPLINK_ADMIN_EMAIL="Boot.Admin@Example.org", PUMPLINK_ADMIN_PASSWORD="boot-password-1")
+    yield srv
+    srv.stop()
+
+
+def test_env_bootstrap_creates_the_admin(email_limited):
+    api = ClosingApi(email_limited.base)
+    r = login(api, "boot.admin@example.org", "boot-password-1")
+    assert r.status_code == 200, r.text
+    admin = ClosingApi(email_limited.base, r.json()["access_token"])
+    assert admin.get("me").json()["role"] == "admin"
+    assert admin.get("users").status_code == 200
+
+
+def test_repeated_failed_logins_for_one_email_get_429(email_limited):
+    api = ClosingApi(email_limited.base)
+    victim = unique_email("victim")
+    assert register(api, victim).status_code == 201
+    for _ in range(3):
+        assert_error(login(api, victim, "wrong-guess-1"), 401, "invalid_credentials")
+    r = login(api, victim)  # even the right password waits now
+    assert_error(r, 429, "login_rate_limited")
+    retry = int(r.headers["Retry-After"])
+    assert 1 <= retry <= 300
+    # Other accounts from the same address are not locked out by it.
+    assert_error(login(api, unique_email(), "wrong-guess-1"), 401, "invalid_credentials")
+
+    # Guesses sent in parallel cannot slip past the limit while bcrypt is busy.
+    target = unique_email("parallel")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(lambda _: login(ClosingApi(email_limited.base), target, "guess-guess").status_code, range(6)))
+    assert codes.count(401) == 3 and codes.count(429) == 3, codes
+
+
+def test_repeated_failed_logins_from_one_client_get_429_until_the_window_passes(server_factory):
+    window = 5
+    srv = server_factory(PUMPLINK_LOGIN_FAILURES_PER_CLIENT="3", PUMPLINK_LOGIN_WINDOW_S=str(window))
+    try:
+        api = ClosingApi(srv.base)
+        for _ in range(3):
+            assert_error(login(api, unique_email(), "wrong-guess-1"), 401, "invalid_credentials")
+        r = login(api, *ADMIN)
+        assert_error(r, 429, "login_rate_limited")
+        retry = int(r.headers["Retry-After"])
+        assert 1 <= retry <= window
+        limited_at = time.monotonic()
+        # A forwarded-for header does not buy a fresh allowance.
+        r = api.post("login", {"email": ADMIN[0], "password": ADMIN[1]}, headers={"X-Forwarded-For": "203.0.113.9"})
+        assert_error(r, 429, "login_rate_limited")
+
+        # Retry-After tells the truth: the address may try again once the window has passed.
+        wait_until(lambda: login(api, *ADMIN).status_code == 200, timeout=window + 5, interval=0.25,
+                   what="login allowed again")
+        assert time.monotonic() - limited_at >= retry - 1.5
+    finally:
+        srv.stop()
+
+
+def _pumplink(server, *args, timeout=60):
+    return subprocess.run([PUMPLINK_BIN, *args], env=server.env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_create_admin_command(server):
+    email = f"CLI.{secrets.token_hex(4)}@Example.org"
+    done = _pumplink(server, "create-admin", "--email", email, "--password", "cli-password-1")
+    assert done.returncode == 0, done.stderr
+    assert email.lower() in done.stdout
+
+    r = login(server.api(), email.lower(), "cli-password-1")
+    assert r.status_code == 200, r.text
+    admin = server.api(r.json()["access_token"])
+    assert admin.get("me").json()["role"] == "admin"
+    assert admin.get("audit").status_code == 200
+
+    bad = _pumplink(server, "create-admin", "--email", unique_email(), "--password", "short")
+    assert bad.returncode != 0
+    assert "at least 8 characters" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_user_list_and_audit_are_for_admins_only(world, member):
+    user = world.login(member["email"], PASSWORD)
+    assert_error(user.get("users"), 403, "admin_required")
+    assert_error(user.get("audit"), 403, "admin_required")
+    assert_error(world.server.api().get("users"), 401, "missing_token")
+    assert_error(world.server.api().get("audit"), 401, "missing_token")
+
+    users = world.admin.get("users?limit=500")
+    assert users.status_code == 200
+    assert member["id"] in [u["id"] for u in users.json()["items"]]
+    assert all("password_hash" not in u for u in users.json()["items"])
+    # The approval of ``member`` was recorded, with who did it.
+    entries = wait_until(lambda: [a for a in world.admin.get("audit?limit=500").json()["items"]
+                                  if a["action"] == "user.update" and a["target"] == f"user:{member['id']}"],
+                         what="audit entry of the approval")
+    assert entries[0]["detail"] == {"role": "user"} and entries[0]["actor_id"] is not None
