@@ -9,6 +9,7 @@ import peewee
 from .clock import Clock
 from .config import Config
 from .events import EventBus
+from .metrics import Metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Runtime:
     clock: Clock
     bus: EventBus
     topics: Topics
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     @classmethod
     def build(cls, config: Config, db: peewee.Database, clock: Clock | None = None) -> "Runtime":

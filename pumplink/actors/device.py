@@ -25,6 +25,7 @@ from ..errors import Conflict, NotFound, PumpLinkError, TooManyRequests, Unproce
 from ..events import ActivationChanged, Alert, DeviceStateChanged
 from ..runtime import Runtime
 from ..views import activation_view
+from .timers import tell_later
 from .messages import Ack, Availability, BrokerConnected, Publish, StateReport, TimerFired
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,7 @@ class Pending:
     actor: str
     attempts: int = 1
     timer: threading.Timer | None = None
-
-
-def _tell_later(ref: pykka.ActorRef, delay: float, message) -> threading.Timer:
-    def fire():
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            pass
-
-    timer = threading.Timer(max(0.0, delay), fire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    sent_at: float = 0.0  # monotonic, of the first send
 
 
 class DeviceActor(pykka.ThreadingActor):
@@ -82,9 +71,12 @@ class DeviceActor(pykka.ThreadingActor):
 
     # --- life cycle ------------------------------------------------------------------------
     def on_start(self) -> None:
+        self.rt.metrics.device_state(None, self.state)
         self._recover()
 
     def on_stop(self) -> None:
+        self.rt.metrics.device_state(self.state, None)
+        self.rt.metrics.queued.dec(len(self.queue))
         self._cancel_timer(self.off_timer)
         if self.pending:
             self._cancel_timer(self.pending.timer)
@@ -107,10 +99,11 @@ class DeviceActor(pykka.ThreadingActor):
         for act in open_acts:
             if act.state == "queued":
                 self.queue.append(act)
+                self.rt.metrics.queued.inc()
             elif act.state == "running" and from_db(act.ends_at) > now and self.current is None:
                 self.current = act
                 remaining = (from_db(act.ends_at) - now).total_seconds()
-                self.off_timer = _tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
+                self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
                 log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act.id, remaining)
             else:
                 # Should have ended while the server was down, or its ON was never confirmed.
@@ -164,6 +157,7 @@ class DeviceActor(pykka.ThreadingActor):
             return
         self._cancel_timer(p.timer)
         self.pending = None
+        self.rt.metrics.ack_latency.labels(p.action).observe(self.clock.monotonic() - p.sent_at)
         if p.action == "on":
             act = self.current
             if act is None or act.id != p.activation_id or act.state != "starting":
@@ -199,7 +193,7 @@ class DeviceActor(pykka.ThreadingActor):
             p.attempts += 1
             log.warning("device %s: no ack for %s %s, re-sending (attempt %d)", self.device_id, p.action, p.id, p.attempts)
             self._publish(p.topic, p.payload)
-            p.timer = _tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", p.id))
+            p.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", p.id))
             return
         self.pending = None
         log.error("device %s: no ack for %s %s after %d attempts", self.device_id, p.action, p.id, p.attempts)
@@ -305,6 +299,8 @@ class DeviceActor(pykka.ThreadingActor):
             source=source, state="queued", created_at=to_db(self.clock.now()),
         )
         self.queue.append(act)
+        self.rt.metrics.queued.inc()
+        self.rt.metrics.activations_accepted.labels(source).inc()
         log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
         self._changed(act)
         self._advance()
@@ -315,6 +311,7 @@ class DeviceActor(pykka.ThreadingActor):
         for act in self.queue:
             if act.id == activation_id:
                 self.queue.remove(act)
+                self.rt.metrics.queued.dec()
                 self._finish(act, "cancelled", "cancelled", by)
                 return activation_view(act, self.clock.now())
         if self.current is not None and self.current.id == activation_id:
@@ -329,6 +326,7 @@ class DeviceActor(pykka.ThreadingActor):
         cancelled = []
         while self.queue:
             act = self.queue.popleft()
+            self.rt.metrics.queued.dec()
             self._finish(act, "cancelled", "force", by)
             cancelled.append(act.id)
         stopped = self.current.id if self.current is not None else None
@@ -401,6 +399,7 @@ class DeviceActor(pykka.ThreadingActor):
         if self.available is False:
             return  # queued work waits until the pump is back
         act = self.queue.popleft()
+        self.rt.metrics.queued.dec()
         act.state = "starting"
         self.current = act
         pending = self._send("on", act, reason="command", actor=self._actor_of(act))
@@ -420,7 +419,7 @@ class DeviceActor(pykka.ThreadingActor):
             self._close_session("superseded")
         self._open_session(act, "command")
         self._log("on", "command", self._actor_of(act), activation_id=act.id)
-        self.off_timer = _tell_later(self.actor_ref, act.duration_s, TimerFired("off", act.id))
+        self.off_timer = tell_later(self.actor_ref, act.duration_s, TimerFired("off", act.id))
         self._changed(act)
         self._alert("device_on", f"device_on:activation:{act.id}", self.device.name,
                     f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", "approved")
@@ -439,6 +438,7 @@ class DeviceActor(pykka.ThreadingActor):
         act.state, act.reason, act.ended_by = state, reason, by
         act.ended_at = to_db(ended_at or self.clock.now())
         act.save()
+        self.rt.metrics.activations.labels(state, reason).inc()
         if self.current is not None and self.current.id == act.id:
             self.current = None
             self._cancel_timer(self.off_timer)
@@ -460,8 +460,9 @@ class DeviceActor(pykka.ThreadingActor):
                 body["duration_s"] = act.duration_s
             topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
         self._publish(topic, payload)
-        pending = Pending(command_id, action, topic, payload, activation_id, reason, actor)
-        pending.timer = _tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", command_id))
+        pending = Pending(command_id, action, topic, payload, activation_id, reason, actor,
+                          sent_at=self.clock.monotonic())
+        pending.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", command_id))
         self.pending = pending
         return pending
 
@@ -511,6 +512,7 @@ class DeviceActor(pykka.ThreadingActor):
         if new == self.state:
             return
         previous, self.state = self.state, new
+        self.rt.metrics.device_state(previous, new)
         activation_id = self.current.id if self.current is not None else None
         log.info("device %s state %s -> %s (activation %s, reason %s)", self.device_id, previous, new,
                  activation_id, reason)

@@ -135,11 +135,13 @@ class MqttActor(pykka.ThreadingActor):
         self.status.connects += 1
         self.status.last_error = None
         self.status.connected.set()
+        self.rt.metrics.broker_connected.set(1)
         log.info("connected to the broker (connection %d)", self.status.connects)
         self.notify_connected()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         self.status.connected.clear()
+        self.rt.metrics.broker_connected.set(0)
         self.status.last_error = str(reason_code)
         log.warning("disconnected from the broker (%s); paho reconnects with backoff", reason_code)
 
@@ -152,7 +154,9 @@ class MqttActor(pykka.ThreadingActor):
         try:
             message = parse_device_message(protocol, kind, msg.payload, bool(msg.retain))
         except (ValueError, UnicodeDecodeError) as exc:
+            self.rt.metrics.mqtt_malformed.inc()
             log.warning("malformed payload on %s dropped: %s (%r)", msg.topic, exc, msg.payload[:200])
             return
+        self.rt.metrics.mqtt_messages.labels(kind).inc()
         if not self.route(device_id, message):
             log.debug("message for unknown device %s on %s dropped", device_id, msg.topic)

@@ -23,6 +23,7 @@ from ..errors import NotFound, PumpLinkError
 from ..events import Alert, ScheduleChanged
 from ..runtime import Runtime
 from ..schedules import DueQueue, Recurrence, outcome_of, plan, run_view, schedule_view
+from .timers import tell_later
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,6 @@ class RunSettled:
     schedule_id: int
     activation: dict | None
     error: BaseException | None
-
-
-def _tell_later(ref: pykka.ActorRef, delay: float, message) -> threading.Timer:
-    def fire():
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            pass
-
-    timer = threading.Timer(max(0.0, delay), fire)
-    timer.daemon = True
-    timer.start()
-    return timer
 
 
 def _report_when_done(ref: pykka.ActorRef, future: pykka.Future, run_id: int, schedule_id: int) -> None:
@@ -98,7 +86,7 @@ class SchedulerActor(pykka.ThreadingActor):
 
     # --- life cycle ------------------------------------------------------------------------
     def _arm(self, delay: float, token: int) -> threading.Timer:
-        return _tell_later(self.actor_ref, delay, Wake(token))
+        return tell_later(self.actor_ref, delay, Wake(token))
 
     def on_start(self) -> None:
         began = time.perf_counter()
@@ -106,6 +94,7 @@ class SchedulerActor(pykka.ThreadingActor):
             self._settle_interrupted_runs()
             self.queue.load(self._pending())
         self.started_in_s = time.perf_counter() - began
+        self.rt.metrics.scheduler_heap.set(len(self.queue))
         log.info("scheduler loaded %d pending schedules in %.3fs; next due %s", len(self.queue),
                  self.started_in_s, iso(self.queue.armed_for) if self.queue.armed_for else "never")
 
@@ -165,6 +154,7 @@ class SchedulerActor(pykka.ThreadingActor):
             self._settle(message)
         else:
             log.warning("scheduler ignores unknown message %r", message)
+        self.rt.metrics.scheduler_heap.set(len(self.queue))
 
     def _fire_safely(self, schedule_id: int, due: dt.datetime) -> None:
         try:
@@ -172,7 +162,7 @@ class SchedulerActor(pykka.ThreadingActor):
         except OPERATIONAL_ERRORS + (PumpLinkError,) as exc:
             # Popped from the heap but not recorded: try again, or it would be lost until a restart.
             log.error("schedule %s due %s not fired (%s); retrying in %.0fs", schedule_id, iso(due), exc, RETRY_S)
-            _tell_later(self.actor_ref, RETRY_S, Retry(schedule_id, due))
+            tell_later(self.actor_ref, RETRY_S, Retry(schedule_id, due))
 
     @unit_of_work
     def _fire(self, schedule_id: int, due: dt.datetime) -> None:
@@ -213,6 +203,7 @@ class SchedulerActor(pykka.ThreadingActor):
             self._publish(s, "missed", {"run": run_view(run)})
             self._alert_not_run(s, due, detail)
             return
+        self.rt.metrics.schedule_lateness.observe(max(0.0, (now - due).total_seconds()))
         log.info("schedule %s fires run %s due %s (%.3fs late) on device %s", schedule_id, run.id, iso(due),
                  (now - due).total_seconds(), s.device_id)
         try:

@@ -69,4 +69,6 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
     app.add_route("/api/activate-device", routes["/activate"])
     app.add_route("/health", routes["/health"])
     app.add_route("/ready", routes["/ready"])
+    # Prometheus scrapes the root path by convention; keep it off the public proxy.
+    app.add_route("/metrics", ops.Metrics(system.rt.metrics))
     return app

@@ -32,3 +32,16 @@ class Ready:
             body.update(error="A dependency is down: " + ", ".join(k for k, v in checks.items() if v != "ok"),
                         code="not_ready")
         resp.media = body
+
+
+class Metrics:
+    uses_db = False
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def on_get(self, req, resp):
+        from ..metrics import CONTENT_TYPE_LATEST
+
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = self.metrics.render()

@@ -1,0 +1,41 @@
+"""Prometheus metrics, in a registry of the service's own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.activations = Counter("pumplink_activations", "Activations that reached an end, by state and reason",
+                                   ["state", "reason"], registry=r)
+        self.activations_accepted = Counter("pumplink_activations_accepted", "Activations accepted", ["source"],
+                                            registry=r)
+        self.ack_latency = Histogram("pumplink_command_ack_seconds", "Time from a command to its ack", ["action"],
+                                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                                     registry=r)
+        self.queued = Gauge("pumplink_queued_activations", "Activations waiting in device queues", registry=r)
+        self.devices = Gauge("pumplink_devices", "Devices by state", ["state"], registry=r)
+        self.ws_clients = Gauge("pumplink_websocket_clients", "Connected WebSocket clients", registry=r)
+        self.broker_connected = Gauge("pumplink_broker_connected", "1 while the MQTT link is up", registry=r)
+        self.mqtt_messages = Counter("pumplink_mqtt_messages", "Device messages received, by kind", ["kind"],
+                                     registry=r)
+        self.mqtt_malformed = Counter("pumplink_mqtt_malformed", "Device messages dropped as malformed", registry=r)
+        self.scheduler_heap = Gauge("pumplink_scheduler_heap_size", "Schedules waiting in the scheduler's heap",
+                                    registry=r)
+        self.schedule_lateness = Histogram("pumplink_schedule_lateness_seconds",
+                                           "How late due schedule runs were handed to their device",
+                                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300), registry=r)
+
+    def device_state(self, previous: str | None, new: str | None) -> None:
+        if previous is not None:
+            self.devices.labels(previous).dec()
+        if new is not None:
+            self.devices.labels(new).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
