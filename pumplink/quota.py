@@ -26,8 +26,11 @@ def used_seconds(
 ) -> float:
     """ON time inside [day_start, day_end); an open interval counts up to ``now``."""
     total = 0.0
+    day_start, day_end = day_start.astimezone(UTC), day_end.astimezone(UTC)
     for start, end in intervals:
-        end = now if end is None else end
+        # In UTC: same-zone subtraction is wall-clock time and would lose the repeated DST hour.
+        start = start.astimezone(UTC)
+        end = (now if end is None else end).astimezone(UTC)
         lo, hi = max(start, day_start), min(end, day_end)
         if hi > lo:
             total += (hi - lo).total_seconds()

@@ -7,7 +7,9 @@ import falcon
 from .. import models as m
 from ..accounts import Accounts, user_dict
 from ..views import audit_view
-from .schemas import Credentials, LogoutBody, RefreshBody, UserPatch
+from . import answers as A
+from .openapi import MessageBody, doc
+from .schemas import Credentials, LogoutBody, PageQuery, RefreshBody, UserPatch
 from .support import Auth, client_address, page_params, path_id, read_json
 
 
@@ -15,6 +17,7 @@ class Register:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
+    @doc("Create an account (pending until an admin approves it)", body=Credentials, status=201, answer=A.RegisterAnswer, auth=None, errors=(409, 422))
     def on_post(self, req, resp):
         body = read_json(req, Credentials)
         user = self.accounts.register(body.email, body.password)
@@ -28,6 +31,7 @@ class Login:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
+    @doc("Log in: access and refresh tokens", body=Credentials, answer=A.TokensAnswer, auth=None, errors=(401, 429))
     def on_post(self, req, resp):
         body = read_json(req, Credentials)
         resp.media = self.accounts.login(body.email, body.password, client_address(req))
@@ -37,6 +41,7 @@ class Refresh:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
+    @doc("Trade a refresh token for new tokens (rotated; a reused one revokes its family)", body=RefreshBody, answer=A.TokensAnswer, auth=None, errors=(401,))
     def on_post(self, req, resp):
         body = read_json(req, RefreshBody)
         resp.media = self.accounts.refresh(body.refresh_token)
@@ -46,6 +51,7 @@ class Logout:
     def __init__(self, accounts: Accounts, auth: Auth):
         self.accounts, self.auth = accounts, auth
 
+    @doc("Revoke a refresh token", body=LogoutBody, answer=MessageBody, auth=None, errors=(401,))
     def on_post(self, req, resp):
         body = read_json(req, LogoutBody)
         if body.refresh_token:
@@ -61,6 +67,7 @@ class Me:
     def __init__(self, auth: Auth):
         self.auth = auth
 
+    @doc("The logged-in account", answer=A.UserOut)
     def on_get(self, req, resp):
         resp.media = user_dict(self.auth.user(req))
 
@@ -69,6 +76,7 @@ class Users:
     def __init__(self, auth: Auth):
         self.auth = auth
 
+    @doc("Every account (admin)", query=PageQuery, answer=A.UserPage, auth="admin", errors=(400, 422))
     def on_get(self, req, resp):
         self.auth.user(req, "admin")
         page = page_params(req)
@@ -81,6 +89,7 @@ class User:
     def __init__(self, accounts: Accounts, auth: Auth, gateway_of):
         self.accounts, self.auth, self.gateway_of = accounts, auth, gateway_of
 
+    @doc("Change an account's role or quota (admin)", body=UserPatch, answer=A.UserOut, auth="admin", errors=(409, 422))
     def on_patch(self, req, resp, user_id):
         admin = self.auth.user(req, "admin")
         raw = read_json(req)
@@ -91,6 +100,7 @@ class User:
                                 {k: raw[k] for k in ("role", "daily_quota_minutes") if k in raw})
         resp.media = user_dict(user)
 
+    @doc("Delete an account (admin)", answer=MessageBody, auth="admin", errors=(409,))
     def on_delete(self, req, resp, user_id):
         admin = self.auth.user(req, "admin")
         uid = path_id(user_id)
@@ -103,6 +113,7 @@ class Audit:
     def __init__(self, auth: Auth):
         self.auth = auth
 
+    @doc("The audit log (admin)", query=PageQuery, answer=A.AuditPage, auth="admin", errors=(400, 422))
     def on_get(self, req, resp):
         self.auth.user(req, "admin")
         page = page_params(req)

@@ -11,7 +11,9 @@ from ..clock import to_db
 from ..errors import NotFound
 from ..gateway import Gateway
 from ..views import activation_view, log_view, session_view
-from .schemas import ActivateBody, DeviceCreate, DevicePatch
+from . import answers as A
+from .openapi import MessageBody, doc
+from .schemas import ActivateBody, DeviceCreate, DevicePatch, EmptyBody, PageQuery
 from .support import Auth, page_params, path_id, read_json
 
 
@@ -28,10 +30,12 @@ class _Base:
 
 
 class Devices(_Base):
+    @doc("Every device with its state, running activation, queue and today's use", answer=A.DeviceList, errors=(503,))
     def on_get(self, req, resp):
         self.auth.user(req)
         resp.media = {"devices": self.gateway.devices()}
 
+    @doc("Create a device (admin)", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(422, 503))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
         body = read_json(req, DeviceCreate)
@@ -40,15 +44,18 @@ class Devices(_Base):
 
 
 class Device(_Base):
+    @doc("One device", answer=A.DeviceOut, errors=(503,))
     def on_get(self, req, resp, device_id):
         self.auth.user(req)
         resp.media = self.gateway.device(path_id(device_id))
 
+    @doc("Change a device (admin)", body=DevicePatch, answer=A.DeviceOut, auth="admin", errors=(422, 503))
     def on_patch(self, req, resp, device_id):
         admin = self.auth.user(req, "admin")
         body = read_json(req, DevicePatch)
         resp.media = self.gateway.update_device(admin, path_id(device_id), **body.model_dump(exclude_unset=True))
 
+    @doc("Delete a device (admin); it is sent OFF first", answer=MessageBody, auth="admin", errors=(503,))
     def on_delete(self, req, resp, device_id):
         admin = self.auth.user(req, "admin")
         did = path_id(device_id)
@@ -59,12 +66,14 @@ class Device(_Base):
 class DeviceStatus(_Base):
     """The Go server's shape, kept for old clients."""
 
+    @doc("The Go server's status shape", answer=A.GoStatus, errors=(503,))
     def on_get(self, req, resp, device_id):
         self.auth.user(req)
         resp.media = self.gateway.go_status(path_id(device_id))
 
 
 class ForceShutdown(_Base):
+    @doc("Send OFF now, end the running activation, cancel the queue (admin)", body=EmptyBody, answer=A.ShutdownAnswer, auth="admin", errors=(503,))
     def on_post(self, req, resp, device_id):
         admin = self.auth.user(req, "admin")
         read_json(req)
@@ -73,6 +82,7 @@ class ForceShutdown(_Base):
 
 
 class EmergencyStop(_Base):
+    @doc("Force shutdown of every device (admin)", body=EmptyBody, answer=A.EmergencyAnswer, auth="admin", errors=(503,))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
         read_json(req)
@@ -82,6 +92,7 @@ class EmergencyStop(_Base):
 
 
 class Activate(_Base):
+    @doc("Run a pump for a duration (queued behind a running one)", body=ActivateBody, status=202, answer=A.ActivationAnswer, auth="approved", errors=(409, 422, 429, 503))
     def on_post(self, req, resp):
         user = self.auth.user(req, "user")
         body = read_json(req, ActivateBody)
@@ -104,6 +115,7 @@ def _window(query, field, page, tz):
 
 
 class Activations(_Base):
+    @doc("Activations (own; admins see all)", query=PageQuery, answer=A.ActivationPage, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
@@ -130,10 +142,12 @@ class Activation(_Base):
             raise NotFound(f"There is no activation {activation_id} of yours.", "activation_not_found")
         return user, act
 
+    @doc("One activation", answer=A.ActivationOut)
     def on_get(self, req, resp, activation_id):
         _, act = self._load(req, activation_id)
         resp.media = activation_view(act, self.clock.now())
 
+    @doc("Cancel a queued activation or stop a running one (owner or admin)", answer=A.ActivationAnswer, errors=(403, 409, 503))
     def on_delete(self, req, resp, activation_id):
         user, act = self._load(req, activation_id)
         result = self.gateway.cancel_activation(user, act.id)
@@ -164,7 +178,15 @@ class Sessions(_DeviceHistory):
     model = m.Session
     view = staticmethod(session_view)
 
+    @doc("A device's sessions (ON periods), newest first", query=PageQuery, answer=A.SessionPage, errors=(400, 422))
+    def on_get(self, req, resp, device_id):
+        super().on_get(req, resp, device_id)
+
 
 class Logs(_DeviceHistory):
     model = m.DeviceLog
     view = staticmethod(log_view)
+
+    @doc("A device's ON/OFF log, newest first", query=PageQuery, answer=A.LogPage, errors=(400, 422))
+    def on_get(self, req, resp, device_id):
+        super().on_get(req, resp, device_id)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import falcon
 
+from . import answers as A
+from .openapi import doc
+
 
 class Health:
     uses_db = False
 
+    @doc("Liveness", auth=None, answer=A.Health)
     def on_get(self, req, resp):
         resp.media = {"status": "ok"}
 
@@ -18,6 +22,7 @@ class Ready:
     def __init__(self, db, broker):
         self.db, self.broker = db, broker
 
+    @doc("Database and broker reachable", auth=None, answer=A.Ready, errors=(503,))
     def on_get(self, req, resp):
         checks = {"database": "ok", "broker": "ok" if self.broker.connected.is_set() else "down"}
         try:
@@ -40,6 +45,7 @@ class Metrics:
     def __init__(self, metrics):
         self.metrics = metrics
 
+    @doc("Prometheus metrics", auth=None, content_type="text/plain")
     def on_get(self, req, resp):
         from ..metrics import CONTENT_TYPE_LATEST
 

@@ -13,8 +13,16 @@ from ..clock import iso
 from ..errors import NotFound, Unprocessable
 from ..gateway import Gateway
 from ..schedules import Recurrence, check_new, parse_start, schedule_view
-from .schemas import Body, Number
+from .openapi import MessageBody, doc
+from .schemas import Body, Number, PageQuery
 from .support import Auth, page_params, path_id, read_json
+
+SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
+            "status, next_run_at, next_runs (five UTC times), runs (latest 20 with outcome), run_count"}
+SCHEDULE_ANSWER = {"type": "object", "properties": {"message": {"type": "string"}, "schedule": SCHEDULE}}
+SCHEDULE_PAGE = {"type": "object", "properties": {"items": {"type": "array", "items": SCHEDULE},
+                                                  "limit": {"type": "integer"}, "offset": {"type": "integer"},
+                                                  "next_offset": {"type": "integer", "nullable": True}}}
 
 RUNS_SHOWN = 20
 
@@ -97,6 +105,7 @@ class _Base:
 
 
 class Schedules(_Base):
+    @doc("Schedules (own; admins see all), with next runs and past outcomes", query=PageQuery, answer=SCHEDULE_PAGE, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
@@ -118,6 +127,7 @@ class Schedules(_Base):
             "limit": page.limit, "offset": page.offset, "next_offset": page.offset + page.limit if more else None,
         }
 
+    @doc("Create a one-off or recurring (rrule) schedule", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="approved", errors=(422, 503))
     def on_post(self, req, resp):
         self._create(req, resp)
 
@@ -125,15 +135,18 @@ class Schedules(_Base):
 class AppSchedule(_Base):
     """The mobile app's name for creating a schedule."""
 
+    @doc("Create a schedule (the mobile app's call)", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="approved", errors=(422, 503))
     def on_post(self, req, resp):
         self._create(req, resp)
 
 
 class Schedule(_Base):
+    @doc("One schedule", answer=SCHEDULE)
     def on_get(self, req, resp, schedule_id):
         user = self.auth.user(req)
         resp.media = self._view(self._own(user, schedule_id))
 
+    @doc("Enable or disable a schedule", body=SchedulePatch, answer=SCHEDULE, auth="approved", errors=(422, 503))
     def on_patch(self, req, resp, schedule_id):
         user = self.auth.user(req, "user")
         body = read_json(req, SchedulePatch)
@@ -141,6 +154,7 @@ class Schedule(_Base):
         self.gateway.set_schedule_enabled(user, s, body.enabled)
         resp.media = self._view(self._own(user, schedule_id))
 
+    @doc("Delete a schedule", answer=MessageBody, auth="approved", errors=(503,))
     def on_delete(self, req, resp, schedule_id):
         user = self.auth.user(req, "user")
         s = self._own(user, schedule_id)

@@ -59,3 +59,7 @@ class PageQuery(Body):
     offset: int = Field(default=0, ge=0)
     since: dt.datetime | None = None
     until: dt.datetime | None = None
+
+
+class EmptyBody(Body):
+    """A body that carries nothing (``{}``), as the app sends it."""

@@ -69,8 +69,6 @@ def test_used_seconds_across_the_next_midnight_and_on_the_long_day():
     assert used_seconds(repeated, start, end, now) == 2 * 3600
 
 
-@pytest.mark.xfail(strict=True, reason="quota.used_seconds subtracts same-zone datetimes as wall-clock time; "
-                                       "the device actor passes UTC so it is not hit today (see report)")
 def test_used_seconds_with_local_zone_times_through_the_repeated_hour():
     start, end = day_bounds(utc(2026, 10, 25, 12), BERLIN)
     repeated = [(dt.datetime(2026, 10, 25, 1, 30, tzinfo=BERLIN), dt.datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=BERLIN))]
