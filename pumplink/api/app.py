@@ -12,6 +12,7 @@ from ..system import ActorSystem
 from . import accounts as acc
 from . import devices as dev
 from . import errors, ops
+from .openapi import OpenApi
 from .support import Auth, DatabaseMiddleware, RequestLogMiddleware
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,17 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
     from . import live
 
     routes.update(live.routes(auth, system.rt.clock))
-    app.add_route("/ws", routes["/ws"])
-    for path, resource in routes.items():
-        app.add_route(PREFIX + path, resource)
-    # Paths older clients use: the seed's activation name, and probes at the root.
-    app.add_route("/api/activate-device", routes["/activate"])
-    app.add_route("/health", routes["/health"])
-    app.add_route("/ready", routes["/ready"])
-    # Prometheus scrapes the root path by convention; keep it off the public proxy.
-    app.add_route("/metrics", ops.Metrics(system.rt.metrics))
+    registered = [(PREFIX + path, resource) for path, resource in routes.items()]
+    # Paths older clients use (the seed's activation name, the app's WebSocket at the root),
+    # probes at the root, and Prometheus's conventional path (keep it off the public proxy).
+    registered += [
+        ("/api/activate-device", routes["/activate"]),
+        ("/ws", routes["/ws"]),
+        ("/health", routes["/health"]),
+        ("/ready", routes["/ready"]),
+        ("/metrics", ops.Metrics(system.rt.metrics)),
+    ]
+    registered.append((PREFIX + "/openapi.json", OpenApi(registered)))
+    for path, resource in registered:
+        app.add_route(path, resource)
     return app
