@@ -122,7 +122,7 @@ class Activations(_Base):
         query = m.Activation.select().order_by(m.Activation.id.desc())
         if user.role != "admin" or req.get_param("mine") == "true":
             query = query.where(m.Activation.user == user.id)
-        device_id = req.get_param_as_int("device_id")
+        device_id = req.get_param_as_int("device_id", min_value=1, max_value=2**31 - 1)
         if device_id is not None:
             query = query.where(m.Activation.device == device_id)
         state = req.get_param("state")

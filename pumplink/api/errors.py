@@ -7,6 +7,7 @@ import logging
 import re
 
 import falcon
+import peewee
 import pydantic
 
 from ..errors import BadRequest, PumpLinkError, Unavailable
@@ -70,6 +71,12 @@ def handle_database_error(req, resp, exc, params) -> None:
                                                "database_unavailable", retry_after=5), params)
 
 
+def handle_data_error(req, resp, exc, params) -> None:
+    # A value the schema let through but the database cannot hold: the request's fault, not ours.
+    log.warning("database refused a value on %s %s: %s", req.method, req.path, exc)
+    _write(resp, 422, "A value is out of the range the server can store.", "value_out_of_range")
+
+
 def handle_unexpected(req, resp, exc: Exception, params) -> None:
     if isinstance(exc, falcon.HTTPError):
         serialize_http_error(req, resp, exc)
@@ -84,6 +91,7 @@ def install(app: falcon.App) -> None:
     for error_class in OPERATIONAL_ERRORS:
         app.add_error_handler(error_class, handle_database_error)
     app.add_error_handler(pydantic.ValidationError, handle_validation_error)
+    app.add_error_handler(peewee.DataError, handle_data_error)
     app.add_error_handler(PumpLinkError, handle_domain_error)
 
 

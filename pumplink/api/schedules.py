@@ -112,7 +112,7 @@ class Schedules(_Base):
         query = m.Schedule.select().order_by(m.Schedule.id.desc())
         if user.role != "admin" or req.get_param("mine") == "true":
             query = query.where(m.Schedule.user == user.id)
-        device_id = req.get_param_as_int("device_id")
+        device_id = req.get_param_as_int("device_id", min_value=1, max_value=2**31 - 1)
         if device_id is not None:
             query = query.where(m.Schedule.device == device_id)
         enabled = req.get_param_as_bool("enabled")

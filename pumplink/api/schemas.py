@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 Number = StrictInt | StrictFloat
+# Quotas and max runs below ~a second mean nothing to a pump (and underflow the column).
+MIN_MINUTES = 0.01
 
 
 class Body(BaseModel):
@@ -29,7 +31,7 @@ class LogoutBody(Body):
 
 class UserPatch(Body):
     role: Literal["pending", "user", "admin"] | None = None
-    daily_quota_minutes: Number | None = Field(default=None, gt=0, le=24 * 60)
+    daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
 
 
 class ActivateBody(Body):
@@ -42,21 +44,21 @@ class DeviceCreate(Body):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: StrictStr = Field(min_length=1, max_length=100)
     protocol: Literal["pumplink", "legacy"] = "pumplink"
-    daily_quota_minutes: Number | None = Field(default=None, gt=0, le=24 * 60)
-    max_run_minutes: Number = Field(default=60, gt=0, le=24 * 60)
+    daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+    max_run_minutes: Number = Field(default=60, ge=MIN_MINUTES, le=24 * 60)
 
 
 class DevicePatch(Body):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: StrictStr | None = Field(default=None, min_length=1, max_length=100)
     protocol: Literal["pumplink", "legacy"] | None = None
-    daily_quota_minutes: Number | None = Field(default=None, gt=0, le=24 * 60)
-    max_run_minutes: Number | None = Field(default=None, gt=0, le=24 * 60)
+    daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+    max_run_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
 
 
 class PageQuery(Body):
     limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=10**9)
     since: dt.datetime | None = None
     until: dt.datetime | None = None
 
