@@ -61,6 +61,31 @@ def _create_admin(args) -> int:
     return 0
 
 
+def _device_credentials(args) -> int:
+    from pathlib import Path
+
+    from . import brokerauth
+
+    config = load()
+    user = brokerauth.username(args.device_id)
+    password = args.password or brokerauth.new_password()
+    line = brokerauth.password_line(user, password)
+    stanza = brokerauth.acl_stanza(args.device_id, config.mqtt_prefix)
+    if args.password_file:
+        brokerauth.upsert_password(Path(args.password_file), user, line)
+    if args.acl_file:
+        brokerauth.upsert_acl(Path(args.acl_file), user, stanza)
+    print(f"# broker login for device {args.device_id}: put these in the controller's firmware")
+    print(f"username: {user}\npassword: {password}\n")
+    print(f"# Mosquitto password file line{' (written to ' + args.password_file + ')' if args.password_file else ''}:")
+    print(line + "\n")
+    print(f"# Mosquitto ACL{' (written to ' + args.acl_file + ')' if args.acl_file else ''}:")
+    print(stanza)
+    if args.password_file or args.acl_file:
+        print("\n# reload Mosquitto to apply: kill -HUP $(pidof mosquitto)")
+    return 0
+
+
 def _simulate(args) -> int:
     from .simulator import run_simulator
 
@@ -82,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--email", required=True)
     admin.add_argument("--password", required=True)
     admin.set_defaults(func=_create_admin)
+    creds = sub.add_parser("device-credentials", help="print (and optionally write) a controller's broker login")
+    creds.add_argument("device_id", type=int)
+    creds.add_argument("--password", help="use this password instead of a generated one")
+    creds.add_argument("--password-file", help="add or replace the line in this Mosquitto password file")
+    creds.add_argument("--acl-file", help="add or replace the stanza in this Mosquitto ACL file")
+    creds.set_defaults(func=_device_credentials)
     sim = sub.add_parser("simulate", help="simulated pump controllers speaking the MQTT protocol")
     sim.add_argument("--devices", type=int, default=1, help="how many controllers (ids 1..N)")
     sim.add_argument("--ids", help="comma-separated device ids instead of 1..N")
