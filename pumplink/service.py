@@ -48,13 +48,13 @@ class PumpLinkService:
             return self.ws(environ, start_response)
         return self.app(environ, start_response)
 
-    def close_websockets(self) -> None:
-        """On SIGTERM: close every WebSocket with 1001 so gunicorn's graceful stop need not wait on them."""
+    def begin_shutdown(self) -> None:
+        """On SIGTERM (pumplink.worker): close every WebSocket with 1001, so the graceful stop need not wait on them."""
         if self.ws is not None:
             self.ws.close_all(1001, "The server is shutting down.")
 
     def close(self) -> None:
-        self.close_websockets()
+        self.begin_shutdown()
         self.system.stop()
         if hasattr(self.db, "close_all"):
             self.db.close_all()

@@ -38,22 +38,3 @@ def worker_exit(server, worker):
     if app is not None and hasattr(app, "close"):
         app.close()
 
-
-def post_worker_init(worker):
-    # gunicorn waits up to graceful_timeout for open connections on SIGTERM; WebSockets never
-    # end by themselves, so tell them (1001) as soon as the signal arrives.
-    import signal
-
-    import gevent
-
-    app = getattr(worker, "wsgi", None)
-    if app is None or not hasattr(app, "close_websockets"):
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(sig, frame):
-        if callable(previous):
-            previous(sig, frame)
-        gevent.spawn(app.close_websockets)  # not inside the signal handler itself
-
-    signal.signal(signal.SIGTERM, on_sigterm)

@@ -19,8 +19,8 @@ import gevent
 import gevent.lock
 import gevent.queue
 import pykka
-from geventwebsocket.exceptions import WebSocketError
-from geventwebsocket.websocket import WebSocket
+from geventwebsocket.exceptions import ProtocolError, WebSocketError
+from geventwebsocket.websocket import Header, WebSocket
 
 from ..clock import Clock, iso
 from ..events import ActivationChanged, DeviceStateChanged, ScheduleChanged
@@ -34,6 +34,8 @@ OUTBOX_LIMIT = 100
 SEND_BUFFER_BYTES = 16 * 1024
 # A peer that does not answer our close frame within this time is cut off.
 CLOSE_WAIT_S = 2.0
+# gevent-websocket reads a frame of any announced length into memory; clients only send small JSON.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
 
@@ -92,6 +94,37 @@ class _RoutedWebSocket(WebSocket):
         conn = self._connection()
         return conn._on_close_frame(header, payload) if conn is not None else super().handle_close(header, payload)
 
+    def close(self, code=1000, message=b""):
+        # gevent-websocket calls this on protocol errors from the reading greenlet, and its close
+        # frame lacks the status code; our Connection sends the frame (under its lock) instead.
+        conn = self._connection()
+        if conn is None:
+            return super().close(code, message)
+        if code != 1000 and not conn.broken:
+            reason = message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) else str(message or "")
+            conn.goodbye, conn.broken = (code, reason), True
+        return None
+
+    def read_frame(self):
+        # gevent-websocket's read_frame, with the announced length checked before anything is read.
+        conn = self._connection()
+        header = Header.decode_header(self.stream)
+        if header.flags:
+            raise ProtocolError
+        if conn is not None:
+            conn._check_incoming(header)
+        if not header.length:
+            return header, b""
+        try:
+            payload = self.raw_read(header.length)
+        except OSError:
+            payload = b""
+        if len(payload) != header.length:
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        if header.mask:
+            payload = header.unmask_payload(payload)
+        return header, payload
+
 
 @dataclasses.dataclass(frozen=True)
 class _Close:
@@ -125,6 +158,9 @@ class Connection:
         self.last_heard = clock.monotonic()
         self.close_sent = False
         self.peer_close: int | None = None
+        self.goodbye: tuple[int, str] = (1000, "")  # the close frame sent when the reader stops first
+        self._incoming = 0
+        self.broken = False  # the incoming stream is unreadable: answer, then discard what follows
         self.dead = False
         self.why: str | None = None
         self._closing = False
@@ -228,12 +264,16 @@ class Connection:
         if writer is not None and not writer.dead and writer is not gevent.getcurrent():
             writer.kill(block=True, timeout=1)
         if not self.dead and not self.close_sent:
-            code = self.peer_close if self.peer_close and self.peer_close not in (1005, 1006) else 1000
+            code, reason = self.goodbye
+            if self.peer_close is not None:
+                code, reason = (self.peer_close if self.peer_close not in (1005, 1006) else 1000), ""
             try:
                 with gevent.Timeout(1):
-                    self._send_close(code, "")
+                    self._send_close(code, reason)
             except (gevent.Timeout, WebSocketError, OSError):
                 pass
+        if self.broken and not self.dead:
+            self._discard_input()
         self.dead = True
         # gevent-websocket's own close() would send a close frame without its status code.
         self.ws.closed = True
@@ -283,6 +323,20 @@ class Connection:
         self._send_frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], OPCODE_CLOSE)
         self.close_sent = True
 
+    def _discard_input(self) -> None:
+        """Say we are done (FIN after our close frame) and drop what the peer still sends, so
+        closing with unread input does not reset the connection before the peer reads our frame."""
+        sock = self._socket()
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(CLOSE_WAIT_S, False):
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
+
     def _socket(self):
         return getattr(getattr(self.ws, "handler", None), "socket", None)
 
@@ -296,6 +350,19 @@ class Connection:
 
     def _on_pong(self, header, payload) -> None:
         self.heard()
+
+    def _check_incoming(self, header) -> None:
+        if header.opcode in (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG):
+            if header.length > 125:
+                raise ProtocolError("control frames carry at most 125 bytes")
+            return
+        if header.opcode != 0:  # a new message; 0 continues the current one
+            self._incoming = 0
+        self._incoming += header.length
+        if self._incoming > MAX_MESSAGE_BYTES:
+            self.goodbye = (1009, f"Messages are limited to {MAX_MESSAGE_BYTES // 1024} KiB.")
+            self.broken = True
+            raise WebSocketError("message too big")
 
     def _on_close_frame(self, header, payload) -> None:
         self.peer_close = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005

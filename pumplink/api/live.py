@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PATHS = ("/api/v1/ws", "/ws")
 # The app sends its token right after connecting; a silent socket is not kept waiting for long.
 AUTH_TIMEOUT_S = 10.0
-MAX_SUBSCRIBED = 10_000
+MAX_SUBSCRIBED = 1000
 EXPO_TOKEN = re.compile(r"^(?:ExponentPushToken|ExpoPushToken)\[[^\[\]\s]{1,180}\]$")
 
 
@@ -84,6 +84,8 @@ class LiveSocket:
         if token is None:
             token = self._first_message_token(conn)
             if token is None:
+                if conn.broken:
+                    return self._refuse(conn, *conn.goodbye)
                 return self._refuse(conn, 1008, "Send the access token as the first message.")
         try:
             user, claims = self._authenticate(token)
@@ -192,7 +194,7 @@ class LiveSocket:
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
         conn.close(code, reason)
         # Wait for the peer's answer to our close frame (bounded by the connection's own timer).
-        while not conn.dead:
+        while not conn.dead and not conn.broken:
             try:
                 if conn.ws.receive() is None:
                     return

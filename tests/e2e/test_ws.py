@@ -162,12 +162,45 @@ def test_token_expiring_while_connected_is_closed_with_1008(own_world):
     assert close_code(refreshed) == (1008, "That token belongs to another account.")
 
 
-def test_unknown_path_and_plain_http(own_world):
+def test_unknown_path_oversized_message_and_plain_http(own_world):
     server = own_world.server
     ws = connect(ws_url(server, "/nope"))
     assert close_code(ws)[0] == 4404
     r = server.api().get("/api/v1/ws")
     assert r.status_code == 426 and r.json()["code"] == "upgrade_required"
+
+    # The server does not read a huge frame into memory, before or after authentication.
+    ws = connect(ws_url(server, "/ws"))
+    ws.send("x" * 100_000)
+    assert close_code(ws)[0] == 1009
+    user = own_world.user()
+    ws = connect(ws_url(server), token=user.token)
+    assert recv_json(ws)["type"] == "snapshot"
+    ws.send(json.dumps({"type": "subscribe", "device_ids": list(range(1, 20_000))}))
+    assert close_code(ws)[0] == 1009
+
+
+def test_a_client_that_never_answers_pings_is_dropped_and_shutdown_says_1001(server_factory):
+    server = server_factory(PUMPLINK_WS_PING_S="0.5")
+    token = World(server).admin.token
+    listening, silent = connect(ws_url(server), token=token), connect(ws_url(server), token=token)
+    assert recv_json(listening)["type"] == recv_json(silent)["type"] == "snapshot"
+    pings = 0
+    while pings < 4:  # websocket-client answers each ping it reads; `silent` reads nothing meanwhile
+        opcode, _ = listening.recv_data_frame(True)
+        pings += opcode == websocket.ABNF.OPCODE_PING
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        while True:  # what it was sent before being dropped: pings, then the end
+            opcode, _ = silent.recv_data_frame(True)
+            assert opcode == websocket.ABNF.OPCODE_PING
+    listening.send(json.dumps({"type": "ping"}))
+    assert recv_until(listening, lambda m: m["type"] == "pong")[0]
+
+    # A graceful stop tells connected clients the server is going away.
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    assert close_code(listening) == (1001, "The server is shutting down.")
+    stopping.join(15)
 
 
 # --- JSON mode ----------------------------------------------------------------------------------
