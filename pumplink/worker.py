@@ -29,6 +29,9 @@ class Handler(WebSocketHandler):
         finally:
             Handler.idle.discard(self)
 
+    def log_request(self):
+        pass  # pumplink.request logs each request once, in the app's own format
+
     @classmethod
     def close_idle(cls) -> None:
         for handler in list(cls.idle):

@@ -515,7 +515,8 @@ class DeviceActor(pykka.ThreadingActor):
         self.rt.metrics.device_state(previous, new)
         activation_id = self.current.id if self.current is not None else None
         log.info("device %s state %s -> %s (activation %s, reason %s)", self.device_id, previous, new,
-                 activation_id, reason)
+                 activation_id, reason, extra={"device_id": self.device_id, "state": new, "previous": previous,
+                                               "activation_id": activation_id, "reason": reason})
         self.rt.bus.publish(DeviceStateChanged(
             device_id=self.device_id, state=new, previous=previous, available=self.available,
             activation_id=activation_id, reason=reason, at=self.clock.now(),
