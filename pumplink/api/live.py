@@ -18,7 +18,9 @@ import falcon
 import gevent
 import pykka
 from geventwebsocket.exceptions import WebSocketError
-from pydantic import Field, StrictStr
+from typing import Literal
+
+from pydantic import BaseModel, Field, StrictStr
 
 from .. import models as m
 from ..accounts import Accounts
@@ -27,6 +29,7 @@ from ..clock import iso, to_db
 from ..config import Config
 from ..db import OPERATIONAL_ERRORS
 from ..errors import NotFound, PumpLinkError, Unauthorized, Unavailable, Unprocessable
+from .openapi import doc
 from .schemas import Body
 from .support import Auth, read_json
 
@@ -238,6 +241,21 @@ class PushTokenBody(Body):
     token: StrictStr = Field(min_length=1, max_length=200)
 
 
+class PushTokenQuery(Body):
+    token: str | None = Field(default=None, description="instead of the body")
+
+
+class PushTokenAnswer(BaseModel):
+    message: str
+    token: str
+
+
+class LiveQuery(Body):
+    token: str | None = Field(default=None, description="access token (else the Authorization header, "
+                                                          "else the first text message)")
+    format: Literal["json"] | None = Field(default=None, description="JSON frames even with first-message auth")
+
+
 def expo_token(raw: str) -> str:
     token = raw.strip()
     if not EXPO_TOKEN.match(token):
@@ -250,6 +268,8 @@ class RegisterPushToken:
     def __init__(self, auth: Auth, clock):
         self.auth, self.clock = auth, clock
 
+    @doc("Register this phone's Expo push token (201; 200 when known: it moves to this account)",
+         body=PushTokenBody, status=201, answer=PushTokenAnswer, errors=(422,))
     def on_post(self, req, resp):
         user = self.auth.user(req)
         token = expo_token(read_json(req, PushTokenBody).token)
@@ -270,6 +290,8 @@ class PushToken:
     def __init__(self, auth: Auth):
         self.auth = auth
 
+    @doc("Stop push notifications to one of your tokens", body=PushTokenBody, query=PushTokenQuery,
+         answer=PushTokenAnswer, errors=(404,))
     def on_delete(self, req, resp):
         user = self.auth.user(req)
         raw = req.get_param("token")
@@ -290,6 +312,11 @@ class WebSocketOnly:
 
     uses_db = False
 
+    @doc("WebSocket (101 Switching Protocols): live device, activation and schedule events. "
+         "Text mode (the app): send the access token first, receive on/off. JSON mode (?format=json, "
+         "or Bearer/?token=): a snapshot, then numbered events; send {type: subscribe, device_ids}. "
+         "Bad or expiring token: close 1008. A plain GET answers 426.",
+         status=101, auth=None, query=LiveQuery, content_type="text/plain")
     def on_get(self, req, resp):
         raise UpgradeRequired("This is a WebSocket endpoint: connect with a WebSocket client "
                               "(Upgrade: websocket).")
