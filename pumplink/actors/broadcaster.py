@@ -400,6 +400,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         self.clients: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.last_event_id = 0
+        self.metrics = getattr(rt, "metrics", None)
 
     def on_receive(self, message):
         try:
@@ -417,9 +418,11 @@ class BroadcasterActor(pykka.ThreadingActor):
             self._fan_out(message)
         elif isinstance(message, Register):
             self.clients[message.connection.id] = message.connection
+            self._count()
             return self.last_event_id
         elif isinstance(message, Unregister):
             self.clients.pop(message.connection.id, None)
+            self._count()
         elif isinstance(message, Subscribe):
             conn = message.connection
             conn.device_ids = message.device_ids
@@ -449,6 +452,12 @@ class BroadcasterActor(pykka.ThreadingActor):
                 gone.append(conn.id)
         for conn_id in gone:
             self.clients.pop(conn_id, None)
+        if gone:
+            self._count()
+
+    def _count(self) -> None:
+        if self.metrics is not None:
+            self.metrics.ws_clients.set(len(self.clients))
 
     def _close_all(self, code: int, reason: str) -> None:
         for conn in list(self.clients.values()):

@@ -23,6 +23,7 @@ from .. import models as m
 from ..clock import to_db
 from ..events import Alert
 from ..runtime import Runtime
+from .timers import tell_later
 
 log = logging.getLogger(__name__)
 
@@ -258,16 +259,5 @@ class NotifierActor(pykka.ThreadingActor):
         log.info("push token %s… is no longer registered with Expo; removed", token[:24])
 
     def _tell_later(self, delay: float, message) -> None:
-        ref = self.actor_ref
-
-        def fire():
-            try:
-                ref.tell(message)
-            except pykka.ActorDeadError:
-                pass
-
         self._timers = [t for t in self._timers if t.is_alive()]
-        timer = threading.Timer(max(0.0, delay), fire)
-        timer.daemon = True
-        timer.start()
-        self._timers.append(timer)
+        self._timers.append(tell_later(self.actor_ref, delay, message))

@@ -69,6 +69,12 @@ def mint_token(server, user_id: int, ttl_s: float, role: str = "user") -> str:
     return jwt.encode(claims, server.env["PUMPLINK_JWT_SECRET"], algorithm="HS256")
 
 
+def ws_clients(server) -> float:
+    """The server's own count of connected WebSocket clients (Prometheus)."""
+    text = server.api().get("/metrics").text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("pumplink_websocket_clients ")))
+
+
 @pytest.fixture(scope="module")
 def own_server(server_factory):
     """A server of this module's own: device 1 (the app's device) is not shared with other tests."""
@@ -95,6 +101,7 @@ def test_mobile_app_flow_token_first_then_on_off_frames(own_world):
     versioned = connect(ws_url(server, "/api/v1/ws"))
     versioned.send(user.token)
     assert versioned.recv() == "off"
+    assert ws_clients(server) == 2
 
     r = user.post("activate", {"device_id": 1, "duration": 1})
     assert r.status_code == 202, r.text
@@ -116,6 +123,7 @@ def test_mobile_app_flow_token_first_then_on_off_frames(own_world):
     assert app.recv() == "off"
     app.close()
     versioned.close()
+    wait_until(lambda: ws_clients(server) == 0, what="both clients forgotten")
 
 
 def test_bad_token_is_closed_with_1008(own_world):
