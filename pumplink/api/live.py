@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 import falcon
 import gevent
+import gevent.lock
 import pykka
 from geventwebsocket.exceptions import WebSocketError
 from typing import Literal
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 PATHS = ("/api/v1/ws", "/ws")
 # The app sends its token right after connecting; a silent socket is not kept waiting for long.
 AUTH_TIMEOUT_S = 10.0
+# Token checks at once: a reconnect storm (every phone after a restart) must not take the whole
+# database pool from the actors and the HTTP API. Each check is one short query.
+AUTH_CONCURRENCY = 4
 MAX_SUBSCRIBED = 1000
 EXPO_TOKEN = re.compile(r"^(?:ExponentPushToken|ExpoPushToken)\[[^\[\]\s]{1,180}\]$")
 
@@ -53,6 +57,7 @@ class LiveSocket:
         self.clock = system.rt.clock
         self.connections: set[Connection] = set()
         self.closing = False
+        self._auth_gate = gevent.lock.BoundedSemaphore(AUTH_CONCURRENCY)
 
     def __call__(self, environ, start_response):
         conn = Connection(environ["wsgi.websocket"], ping_s=self.config.ws_ping_s, clock=self.clock)
@@ -130,9 +135,10 @@ class LiveSocket:
 
     def _authenticate(self, token: str):
         try:
-            with self.db.connection_context():
+            with self._auth_gate, self.db.connection_context():
                 return self.accounts.user_for_token(token)
-        except OPERATIONAL_ERRORS:
+        except OPERATIONAL_ERRORS as exc:
+            log.warning("websocket authentication: database unavailable: %s", exc)
             raise Unavailable("The database is not reachable right now; reconnect shortly.") from None
 
     def _first_frames(self, conn: Connection, last_id: int) -> list[str]:
@@ -195,6 +201,7 @@ class LiveSocket:
 
     # --- helpers ----------------------------------------------------------------------------
     def _refuse(self, conn: Connection, code: int, reason: str) -> None:
+        log.info("websocket %s refused (%s): %s", conn.id, code, reason)
         conn.close(code, reason)
         # Wait for the peer's answer to our close frame (bounded by the connection's own timer).
         while not conn.dead and not conn.broken:

@@ -303,7 +303,10 @@ def test_stuck_client_is_dropped_and_never_delays_200_others(own_world):
     # Never reads after the handshake; a small receive window so the server's side fills quickly.
     stuck = connect(ws_url(server), token=user.token, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
     stuck.send(json.dumps({"type": "subscribe", "device_ids": [flood]}))
-    ready.wait()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        raise AssertionError(f"{len(failures)} of {HEALTHY} clients failed to connect: {failures[:3]!r}") from None
     assert not failures, failures[:3]
 
     for _ in range(FLOOD_PAIRS):
