@@ -305,6 +305,10 @@ class Connection:
                 self._send_frame(item, OPCODE_TEXT)
         except (WebSocketError, OSError) as exc:
             self.abort(f"writing failed: {exc}")
+        except Exception:
+            # Whatever it was, this client must not stay registered with a dead writer.
+            log.exception("websocket %s writer failed", self.id)
+            self.abort("its writer failed")
 
     def _ping(self) -> bool:
         if self._ping_sent_at is not None and self.last_heard < self._ping_sent_at:
@@ -320,7 +324,9 @@ class Connection:
             self.ws.send_frame(payload, opcode)
 
     def _send_close(self, code: int, reason: str) -> None:
-        self._send_frame(struct.pack("!H", code) + reason.encode("utf-8")[:120], OPCODE_CLOSE)
+        # A close frame carries at most 123 bytes of reason; never cut a character in half.
+        text = reason.encode("utf-8")[:120].decode("utf-8", "ignore").encode("utf-8")
+        self._send_frame(struct.pack("!H", code) + text, OPCODE_CLOSE)
         self.close_sent = True
 
     def _discard_input(self) -> None:
