@@ -5,13 +5,17 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from pumplink.simulator import SimulatedPump
-from tests.support import MQTT_URL, Server, create_database, drop_database, run_id, server_env
+from tests.support import MQTT_URL, Server, create_database, drop_database, free_port, run_id, server_env
 
 ADMIN = ("admin@example.org", "admin-password-1")
 
@@ -129,3 +133,42 @@ def world(server):
     w = World(server)
     yield w
     w.close()
+
+
+class PrivateBroker:
+    """A Mosquitto of one test's own, on a free port, so stopping it disturbs nobody else."""
+
+    def __init__(self):
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        proc = subprocess.Popen([self.binary, "-p", str(self.port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"private broker exited with {proc.returncode} (port {self.port})")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return proc
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("private broker did not start")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(5)
+
+
+@pytest.fixture
+def private_broker():
+    broker = PrivateBroker()
+    broker.start()
+    yield broker
+    broker.stop()

@@ -1,15 +1,10 @@
 """Crashes and outages: the server dies, the broker restarts; no pump runs longer than asked."""
 
 import datetime as dt
-import shutil
-import subprocess
-import time
-
-import pytest
 
 from pumplink.simulator import SimulatedPump
 from tests.conftest import World
-from tests.support import free_port, wait_until
+from tests.support import wait_until
 
 
 def iso_to_dt(value):
@@ -66,37 +61,6 @@ def test_sigkill_mid_run_recovers_each_activation_honestly(server_factory):
                 assert run["off"] is not None and run["off"] - run["on"] <= run["duration_s"] + 2
     finally:
         world.close()
-
-
-@pytest.fixture
-def private_broker():
-    """A broker of this test's own, so stopping it disturbs nobody else."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    procs = []
-
-    def start():
-        proc = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(proc)
-        import socket
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return proc
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private broker did not start")
-
-    def stop():
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(5)
-
-    start()
-    yield type("Broker", (), {"url": f"mqtt://127.0.0.1:{port}", "start": staticmethod(start), "stop": staticmethod(stop)})
-    stop()
 
 
 def test_broker_restart_mid_run(server_factory, private_broker):
