@@ -28,8 +28,9 @@ def make_database(url: str) -> peewee.Database:
         password=unquote(parts.password) if parts.password else None,
         host=parts.hostname or None,
         port=parts.port or 5432,
-        max_connections=32,
-        stale_timeout=300,
+        # One worker rarely needs more; PostgreSQL's default limit is 100 for every client together.
+        max_connections=16,
+        stale_timeout=60,
         # Without a timeout a full pool fails at once instead of waiting for a free connection.
         timeout=10,
         connect_timeout=3,
