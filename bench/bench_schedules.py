@@ -15,26 +15,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psycopg2
 import psycopg2.extras
-import requests
 
 from pumplink.simulator import SimulatedPump
-from tests.support import MQTT_URL, PUMPLINK_BIN, Server, create_database, drop_database, run_id, server_env
+from tests.support import MQTT_URL
 
-UTC = dt.timezone.utc
-ADMIN = ("admin@example.org", "admin-password-1")
-HERE = Path(__file__).resolve().parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from .common import HERE, UTC, BenchServer, Context, group_cpu_s, group_rss_mb, login, machine, wait_for_log
+
 LOADED = re.compile(r"scheduler loaded (\d+) pending schedules in ([0-9.]+)s")
 
 
@@ -57,84 +51,11 @@ def insert_pending(url: str, count: int) -> float:
     return time.perf_counter() - began
 
 
-def group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of every process in the server's process group."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        # After the command name: state is field 3, pgrp 5, utime 14, stime 15 (1-based, man 5 proc).
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def group_rss_mb(pgid: int) -> float:
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:
-                continue
-            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return total / 1024
-
-
-def wait_for_log(server: Server, pattern: re.Pattern, timeout: float = 120.0) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = pattern.search(server.log_path.read_text(errors="replace"))
-        if found:
-            return found
-        time.sleep(0.05)
-    raise RuntimeError(f"no {pattern.pattern!r} in the server log within {timeout}s:\n{server.log_tail()}")
-
-
-def login(server: Server):
-    r = requests.post(f"{server.base}/api/v1/login", json={"email": ADMIN[0], "password": ADMIN[1]}, timeout=15)
-    r.raise_for_status()
-    return server.api(r.json()["access_token"])
-
-
-def measure(size: int, measured: int, tag: str, log_dir: Path) -> dict:
-    name = f"pumplink_bench_{tag}_{size}"
-    url = create_database(name)
-    prefix = f"plbench-{tag}-{size}"
-    env = server_env(url, prefix, PUMPLINK_QUEUE_LIMIT=10)
+def schedule_lateness(admin, env: dict, prefix: str, devices: list[int], measured: int) -> tuple[list[float], list[float]]:
+    """Create ``measured`` one-off schedules over HTTP, due 2 s and more ahead, spread over
+    ``devices``; time each ON at a simulated pump. Returns (lateness s, create ms)."""
     pumps: list[SimulatedPump] = []
-    server = None
     try:
-        # Schema and the admin (user 1) first, so the inserted schedules have an owner.
-        subprocess.run([PUMPLINK_BIN, "create-admin", "--email", ADMIN[0], "--password", ADMIN[1]], env=env,
-                       check=True, capture_output=True)
-        insert_s = insert_pending(url, size) if size else 0.0
-        server = Server(env, log_dir / f"server_{size}.log")
-        began = time.perf_counter()
-        server.start(timeout=120)
-        health_s = time.perf_counter() - began
-        loaded = wait_for_log(server, LOADED)
-        ready_s = time.perf_counter() - began
-        assert int(loaded.group(1)) == size, loaded.group(0)
-
-        pgid = server.proc.pid
-        time.sleep(1.0)  # let start-up work (connects, retained messages) settle
-        cpu0, t0 = group_cpu_s(pgid), time.monotonic()
-        time.sleep(5.0)
-        idle_cpu_pct = 100 * (group_cpu_s(pgid) - cpu0) / (time.monotonic() - t0)
-        rss_mb = group_rss_mb(pgid)
-
-        admin = login(server)
-        devices = [1] + [admin.post("devices", {"name": f"Bench pump {n}"}).json()["id"] for n in range(1, 5)]
         pumps = [SimulatedPump(MQTT_URL, prefix, d, legacy_base=env["PUMPLINK_LEGACY_BASE"]).start() for d in devices]
         for d in devices:
             deadline = time.monotonic() + 10
@@ -160,6 +81,39 @@ def measure(size: int, measured: int, tag: str, log_dir: Path) -> dict:
                           what=f"{want} scheduled ONs")
             ons = [c for c in pump.commands if c["action"] == "on"]
             lateness += [c["at"] - due for c, due in zip(ons, expected.get(i, []))]
+        return lateness, create_ms
+    finally:
+        for pump in pumps:
+            try:
+                pump.stop()
+            except Exception:
+                pass
+
+
+def measure(size: int, measured: int, ctx: Context) -> dict:
+    bs = BenchServer(ctx, str(size), PUMPLINK_QUEUE_LIMIT=10)
+    try:
+        # Schema and the admin (user 1) first, so the inserted schedules have an owner.
+        bs.prepare()
+        insert_s = insert_pending(bs.url, size) if size else 0.0
+        began = time.perf_counter()
+        bs.start(timeout=120)
+        server, env, prefix = bs.server, bs.env, bs.prefix
+        health_s = time.perf_counter() - began
+        loaded = wait_for_log(server, LOADED)
+        ready_s = time.perf_counter() - began
+        assert int(loaded.group(1)) == size, loaded.group(0)
+
+        pgid = server.proc.pid
+        time.sleep(1.0)  # let start-up work (connects, retained messages) settle
+        cpu0, t0 = group_cpu_s(pgid), time.monotonic()
+        time.sleep(5.0)
+        idle_cpu_pct = 100 * (group_cpu_s(pgid) - cpu0) / (time.monotonic() - t0)
+        rss_mb = group_rss_mb(pgid)
+
+        admin = login(server)
+        devices = [1] + [admin.post("devices", {"name": f"Bench pump {n}"}).json()["id"] for n in range(1, 5)]
+        lateness, create_ms = schedule_lateness(admin, env, prefix, devices, measured)
 
         t = time.perf_counter()
         admin.get("schedules", params={"limit": 50}).raise_for_status()
@@ -179,14 +133,7 @@ def measure(size: int, measured: int, tag: str, log_dir: Path) -> dict:
             "lateness_max_ms": round(max(lateness) * 1000, 1),
         }
     finally:
-        for pump in pumps:
-            try:
-                pump.stop()
-            except Exception:
-                pass
-        if server is not None:
-            server.stop()
-        drop_database(name)
+        bs.close()
 
 
 def main(argv=None) -> int:
@@ -194,12 +141,10 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=100_000, help="pending schedules in the large run")
     parser.add_argument("--measured", type=int, default=10, help="schedules timed at the pumps in each run")
     args = parser.parse_args(argv)
-    tag = run_id()
-    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pumplink-bench-{tag}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    small = measure(0, args.measured, tag, log_dir)
+    ctx = Context.make()
+    small = measure(0, args.measured, ctx)
     small["pending_schedules"] = args.measured  # the measured ones are all it holds
-    large = measure(args.size, args.measured, tag, log_dir)
+    large = measure(args.size, args.measured, ctx)
     large["pending_schedules"] = args.size + args.measured
     ratio = {
         "lateness_median": round(large["lateness_median_ms"] / max(small["lateness_median_ms"], 0.1), 2),
@@ -219,14 +164,14 @@ def main(argv=None) -> int:
     print(f"{'':32}{'max':>12}{ratio['lateness_max']:>12}")
     result = {
         "when": dt.datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "small": small, "large": large, "lateness_ratio_large_over_small": ratio,
         "notes": "lateness is measured at simulated pumps (ON command received minus due time); "
                  "idle CPU is user+system time of all server processes over ~5 s after start-up",
     }
     out = HERE / "results_schedules.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwritten to {out}; server logs in {log_dir}")
+    print(f"\nwritten to {out}; server logs in {ctx.log_dir}")
     return 0
 
 
