@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import peewee
 
@@ -50,6 +51,15 @@ class Topics:
         return None
 
 
+class BrokerStatus:
+    """The MQTT link's state, readable from any thread (``/ready``, activations) without asking an actor."""
+
+    def __init__(self):
+        self.connected = threading.Event()
+        self.connects = 0
+        self.last_error: str | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     config: Config
@@ -58,6 +68,7 @@ class Runtime:
     bus: EventBus
     topics: Topics
     metrics: Metrics = dataclasses.field(default_factory=Metrics)
+    broker: BrokerStatus = dataclasses.field(default_factory=BrokerStatus)
 
     @classmethod
     def build(cls, config: Config, db: peewee.Database, clock: Clock | None = None) -> "Runtime":

@@ -8,7 +8,7 @@ import peewee
 import pykka
 
 from . import models as m
-from .actors.mqtt import BrokerStatus, MqttActor
+from .actors.mqtt import MqttActor
 from .actors.supervisor import Supervisor
 from .clock import Clock
 from .config import Config
@@ -22,7 +22,7 @@ class ActorSystem:
     def __init__(self, config: Config, db: peewee.Database, clock: Clock | None = None):
         m.bind_models(db)
         self.rt = Runtime.build(config, db, clock)
-        self.broker = BrokerStatus()
+        self.broker = self.rt.broker
         self.mqtt: pykka.ActorRef | None = None
         self.supervisor: Supervisor | None = None
         self.listeners: list[pykka.ActorRef] = []

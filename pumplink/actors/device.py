@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -20,17 +21,39 @@ import pykka
 from .. import models as m
 from .. import quota
 from ..clock import from_db, iso, to_db
-from ..db import OPERATIONAL_ERRORS, unit_of_work
-from ..errors import Conflict, NotFound, PumpLinkError, TooManyRequests, Unprocessable
+from ..db import OPERATIONAL_ERRORS
+from ..errors import Conflict, NotFound, TooManyRequests, Unavailable, Unprocessable
 from ..events import ActivationChanged, Alert, DeviceStateChanged
 from ..runtime import Runtime
 from ..views import activation_view
 from .timers import tell_later
-from .messages import Ack, Availability, BrokerConnected, Publish, StateReport, TimerFired
+from .messages import Ack, Availability, BrokerConnected, Publish, Replay, StateReport, TimerFired
 
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("queued", "starting", "running")
+
+
+REPLAY_S = 1.0  # while the database is away, try the backlog again this often
+
+
+class DatabaseDown(Unavailable):
+    """The database could not be reached; what was being done is not done."""
+
+    def __init__(self):
+        super().__init__("The database is not reachable right now; try again shortly.", "database_unavailable",
+                         retry_after=5)
+
+
+def transactional(method):
+    """An ask of the API: earlier messages are caught up first, then one transaction."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self._catch_up()
+        return self._in_transaction(method, self, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclasses.dataclass
@@ -47,6 +70,7 @@ class Pending:
     attempts: int = 1
     timer: threading.Timer | None = None
     sent_at: float = 0.0  # monotonic, of the first send
+    sent_wall: dt.datetime | None = None
 
 
 class DeviceActor(pykka.ThreadingActor):
@@ -68,11 +92,18 @@ class DeviceActor(pykka.ThreadingActor):
         self.off_timer: threading.Timer | None = None
         self.off_owed = False  # an OFF was never confirmed: send it again at the next chance
         self.state = "unknown"
+        # Messages that arrived while the database was away, replayed in order when it returns.
+        self.backlog: collections.deque = collections.deque()
+        self.replay_armed = False
+        self.resync_needed = False  # the database failed mid-way: memory may be ahead of it
+        self.unconfirmed_on: m.Activation | None = None  # an ON sent before a crash, never acknowledged
 
     # --- life cycle ------------------------------------------------------------------------
     def on_start(self) -> None:
         self.rt.metrics.device_state(None, self.state)
-        self._recover()
+        with self.db.connection_context():
+            with self.db.atomic():
+                self._recover()
 
     def on_stop(self) -> None:
         self.rt.metrics.device_state(self.state, None)
@@ -84,7 +115,6 @@ class DeviceActor(pykka.ThreadingActor):
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("device %s actor failed: %s", self.device_id, exception_value)
 
-    @unit_of_work
     def _recover(self) -> None:
         """Reconcile the database with the clock before any request is accepted (API.md, Crash recovery)."""
         self.device = m.Device.get_by_id(self.device_id)
@@ -106,6 +136,9 @@ class DeviceActor(pykka.ThreadingActor):
                 self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
                 log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act.id, remaining)
             else:
+                if act.state == "starting":
+                    # Its ON may have landed: if the pump reports ON, that time is this run's.
+                    self.unconfirmed_on = act
                 # Should have ended while the server was down, or its ON was never confirmed.
                 state = "completed" if act.state == "running" else "failed"
                 ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
@@ -123,15 +156,85 @@ class DeviceActor(pykka.ThreadingActor):
 
     # --- messages from MQTT and timers -------------------------------------------------------
     def on_receive(self, message):
+        if not isinstance(message, Replay):
+            self.backlog.append(message)
+        else:
+            self.replay_armed = False
         try:
-            self._dispatch(message)
-        except OPERATIONAL_ERRORS + (PumpLinkError,) as exc:
-            log.error("device %s could not handle %s: %s", self.device_id, type(message).__name__, exc)
-        except Exception:
-            # An exception here would kill the actor; log it and keep the device consistent.
-            log.exception("device %s failed handling %r", self.device_id, message)
+            self._catch_up()
+        except DatabaseDown:
+            self._safety_without_database(message)
+            if not self.replay_armed:
+                self.replay_armed = True
+                tell_later(self.actor_ref, REPLAY_S, Replay())
 
-    @unit_of_work
+    def _catch_up(self) -> None:
+        """Handle the backlog in order, each message in one transaction; DatabaseDown leaves the rest."""
+        if self.resync_needed:
+            self._in_transaction(self._resync)
+            self.resync_needed = False
+        while self.backlog:
+            message = self.backlog[0]
+            try:
+                self._in_transaction(self._dispatch, message)
+            except DatabaseDown:
+                raise
+            except Exception:
+                # A bug must not wedge the device behind one message (nor kill the actor).
+                log.exception("device %s failed handling %r", self.device_id, message)
+            self.backlog.popleft()
+
+    def _in_transaction(self, fn, *args, **kwargs):
+        try:
+            self.db.connect(reuse_if_open=True)
+            # A pooled connection may predate a database restart; find out before touching memory.
+            self.db.execute_sql("SELECT 1")
+        except OPERATIONAL_ERRORS as exc:
+            log.warning("device %s: database unavailable (%s); %d message(s) wait", self.device_id, exc,
+                        len(self.backlog))
+            self._close_connection(broken=True)
+            raise DatabaseDown() from exc
+        try:
+            with self.db.atomic():
+                return fn(*args, **kwargs)
+        except OPERATIONAL_ERRORS as exc:
+            # Memory may have moved ahead of the rolled-back writes: rebuild it from the database.
+            log.error("device %s: database failed mid-way (%s); resynchronising when it returns", self.device_id, exc)
+            self.resync_needed = True
+            self._close_connection(broken=True)
+            raise DatabaseDown() from exc
+        finally:
+            self._close_connection()
+
+    def _close_connection(self, broken: bool = False) -> None:
+        try:
+            if not self.db.is_closed() and not self.db.in_transaction():
+                self.db.close()
+            if broken and hasattr(self.db, "close_idle"):
+                self.db.close_idle()
+        except Exception:  # a connection already broken; the pool replaces it
+            log.debug("closing a broken connection failed", exc_info=True)
+
+    def _resync(self) -> None:
+        """Forget memory and rebuild it from the database, as after a crash."""
+        self._cancel_timer(self.off_timer)
+        if self.pending is not None:
+            self._cancel_timer(self.pending.timer)
+        self.rt.metrics.queued.dec(len(self.queue))
+        self.queue.clear()
+        self.current = self.pending = self.off_timer = None
+        self._recover()
+        self._pay_off_debt()
+
+    def _safety_without_database(self, message) -> None:
+        """An OFF that is due does not wait for the database: send it now, book it later."""
+        if isinstance(message, TimerFired) and message.kind == "off" and self.current is not None \
+                and self.current.id == message.token:
+            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
+                        self.device_id, message.token)
+            self.off_owed = True
+            self._send_untracked_off()
+
     def _dispatch(self, message) -> None:
         if isinstance(message, Ack):
             self._on_ack(message)
@@ -209,7 +312,8 @@ class DeviceActor(pykka.ThreadingActor):
         else:
             self.off_owed = True
             if self.session is not None:
-                self._close_session("off_unacknowledged")
+                ended_at = self._likely_off_time(p)
+                self._close_session("off_unacknowledged", ended_at=ended_at)
                 self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
                           detail="the pump did not confirm OFF; its own timer is the safety")
             self.reported = None
@@ -217,6 +321,20 @@ class DeviceActor(pykka.ThreadingActor):
                         "The pump did not confirm the OFF command; check it.", "admins")
         self._refresh_state("ack_timeout")
         self._advance()
+
+    def _likely_off_time(self, p: Pending) -> dt.datetime:
+        """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran.
+
+        A pumplink controller stopped at the latest when the OFF was first sent or when its own
+        timer ran out; a legacy one has no timer, so only "now" is safe to claim.
+        """
+        now = self.clock.now()
+        if self.device.protocol == "legacy" or self.session is None:
+            return now
+        candidates = [now, p.sent_wall or now]
+        if self.session.intended_s is not None:
+            candidates.append(from_db(self.session.started_at) + dt.timedelta(seconds=self.session.intended_s))
+        return max(from_db(self.session.started_at), min(candidates))
 
     def _on_off_timer(self, activation_id: int) -> None:
         act = self.current
@@ -228,11 +346,16 @@ class DeviceActor(pykka.ThreadingActor):
     def _on_state(self, report: StateReport) -> None:
         if report.state == "on":
             self.reported = "on"
-            if self.pending is not None and self.pending.action == "off":
-                pass  # an OFF is on its way; its ack decides
-            elif self.pending is not None and self.pending.action == "on" and report.reason == "command":
+            if self.pending is not None and self.pending.action == "on" and report.reason == "command":
                 pass  # the ack of our ON follows
+            elif self.session is None and self.unconfirmed_on is not None:
+                # The ON sent before a crash did land: the pump has run since it was sent.
+                act, self.unconfirmed_on = self.unconfirmed_on, None
+                self._open_session(act, "command", started_at=from_db(act.started_at))
+                self._log("on", "command", self._actor_of(act), activation_id=act.id,
+                          detail="confirmed by the pump's report after a restart")
             elif self.session is None:
+                # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
                 self._open_session(None, report.reason)
                 self._log("on", report.reason, "device")
                 self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
@@ -242,6 +365,7 @@ class DeviceActor(pykka.ThreadingActor):
         else:
             self.reported = "off"
             self.off_owed = False
+            self.unconfirmed_on = None
             if self.session is not None:
                 self._close_session(report.reason)
                 self._log("off", report.reason, "device",
@@ -273,7 +397,7 @@ class DeviceActor(pykka.ThreadingActor):
             self._refresh_state("owed")
 
     # --- requests from the API and the scheduler ----------------------------------------------
-    @unit_of_work
+    @transactional
     def activate(self, user_id: int | None, duration_s: int, source: str = "api",
                  schedule_id: int | None = None) -> dict:
         device = self._live_device()
@@ -287,6 +411,10 @@ class DeviceActor(pykka.ThreadingActor):
             )
         if self.available is False:
             raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
+        if not self.rt.broker.connected.is_set():
+            # Accepting now would only end in ack_timeout: the command could not be sent.
+            raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
+                              "broker_unavailable", retry_after=5)
         busy = self.current is not None or self.pending is not None
         if busy and len(self.queue) >= self.config.queue_limit:
             raise TooManyRequests(
@@ -306,7 +434,7 @@ class DeviceActor(pykka.ThreadingActor):
         self._advance()
         return activation_view(act, self.clock.now())
 
-    @unit_of_work
+    @transactional
     def cancel(self, activation_id: int, by: str) -> dict:
         for act in self.queue:
             if act.id == activation_id:
@@ -320,7 +448,7 @@ class DeviceActor(pykka.ThreadingActor):
             return activation_view(act, self.clock.now())
         raise Conflict("This activation has already ended.", "activation_ended")
 
-    @unit_of_work
+    @transactional
     def force_shutdown(self, by: str) -> dict:
         """OFF at once, whatever the state; the queue is cancelled. Works for offline devices too."""
         cancelled = []
@@ -342,12 +470,12 @@ class DeviceActor(pykka.ThreadingActor):
                     f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", "admins")
         return {"device_id": self.device_id, "stopped_activation_id": stopped, "cancelled_activation_ids": cancelled}
 
-    @unit_of_work
+    @transactional
     def reload(self) -> dict:
         self.device = m.Device.get_by_id(self.device_id)
         return self.describe()
 
-    @unit_of_work
+    @transactional
     def describe(self) -> dict:
         device = self.device
         now = self.clock.now()
@@ -401,6 +529,7 @@ class DeviceActor(pykka.ThreadingActor):
         act = self.queue.popleft()
         self.rt.metrics.queued.dec()
         act.state = "starting"
+        act.started_at = to_db(self.clock.now())  # when the ON was sent; the ack sets the confirmed start
         self.current = act
         pending = self._send("on", act, reason="command", actor=self._actor_of(act))
         act.command_id = pending.id
@@ -461,7 +590,7 @@ class DeviceActor(pykka.ThreadingActor):
             topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
         self._publish(topic, payload)
         pending = Pending(command_id, action, topic, payload, activation_id, reason, actor,
-                          sent_at=self.clock.monotonic())
+                          sent_at=self.clock.monotonic(), sent_wall=self.clock.now())
         pending.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", command_id))
         self.pending = pending
         return pending
@@ -476,10 +605,11 @@ class DeviceActor(pykka.ThreadingActor):
     def _publish(self, topic: str, payload: str) -> None:
         self.mqtt.tell(Publish(topic, payload))
 
-    def _open_session(self, act: m.Activation | None, cause: str) -> None:
+    def _open_session(self, act: m.Activation | None, cause: str, started_at: dt.datetime | None = None) -> None:
         self.session = m.Session.create(
             device=self.device_id, activation=act.id if act else None, user=act.user_id if act else None,
-            started_at=to_db(self.clock.now()), intended_s=act.duration_s if act else None, start_cause=cause,
+            started_at=to_db(started_at or self.clock.now()), intended_s=act.duration_s if act else None,
+            start_cause=cause,
         )
 
     def _close_session(self, reason: str, ended_at: dt.datetime | None = None) -> None:

@@ -43,3 +43,8 @@ class Publish:
     topic: str
     payload: str
     qos: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """Try the messages that waited for the database again."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import threading
 import uuid
 from typing import Callable
 from urllib.parse import unquote, urlsplit
@@ -17,19 +16,10 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 import pykka
 
-from ..runtime import Runtime
+from ..runtime import BrokerStatus, Runtime
 from .messages import Ack, Availability, Publish, StateReport
 
 log = logging.getLogger(__name__)
-
-
-class BrokerStatus:
-    """Connection state readable from any thread (``/ready``, metrics) without asking the actor."""
-
-    def __init__(self):
-        self.connected = threading.Event()
-        self.connects = 0
-        self.last_error: str | None = None
 
 
 def parse_device_message(protocol: str, kind: str, payload: bytes, retained: bool):

@@ -85,9 +85,8 @@ def _operation(path: str, method: str, op: Op, comp: _Components) -> dict:
     params = [{"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
               for name in re.findall(r"{(\w+)}", path)]
     if op.query is not None:
-        for name, field in op.query.model_fields.items():
-            schema = comp.ref(op.query, "validation")
-            prop = comp.schemas[op.query.__name__]["properties"][name]
+        comp.ref(op.query, "validation")
+        for name, prop in comp.schemas[op.query.__name__]["properties"].items():
             params.append({"name": name, "in": "query", "required": False, "schema": prop})
     if params:
         operation["parameters"] = params

@@ -74,6 +74,8 @@ def test_broker_restart_mid_run(server_factory, private_broker):
         wait_until(lambda: user.get(f"devices/{device_id}").json()["state"] == "off", what="pump off")
         act = user.post("activate", {"device_id": device_id, "duration_s": 2}).json()["activation"]["id"]
         pump.wait_for(lambda p: p.state == "on", what="pump on")
+        # The server heard the ack: the run is confirmed before the broker goes.
+        wait_until(lambda: user.get(f"activations/{act}").json()["state"] == "running", what="run confirmed")
 
         private_broker.stop()
         wait_until(lambda: server.api().get("ready").status_code == 503, what="/ready reports the broker down")

@@ -135,8 +135,6 @@ def test_the_records_agree_with_the_pumps_afterwards(outage):
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="device.py _on_ack_timeout closes the session of an unacknowledged OFF at "
-                                       "the last retry, not when the pump's own timer ended the run")
 def test_session_lengths_agree_with_the_pumps(outage):
     problems = []
     for d in outage.pumps:

@@ -183,9 +183,6 @@ def test_a_run_through_the_outage_is_still_shown_and_completes_on_time(outage):
     assert outage.overruns == []
 
 
-@pytest.mark.xfail(strict=True, reason="device.py on_receive drops a message whose unit of work hits the database "
-                                       "outage: the pump's OFF report and the OFF timer are lost, the run stays "
-                                       "'running' and the device's queue is stuck")
 def test_a_run_that_ended_during_the_outage_is_closed_and_its_device_usable_afterwards(outage):
     done = outage.short_done
     assert done and done["state"] in TERMINAL and done["reason"], f"still open after the outage: {done}"
