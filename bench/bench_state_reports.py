@@ -8,6 +8,12 @@ writes a log row and is broadcast. The server has ingested a change when its log
 the database and a JSON WebSocket client has received its ``device.state`` event; the rate is
 messages / (time of the last of both - time of the first publish). The baseline is a raw paho
 subscriber (own process) receiving the same messages from the same publisher and broker.
+
+The publisher keeps at most ``WINDOW`` changes ahead of what the consumer has shown (events
+received; the raw subscriber's progress lines): Mosquitto queues at most 1000 messages
+(``max_queued_messages``) for a subscriber that lags and drops the rest, so an open-loop burst
+measures the broker's queue, not the server. That burst is measured too, separately: how many
+of its changes the server recorded at all.
 """
 
 from __future__ import annotations
@@ -38,8 +44,35 @@ def _messages(prefix: str, devices: list[int], rounds: int) -> list[tuple[str, b
     return out
 
 
-def _publish(messages: list[tuple[str, bytes]], timeout: float = 60.0) -> tuple[float, float]:
-    """Publish every message (QoS 1, retained); (monotonic start, seconds until all were acked)."""
+WINDOW = 500  # changes in flight to the consumer; half of Mosquitto's default per-client queue
+
+
+class Progress:
+    """How many messages a consumer has shown it handled; the publisher waits on it."""
+
+    def __init__(self):
+        self.count = 0
+        self.last = 0.0
+        self.cond = threading.Condition()
+
+    def set(self, count: int) -> None:
+        with self.cond:
+            self.count, self.last = count, time.monotonic()
+            self.cond.notify_all()
+
+    def wait_for(self, count: int, deadline: float) -> None:
+        with self.cond:
+            while self.count < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"the consumer stalled at {self.count} messages (waiting for {count})")
+                self.cond.wait(min(left, 0.5))
+
+
+def _publish(messages: list[tuple[str, bytes]], progress: Progress | None = None, timeout: float = 120.0
+             ) -> tuple[float, float]:
+    """Publish every message (QoS 1, retained), at most WINDOW ahead of ``progress`` when given;
+    (monotonic start, seconds until the broker had them all)."""
     url = urlsplit(MQTT_URL)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-reporter-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(100)
@@ -48,9 +81,14 @@ def _publish(messages: list[tuple[str, bytes]], timeout: float = 60.0) -> tuple[
     client.loop_start()
     try:
         began = time.monotonic()
-        infos = [client.publish(topic, body, qos=1, retain=True) for topic, body in messages]
+        deadline = began + timeout
+        infos = []
+        for k, (topic, body) in enumerate(messages):
+            if progress is not None and k >= WINDOW:
+                progress.wait_for(k - WINDOW + 1, deadline)
+            infos.append(client.publish(topic, body, qos=1, retain=True))
         for info in infos:
-            info.wait_for_publish(max(0.1, began + timeout - time.monotonic()))
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         return began, time.monotonic() - began
     finally:
         client.disconnect()
@@ -72,6 +110,8 @@ def _raw_receiver_child() -> None:
         got["last"] = time.monotonic()
         if got["n"] == 1:
             got["first"] = got["last"]
+        if got["n"] % 50 == 0 or got["n"] >= spec["expected"]:
+            print(got["n"], flush=True)  # progress, for the publisher's window
         if got["n"] >= spec["expected"]:
             done.set()
 
@@ -86,7 +126,7 @@ def _raw_receiver_child() -> None:
     done.wait(spec["timeout"])
     client.disconnect()
     client.loop_stop()
-    print(json.dumps(got), flush=True)
+    print("result " + json.dumps(got), flush=True)
 
 
 def _raw_rate(prefix: str, devices: list[int], rounds: int) -> dict:
@@ -100,9 +140,23 @@ def _raw_rate(prefix: str, devices: list[int], rounds: int) -> dict:
         child.stdin.flush()
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("the raw MQTT receiver did not start")
-        began, publish_s = _publish(messages)
-        got = json.loads(child.stdout.readline())
+        progress = Progress()
+        final: dict = {}
+
+        def read_progress():
+            for line in child.stdout:
+                if line.startswith("result "):
+                    final.update(json.loads(line[7:]))
+                    progress.set(progress.count)
+                    return
+                progress.set(int(line))
+
+        reader = threading.Thread(target=read_progress, daemon=True)
+        reader.start()
+        began, publish_s = _publish(messages, progress)
+        reader.join(60)
         child.wait(30)
+        got = final or {"n": progress.count, "last": progress.last}
     finally:
         if child.poll() is None:
             child.kill()
@@ -125,6 +179,7 @@ class _LiveClient:
             raise RuntimeError(f"expected a snapshot first, got {first}")
         self.devices, self.expected = devices, expected
         self.count, self.last = 0, 0.0
+        self.progress = Progress()
         self.done = threading.Event()
         self.error: str | None = None
         threading.Thread(target=self._read, daemon=True).start()
@@ -140,6 +195,7 @@ class _LiveClient:
                 if body.get("type") == "device.state" and body.get("device_id") in self.devices:
                     self.count += 1
                     self.last = time.monotonic()
+                    self.progress.set(self.count)
                     if self.count >= self.expected:
                         self.done.set()
         except (websocket.WebSocketException, OSError, ValueError) as exc:
@@ -158,7 +214,7 @@ def _server_rate(bs: BenchServer, devices: list[int], rounds: int, first_log_id:
     admin = bs.admin()
     live = _LiveClient(bs.base, admin.token, set(devices), len(messages))
     try:
-        began, publish_s = _publish(messages)
+        began, publish_s = _publish(messages, live.progress)
         deadline = time.monotonic() + 120
         rows = 0
         rows_at = None
@@ -183,6 +239,24 @@ def _server_rate(bs: BenchServer, devices: list[int], rounds: int, first_log_id:
         live.close()
 
 
+def _burst(bs: BenchServer, devices: list[int], rounds: int, first_log_id: int, quiet_s: float = 3.0) -> dict:
+    """All changes at once, no window: how many does the server record at all?"""
+    messages = _messages(bs.prefix, devices, rounds)
+    began, publish_s = _publish(messages)
+    deadline = time.monotonic() + 90
+    rows, changed_at = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_rows = sql_scalar(bs.url, "SELECT count(*) FROM device_log WHERE id > %s AND device_id = ANY(%s)",
+                              (first_log_id, devices))
+        if now_rows != rows:
+            rows, changed_at = now_rows, time.monotonic()
+        elif time.monotonic() - changed_at >= quiet_s or rows >= len(messages):
+            break
+        time.sleep(0.05)
+    return {"messages": len(messages), "changes_recorded": rows, "publish_s": round(publish_s, 3),
+            "last_row_s": round(changed_at - began, 3)}
+
+
 def run(ctx: Context, devices: int | None = None, rounds: int | None = None) -> dict:
     count = devices or (100 if ctx.quick else 200)
     rounds = rounds or (10 if ctx.quick else 20)
@@ -197,7 +271,7 @@ def run(ctx: Context, devices: int | None = None, rounds: int | None = None) -> 
             served = _server_rate(bs, ids, rounds, 0)
         sessions = sql_scalar(bs.url, "SELECT count(*) FROM session WHERE device_id = ANY(%s)", (ids,))
         result = {
-            "devices": count, "rounds": rounds, "server": served, "raw_paho": raw,
+            "devices": count, "rounds": rounds, "window": WINDOW, "server": served, "raw_paho": raw,
             "ratio": round(served["per_s"] / raw["per_s"], 3),
             "sessions_recorded": sessions, "server_worker_cpu_percent": cpu.percent,
         }
@@ -208,6 +282,8 @@ def run(ctx: Context, devices: int | None = None, rounds: int | None = None) -> 
                 _server_rate(bs, ids, rounds, last)
             result["profile"] = prof.summary
             result["profile_file"] = str(prof.out)
+        # Last, as it may leave devices out of step (a lost ON makes the following OFF no change).
+        result["burst"] = _burst(bs, ids, rounds, sql_scalar(bs.url, "SELECT coalesce(max(id), 0) FROM device_log"))
         return result
     finally:
         bs.close()
@@ -217,13 +293,18 @@ def run(ctx: Context, devices: int | None = None, rounds: int | None = None) -> 
 
 def report(result: dict) -> None:
     s, raw = result["server"], result["raw_paho"]
-    print(f"\nState reports ({s['messages']} changes over {result['devices']} devices)")
+    print(f"\nState reports ({s['messages']} changes over {result['devices']} devices, "
+          f"at most {result['window']} ahead of the consumer)")
     print(table_header("msgs/s", "raw paho/s"))
     print(fmt_row("ingested (row written + broadcast)", s["per_s"], raw["per_s"], result["ratio"]))
     print(f"  server: last log row at {s['last_row_s']} s, last WebSocket event at {s['last_event_s']} s; "
           f"publisher done at {s['publish_s']} s; worker CPU {result['server_worker_cpu_percent']} %")
     print(f"  recorded: {s['log_rows']} log rows, {result['sessions_recorded']} sessions, "
           f"{s['events_received']} events received")
+    b = result.get("burst")
+    if b:
+        print(f"  open-loop burst of {b['messages']} changes (no window): {b['changes_recorded']} recorded "
+              f"(the broker drops what its per-client queue cannot hold)")
     print_profile("server worker ingesting state reports", result.get("profile"))
 
 

@@ -268,6 +268,16 @@ def sql_scalar(url: str, query: str, params=()):
         conn.close()
 
 
+def sql_rows(url: str, query: str, params=()) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
 @dataclasses.dataclass
 class Context:
     """One ``python -m bench`` run: its tag (names databases and topics), log directory, options."""
@@ -365,9 +375,10 @@ class PumpFleet:
     """Many MQTT.md v1 controllers on a few paho clients, for loads where 1,000 SimulatedPumps
     (a client and a thread each) would cost the load generator more than the server.
 
-    Each device comes online (retained availability and state), acks every command once and
-    reports its state; an ON's own OFF timer is left out (runs outlast the measurement and the
-    fleet is switched off by the server at the end). ``close`` clears the retained messages.
+    Each device comes online when announced (retained availability and state), acks every
+    command and reports its state; an ON's own OFF timer is left out (runs outlast the
+    measurement and the server switches the fleet off at the end). ``close`` clears the
+    retained messages.
     """
 
     def __init__(self, mqtt_url: str, prefix: str, device_ids: list[int], clients: int = 4):
@@ -392,6 +403,7 @@ class PumpFleet:
         return f"{self.prefix}/devices/{device_id}/{kind}"
 
     def start(self, timeout: float = 30.0) -> "PumpFleet":
+        """Connect and subscribe to the command topics; ``announce`` brings the pumps online."""
         for client, _, _ in self._clients:
             client.connect(self.url.hostname, self.url.port or 1883, keepalive=30)
             client.loop_start()
@@ -403,21 +415,34 @@ class PumpFleet:
 
     def _on_connect(self, chunk: list[int], ready: threading.Event):
         def on_connect(client, userdata, flags, reason_code, properties=None):
+            mids = set()
             for i in range(0, len(chunk), 100):
-                client.subscribe([(self.topic(d, "command"), 1) for d in chunk[i:i + 100]])
-            infos = []
-            for d in chunk:
-                infos.append(client.publish(self.topic(d, "availability"), "online", qos=1, retain=True))
-                infos.append(client.publish(self.topic(d, "state"), json.dumps({"state": "off", "reason": "boot"}),
-                                            qos=1, retain=True))
-            threading.Thread(target=self._confirm, args=(infos, ready), daemon=True).start()
+                _, mid = client.subscribe([(self.topic(d, "command"), 1) for d in chunk[i:i + 100]])
+                mids.add(mid)
+
+            def on_subscribe(client, userdata, mid, reason_codes, properties=None):
+                mids.discard(mid)
+                if not mids:
+                    ready.set()
+            client.on_subscribe = on_subscribe
         return on_connect
 
-    @staticmethod
-    def _confirm(infos, ready: threading.Event) -> None:
+    def announce(self, device_ids, timeout: float = 30.0) -> None:
+        """These pumps come online: retained availability and state, as firmware does on boot.
+
+        A few hundred at a time: Mosquitto queues at most ``max_queued_messages`` (1000 by
+        default) for a subscriber that lags and drops the rest, the server included."""
+        wanted = set(device_ids)
+        infos = []
+        for client, chunk, _ in self._clients:
+            for d in chunk:
+                if d in wanted:
+                    infos.append(client.publish(self.topic(d, "availability"), "online", qos=1, retain=True))
+                    infos.append(client.publish(self.topic(d, "state"), json.dumps({"state": "off", "reason": "boot"}),
+                                                qos=1, retain=True))
+        deadline = time.monotonic() + timeout
         for info in infos:
-            info.wait_for_publish(10)
-        ready.set()
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
 
     def _on_message(self, client, userdata, msg):
         try:
