@@ -51,8 +51,8 @@ def log_dir(run_tag) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_factory(pg_factory, run_tag, log_dir):
-    """Starts servers on fresh databases with their own topic prefixes; stops them at the end."""
+def server_registry(pg_factory, run_tag, log_dir):
+    """Starts servers on fresh databases with their own topic prefixes; stops any left at the end."""
     servers = []
     counter = itertools.count()
 
@@ -71,10 +71,25 @@ def server_factory(pg_factory, run_tag, log_dir):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def server_factory(server_registry):
+    """Servers of a test module's own, stopped when the module ends (each holds database connections)."""
+    made = []
+
+    def make(database_url: str | None = None, **overrides) -> Server:
+        server = server_registry(database_url, **overrides)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
-def server(server_factory) -> Server:
+def server(server_registry) -> Server:
     """The shared server; tests make their own devices and users so they never collide."""
-    return server_factory()
+    return server_registry()
 
 
 class World:
