@@ -40,8 +40,19 @@ class Gateway:
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
-    @staticmethod
-    def _wait(future: pykka.Future, timeout: float = ASK_TIMEOUT_S):
+    def _release_connection(self) -> None:
+        """Give the request's pooled connection back before waiting on an actor.
+
+        The actor needs a connection of its own to answer; requests holding theirs while they
+        wait exhausted the pool under load (every request waiting for an actor waiting for a
+        connection). peewee reconnects by itself if the request queries again afterwards.
+        """
+        db = self.rt.db
+        if not db.is_closed() and not db.in_transaction():
+            db.close()
+
+    def _wait(self, future: pykka.Future, timeout: float = ASK_TIMEOUT_S):
+        self._release_connection()
         try:
             return future.get(timeout=timeout)
         except pykka.Timeout:
@@ -144,7 +155,9 @@ class Gateway:
         try:
             if ref is None:
                 raise pykka.ActorDeadError("no scheduler")
-            return getattr(ref.proxy(), method)(*args).get(timeout=timeout)
+            future = getattr(ref.proxy(), method)(*args)
+            self._release_connection()
+            return future.get(timeout=timeout)
         except pykka.Timeout:
             raise Unavailable("The scheduler did not answer in time; try again shortly.", "scheduler_timeout") from None
         except pykka.ActorDeadError:
