@@ -195,16 +195,22 @@ class SimulatedPump:
 
     # --- for tests -------------------------------------------------------------------------
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate(self)
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"pump {self.device_id}: timed out waiting for {what}")
-                self._cond.wait(min(left, 0.2))
+        return wait_on(self._cond, lambda: predicate(self), timeout, lambda: f"pump {self.device_id}: timed out "
+                       f"waiting for {what}")
+
+
+def wait_on(cond: threading.Condition, predicate, timeout: float, failure) -> object:
+    """Wait until ``predicate()`` is true, woken by ``cond``; AssertionError with ``failure()`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(failure())
+            cond.wait(min(left, 0.2))
 
 
 def run_simulator(config, args) -> int:

@@ -12,6 +12,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pumplink.simulator import wait_on
+
 
 class FakeExpo:
     def __init__(self):
@@ -126,14 +128,6 @@ class FakeExpo:
             return found
 
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate(self)
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"fake Expo: timed out after {timeout}s waiting for {what}; "
-                                         f"messages: {[(m.get('to'), (m.get('data') or {}).get('event')) for m in self.messages]}")
-                self._cond.wait(min(left, 0.2))
+        return wait_on(self._cond, lambda: predicate(self), timeout, lambda: (
+            f"fake Expo: timed out after {timeout}s waiting for {what}; "
+            f"messages: {[(m.get('to'), (m.get('data') or {}).get('event')) for m in self.messages]}"))

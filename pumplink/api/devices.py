@@ -14,19 +14,11 @@ from ..views import activation_view, log_view, session_view
 from . import answers as A
 from .openapi import MessageBody, doc
 from .schemas import ActivateBody, DeviceCreate, DevicePatch, EmptyBody, PageQuery
-from .support import Auth, page_params, path_id, read_json
+from .support import Resource, page_params, path_id, read_json
 
 
-class _Base:
-    def __init__(self, auth: Auth, gateway_of, tz=None, clock=None):
-        self.auth = auth
-        self.gateway_of = gateway_of
-        self.tz = tz
-        self.clock = clock
-
-    @property
-    def gateway(self) -> Gateway:
-        return self.gateway_of()
+class _Base(Resource):
+    pass
 
 
 class Devices(_Base):

@@ -15,7 +15,7 @@ from ..gateway import Gateway
 from ..schedules import Recurrence, check_new, parse_start, schedule_view
 from .openapi import MessageBody, doc
 from .schemas import Body, Number, PageQuery
-from .support import Auth, page_params, path_id, read_json
+from .support import Resource, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
             "status, next_run_at, next_runs (five UTC times), runs (latest 20 with outcome), run_count"}
@@ -41,17 +41,7 @@ class SchedulePatch(Body):
     enabled: StrictBool
 
 
-class _Base:
-    def __init__(self, auth: Auth, gateway_of, tz=None, clock=None):
-        self.auth = auth
-        self.gateway_of = gateway_of
-        self.tz = tz
-        self.clock = clock
-
-    @property
-    def gateway(self) -> Gateway:
-        return self.gateway_of()
-
+class _Base(Resource):
     def _runs(self, schedule_ids: list[int]) -> tuple[dict, dict]:
         """The latest runs and the run count of each schedule, in two queries."""
         runs: dict[int, list] = collections.defaultdict(list)
