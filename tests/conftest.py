@@ -129,7 +129,6 @@ class World:
         return r.json()["id"]
 
     def pump(self, device_id: int, **options) -> SimulatedPump:
-        legacy = options.get("legacy", False)
         pump = SimulatedPump(MQTT_URL, self.server.prefix, device_id, legacy_base=self.server.legacy_base, **options)
         pump.start()
         self.pumps.append(pump)
