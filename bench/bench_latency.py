@@ -17,8 +17,8 @@ import requests
 
 from pumplink.simulator import SimulatedPump
 
-from .common import (BenchServer, Context, CpuMeter, MqttProbe, Profile, fmt_row, print_profile, summary_ms,
-                     table_header, verdict, approved_user)
+from .common import (BenchServer, Context, CpuMeter, MqttProbe, Profile, approved_user, clear_retained, fmt_row,
+                     print_profile, summary_ms, table_header, verdict)
 from tests.support import MQTT_URL
 
 DEVICES = 4  # rotated, so each device is idle again long before its next sample
@@ -118,6 +118,8 @@ def run(ctx: Context, samples: int | None = None) -> dict:
             except Exception:  # a pump that cannot say goodbye changes no figure
                 pass
         bs.close()
+        if pumps:
+            clear_retained(bs.prefix, list(pumps))
 
 
 def report(result: dict) -> None:

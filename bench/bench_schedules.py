@@ -27,7 +27,8 @@ import psycopg2.extras
 from pumplink.simulator import SimulatedPump
 from tests.support import MQTT_URL
 
-from .common import HERE, UTC, BenchServer, Context, group_cpu_s, group_rss_mb, login, machine, wait_for_log
+from .common import (HERE, UTC, BenchServer, Context, clear_retained, group_cpu_s, group_rss_mb, login, machine,
+                     wait_for_log)
 
 LOADED = re.compile(r"scheduler loaded (\d+) pending schedules in ([0-9.]+)s")
 
@@ -88,6 +89,7 @@ def schedule_lateness(admin, env: dict, prefix: str, devices: list[int], measure
                 pump.stop()
             except Exception:
                 pass
+        clear_retained(prefix, devices)  # the shared broker keeps nothing of ours
 
 
 def measure(size: int, measured: int, ctx: Context) -> dict:
