@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import re
+from typing import Literal
 from urllib.parse import parse_qs
 
 import falcon
@@ -19,13 +20,18 @@ import gevent
 import gevent.lock
 import pykka
 from geventwebsocket.exceptions import WebSocketError
-from typing import Literal
-
 from pydantic import BaseModel, Field, StrictStr
 
 from .. import models as m
 from ..accounts import Accounts
-from ..actors.broadcaster import Connection, Register, Subscribe, Unregister, dumps, legacy_frame
+from ..actors.broadcaster import (
+    Connection,
+    Register,
+    Subscribe,
+    Unregister,
+    dumps,
+    legacy_frame,
+)
 from ..clock import iso, to_db
 from ..config import Config
 from ..db import OPERATIONAL_ERRORS
