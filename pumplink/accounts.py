@@ -19,7 +19,14 @@ from . import models as m
 from .blocking import offload
 from .clock import Clock, from_db, to_db
 from .config import Config
-from .errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from .errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +105,12 @@ class LoginLimiter:
         try:
             with turn[0]:
                 stamp = self._begin(client, email)
-                ok = verify()
+                try:
+                    ok = verify()
+                except BaseException:
+                    # Not a guess that failed (the database is away, say): it must not count.
+                    self._withdraw(client, email, stamp)
+                    raise
                 if ok:
                     self._succeeded(client, email, stamp)
                 return ok
@@ -148,6 +160,18 @@ class LoginLimiter:
             for key in (("client", client), ("email", email)):
                 self._failures.setdefault(key, collections.deque()).append(now)
             return now
+
+    def _withdraw(self, client: str, email: str, stamp: float) -> None:
+        with self._lock:
+            for key in (("client", client), ("email", email)):
+                q = self._failures.get(key)
+                if q is not None:
+                    try:
+                        q.remove(stamp)
+                    except ValueError:
+                        pass
+                    if not q:
+                        del self._failures[key]
 
     def _succeeded(self, client: str, email: str, stamp: float) -> None:
         with self._lock:

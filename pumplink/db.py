@@ -7,7 +7,7 @@ import logging
 from urllib.parse import unquote, urlsplit
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
 from .errors import Unavailable
 
@@ -37,7 +37,8 @@ def make_database(url: str) -> peewee.Database:
     )
 
 
-OPERATIONAL_ERRORS = (peewee.OperationalError, peewee.InterfaceError)
+# A full pool is a dependency that is not there for us right now, like a database that is down.
+OPERATIONAL_ERRORS = (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded)
 
 
 def unit_of_work(method):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -91,6 +92,9 @@ class SimulatedPump:
 
     # --- behaviour -------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        sock = client.socket()
+        if sock is not None:  # acks are tiny: do not let them wait for a delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.subscribe(self.command_topic, qos=1)
         if not self.legacy:
             client.publish(self.topic("availability"), "online", qos=1, retain=True)

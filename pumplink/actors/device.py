@@ -19,19 +19,63 @@ import uuid
 import pykka
 
 from .. import models as m
-from .. import quota
+from .. import quota, usage
 from ..clock import from_db, iso, to_db
 from ..db import OPERATIONAL_ERRORS
 from ..errors import Conflict, NotFound, TooManyRequests, Unavailable, Unprocessable
 from ..events import ActivationChanged, Alert, DeviceStateChanged
 from ..runtime import Runtime
 from ..views import activation_view
+from .messages import (
+    Ack,
+    Availability,
+    BrokerConnected,
+    Publish,
+    Replay,
+    StateReport,
+    TimerFired,
+)
 from .timers import tell_later
-from .messages import Ack, Availability, BrokerConnected, Publish, Replay, StateReport, TimerFired
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = ("queued", "starting", "running")
+OPEN_STATES = usage.OPEN_STATES
+
+
+@dataclasses.dataclass
+class DeviceRecords:
+    """What a device actor starts from: its row, its open session, its unfinished activations."""
+
+    device: m.Device
+    session: m.Session | None
+    activations: list[m.Activation]
+
+    @classmethod
+    def load(cls, device_id: int) -> "DeviceRecords":
+        return cls(
+            device=m.Device.get_by_id(device_id),
+            session=m.Session.get_or_none((m.Session.device == device_id) & m.Session.ended_at.is_null()),
+            activations=list(m.Activation.select()
+                             .where((m.Activation.device == device_id) & m.Activation.state.in_(OPEN_STATES))
+                             .order_by(m.Activation.created_at, m.Activation.id)),
+        )
+
+    @classmethod
+    def load_all(cls) -> list["DeviceRecords"]:
+        """Every live device's records in three queries, for start-up."""
+        sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null())}
+        activations = collections.defaultdict(list)
+        for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES))
+                    .order_by(m.Activation.created_at, m.Activation.id)):
+            activations[act.device_id].append(act)
+        return [cls(d, sessions.get(d.id), activations.get(d.id, []))
+                for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
+
+    def needs_writes(self, now: dt.datetime) -> bool:
+        """Whether recovery has something to close (else it only reads)."""
+        running_ok = [a for a in self.activations if a.state == "running" and from_db(a.ends_at) > now]
+        return any(a.state != "queued" for a in self.activations if a not in running_ok[:1]) or (
+            self.session is not None and self.session.activation_id is not None and not running_ok)
 
 
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
@@ -74,9 +118,14 @@ class Pending:
 
 
 class DeviceActor(pykka.ThreadingActor):
-    def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef):
+    # Daemon threads: CPython tracks non-daemon ones in a list walked at every thread start, which
+    # made starting 10,000 actors quadratic. Actors are stopped explicitly at shutdown anyway.
+    use_daemon_thread = True
+
+    def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef, preload: "DeviceRecords | None" = None):
         super().__init__()
         self.device_id = device_id
+        self.preload = preload
         self.rt = rt
         self.db = rt.db
         self.config = rt.config
@@ -97,13 +146,22 @@ class DeviceActor(pykka.ThreadingActor):
         self.replay_armed = False
         self.resync_needed = False  # the database failed mid-way: memory may be ahead of it
         self.unconfirmed_on: m.Activation | None = None  # an ON sent before a crash, never acknowledged
+        self._deferred_on: list[tuple[str, str]] | None = None  # ONs waiting for their transaction
 
     # --- life cycle ------------------------------------------------------------------------
     def on_start(self) -> None:
         self.rt.metrics.device_state(None, self.state)
-        with self.db.connection_context():
-            with self.db.atomic():
-                self._recover()
+        preload, self.preload = self.preload, None
+        if preload is None:
+            with self.db.connection_context():
+                preload = DeviceRecords.load(self.device_id)
+        if preload.needs_writes(self.clock.now()):
+            with self.db.connection_context():
+                with self.db.atomic():
+                    self._recover(preload)
+        else:
+            # The common start: nothing to close, so no connection is taken from the pool.
+            self._recover(preload)
 
     def on_stop(self) -> None:
         self.rt.metrics.device_state(self.state, None)
@@ -115,18 +173,13 @@ class DeviceActor(pykka.ThreadingActor):
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("device %s actor failed: %s", self.device_id, exception_value)
 
-    def _recover(self) -> None:
+    def _recover(self, records: "DeviceRecords") -> None:
         """Reconcile the database with the clock before any request is accepted (API.md, Crash recovery)."""
-        self.device = m.Device.get_by_id(self.device_id)
+        self.device = records.device
         now = self.clock.now()
-        self.session = m.Session.get_or_none((m.Session.device == self.device_id) & m.Session.ended_at.is_null())
-        open_acts = list(
-            m.Activation.select()
-            .where((m.Activation.device == self.device_id) & m.Activation.state.in_(OPEN_STATES))
-            .order_by(m.Activation.created_at, m.Activation.id)
-        )
+        self.session = records.session
         owe_off = False
-        for act in open_acts:
+        for act in records.activations:
             if act.state == "queued":
                 self.queue.append(act)
                 self.rt.metrics.queued.inc()
@@ -186,17 +239,25 @@ class DeviceActor(pykka.ThreadingActor):
 
     def _in_transaction(self, fn, *args, **kwargs):
         try:
+            # The pool pings a connection on checkout, so one that predates a database restart is
+            # found out here, before memory is touched.
             self.db.connect(reuse_if_open=True)
-            # A pooled connection may predate a database restart; find out before touching memory.
-            self.db.execute_sql("SELECT 1")
         except OPERATIONAL_ERRORS as exc:
             log.warning("device %s: database unavailable (%s); %d message(s) wait", self.device_id, exc,
                         len(self.backlog))
             self._close_connection(broken=True)
             raise DatabaseDown() from exc
+        outermost = self._deferred_on is None
+        if outermost:
+            self._deferred_on = []
         try:
             with self.db.atomic():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            if outermost:
+                # Committed: only now may the pump be switched on, or a run could go unrecorded.
+                for topic, payload in self._deferred_on:
+                    self.mqtt.tell(Publish(topic, payload))
+            return result
         except OPERATIONAL_ERRORS as exc:
             # Memory may have moved ahead of the rolled-back writes: rebuild it from the database.
             log.error("device %s: database failed mid-way (%s); resynchronising when it returns", self.device_id, exc)
@@ -204,6 +265,8 @@ class DeviceActor(pykka.ThreadingActor):
             self._close_connection(broken=True)
             raise DatabaseDown() from exc
         finally:
+            if outermost:
+                self._deferred_on = None
             self._close_connection()
 
     def _close_connection(self, broken: bool = False) -> None:
@@ -223,7 +286,7 @@ class DeviceActor(pykka.ThreadingActor):
         self.rt.metrics.queued.dec(len(self.queue))
         self.queue.clear()
         self.current = self.pending = self.off_timer = None
-        self._recover()
+        self._recover(DeviceRecords.load(self.device_id))
         self._pay_off_debt()
 
     def _safety_without_database(self, message) -> None:
@@ -295,7 +358,7 @@ class DeviceActor(pykka.ThreadingActor):
         if p.attempts <= self.config.ack_retries:
             p.attempts += 1
             log.warning("device %s: no ack for %s %s, re-sending (attempt %d)", self.device_id, p.action, p.id, p.attempts)
-            self._publish(p.topic, p.payload)
+            self._publish(p.topic, p.payload, p.action)
             p.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", p.id))
             return
         self.pending = None
@@ -477,11 +540,15 @@ class DeviceActor(pykka.ThreadingActor):
 
     @transactional
     def describe(self) -> dict:
+        now = self.clock.now()
+        return self.view((self._used_today_s(now), self._reserved_s(now)))
+
+    def view(self, today: tuple[float, float]) -> dict:
+        """The device as the API shows it, given today's (used, reserved) seconds; no database work."""
         device = self.device
         now = self.clock.now()
-        used = self._used_today_s(now)
+        used, reserved = today
         quota_s = self._device_quota_s()
-        reserved = self._reserved_s(now)
         running = activation_view(self.current, now) if self.current is not None else None
         return {
             "id": device.id,
@@ -588,7 +655,7 @@ class DeviceActor(pykka.ThreadingActor):
             if action == "on":
                 body["duration_s"] = act.duration_s
             topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
-        self._publish(topic, payload)
+        self._publish(topic, payload, action)
         pending = Pending(command_id, action, topic, payload, activation_id, reason, actor,
                           sent_at=self.clock.monotonic(), sent_wall=self.clock.now())
         pending.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", command_id))
@@ -602,8 +669,12 @@ class DeviceActor(pykka.ThreadingActor):
             body = {"id": str(uuid.uuid4()), "action": "off", "activation_id": None, "sent_at": iso(self.clock.now())}
             self._publish(self.rt.topics.command(self.device_id), json.dumps(body))
 
-    def _publish(self, topic: str, payload: str) -> None:
-        self.mqtt.tell(Publish(topic, payload))
+    def _publish(self, topic: str, payload: str, action: str = "off") -> None:
+        """An OFF goes at once, always; an ON waits for the transaction that records it to commit."""
+        if action == "on" and self._deferred_on is not None:
+            self._deferred_on.append((topic, payload))
+        else:
+            self.mqtt.tell(Publish(topic, payload))
 
     def _open_session(self, act: m.Activation | None, cause: str, started_at: dt.datetime | None = None) -> None:
         self.session = m.Session.create(
@@ -686,24 +757,14 @@ class DeviceActor(pykka.ThreadingActor):
         return (minutes if minutes is not None else self.config.daily_quota_minutes) * 60
 
     def _used_today_s(self, now: dt.datetime, user_id: int | None = None) -> float:
-        start, end = quota.day_bounds(now, self.config.tz)
-        where = (m.Session.started_at < to_db(end)) & (m.Session.ended_at.is_null() | (m.Session.ended_at > to_db(start)))
-        where &= (m.Session.user == user_id) if user_id is not None else (m.Session.device == self.device_id)
-        rows = m.Session.select(m.Session.started_at, m.Session.ended_at).where(where).tuples()
-        return quota.used_seconds(((from_db(a), from_db(b)) for a, b in rows), start, end, now)
+        if user_id is not None:
+            return usage.used_today(now, self.config.tz, user_id=user_id)
+        return usage.used_today(now, self.config.tz, device_id=self.device_id)
 
     def _reserved_s(self, now: dt.datetime, user_id: int | None = None) -> float:
-        """Time promised to queued and running work, counted from the database."""
-        where = m.Activation.state.in_(OPEN_STATES)
-        where &= (m.Activation.user == user_id) if user_id is not None else (m.Activation.device == self.device_id)
-        total = 0.0
-        for state, duration_s, ends_at in m.Activation.select(
-                m.Activation.state, m.Activation.duration_s, m.Activation.ends_at).where(where).tuples():
-            if state == "running" and ends_at is not None:
-                total += max(0.0, (from_db(ends_at) - now).total_seconds())
-            else:
-                total += duration_s
-        return total
+        if user_id is not None:
+            return usage.reserved(now, user_id=user_id)
+        return usage.reserved(now, device_id=self.device_id)
 
     def _check_quota(self, user_id: int | None, duration_s: int) -> None:
         now = self.clock.now()

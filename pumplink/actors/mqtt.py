@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import uuid
 from typing import Callable
@@ -57,6 +58,16 @@ def parse_device_message(protocol: str, kind: str, payload: bytes, retained: boo
             raise ValueError("remaining_s must be a number")
         return StateReport(state=state, reason=reason[:32], remaining_s=remaining, retained=retained)
     raise ValueError(f"unexpected topic kind {kind!r}")
+
+
+def _no_delay(client: mqtt.Client) -> None:
+    """Commands are tiny: without TCP_NODELAY each waits ~20 ms for the broker's delayed ACK."""
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # TLS wrappers and odd platforms: latency only
+            pass
 
 
 class MqttActor(pykka.ThreadingActor):
@@ -120,6 +131,7 @@ class MqttActor(pykka.ThreadingActor):
             self.status.last_error = str(reason_code)
             log.error("broker refused the connection: %s", reason_code)
             return
+        _no_delay(client)
         # Subscribing again makes the broker send every retained state and availability anew.
         client.subscribe([(topic, 1) for topic in self.rt.topics.subscriptions()])
         self.status.connects += 1

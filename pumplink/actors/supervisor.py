@@ -11,13 +11,16 @@ import threading
 
 import pykka
 
-from .. import models as m
 from ..errors import NotFound
 from ..runtime import Runtime
-from .device import DeviceActor
+from .device import DeviceActor, DeviceRecords
 from .messages import BrokerConnected
 
 log = logging.getLogger(__name__)
+
+
+class _Ping:
+    """Answered once an actor has started."""
 
 
 class Supervisor:
@@ -28,18 +31,22 @@ class Supervisor:
         self._lock = threading.RLock()
 
     def start_all(self) -> None:
+        # Read once for all devices: 10,000 actors each querying at start exhausted the pool.
         with self.rt.db.connection_context():
-            ids = [d.id for d in m.Device.select(m.Device.id).where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
-        for device_id in ids:
-            self.start_device(device_id)
-        log.info("%d device actors started", len(ids))
+            records = DeviceRecords.load_all()
+        for r in records:
+            self.start_device(r.device.id, r)
+        # An ask is answered only after on_start: when these return, every device has recovered.
+        for future in [self._refs[r.device.id].ask(_Ping(), block=False) for r in records]:
+            future.get(timeout=60)
+        log.info("%d device actors started", len(records))
 
-    def start_device(self, device_id: int) -> pykka.ActorRef:
+    def start_device(self, device_id: int, records: DeviceRecords | None = None) -> pykka.ActorRef:
         with self._lock:
             ref = self._refs.get(device_id)
             if ref is not None and ref.is_alive():
                 return ref
-            ref = DeviceActor.start(device_id, self.rt, self.mqtt)
+            ref = DeviceActor.start(device_id, self.rt, self.mqtt, records)
             self._refs[device_id] = ref
             return ref
 

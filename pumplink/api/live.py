@@ -323,8 +323,6 @@ class UpgradeRequired(PumpLinkError):
 class WebSocketOnly:
     """``GET /ws`` without an upgrade: say what to do instead of a bare 404."""
 
-    uses_db = False
-
     @doc("WebSocket (101 Switching Protocols): live device, activation and schedule events. "
          "Text mode (the app): send the access token first, receive on/off. JSON mode (?format=json, "
          "or Bearer/?token=): a snapshot, then numbered events; send {type: subscribe, device_ids}. "

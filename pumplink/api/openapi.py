@@ -142,8 +142,6 @@ def build(routes: list[tuple[str, object]]) -> dict:
 
 
 class OpenApi:
-    uses_db = False
-
     def __init__(self, routes: list[tuple[str, object]]):
         self.routes = routes
         self._spec: dict | None = None

@@ -9,16 +9,12 @@ from .openapi import doc
 
 
 class Health:
-    uses_db = False
-
     @doc("Liveness", auth=None, answer=A.Health)
     def on_get(self, req, resp):
         resp.media = {"status": "ok"}
 
 
 class Ready:
-    uses_db = False
-
     def __init__(self, db, broker):
         self.db, self.broker = db, broker
 
@@ -40,8 +36,6 @@ class Ready:
 
 
 class Metrics:
-    uses_db = False
-
     def __init__(self, metrics):
         self.metrics = metrics
 

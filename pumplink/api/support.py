@@ -116,7 +116,7 @@ class Resource:
 
 
 class DatabaseMiddleware:
-    """One pooled connection per request, returned afterwards."""
+    """A request's pooled connection (opened by its first query) is returned when it ends."""
 
     def __init__(self, db: peewee.Database):
         self.db = db
@@ -126,10 +126,6 @@ class DatabaseMiddleware:
             return
         if req.content_length is not None and req.content_length > MAX_BODY:
             raise falcon.HTTPContentTooLarge(description="The request body is larger than 1 MiB.")
-
-    def process_resource(self, req, resp, resource, params):
-        if resource is not None and getattr(resource, "uses_db", True):
-            self.db.connect(reuse_if_open=True)
 
     def process_response(self, req, resp, resource, req_succeeded):
         if not self.db.is_closed():
