@@ -124,7 +124,7 @@ class Gateway:
 
     # --- activations -------------------------------------------------------------------------
     def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
-        return self._call(device_id, "activate", user.id, duration_s, "api")
+        return self._call(device_id, "activate", user.id, duration_s, "api", None, user.daily_quota_minutes)
 
     def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int) -> pykka.Future:
         """For the scheduler: a future, so the scheduler never waits on a device actor."""

@@ -78,6 +78,7 @@ class DeviceRecords:
             self.session is not None and self.session.activation_id is not None and not running_ok)
 
 
+UNKNOWN = object()  # "not given": look it up
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
 
 
@@ -462,7 +463,8 @@ class DeviceActor(pykka.ThreadingActor):
     # --- requests from the API and the scheduler ----------------------------------------------
     @transactional
     def activate(self, user_id: int | None, duration_s: int, source: str = "api",
-                 schedule_id: int | None = None) -> dict:
+                 schedule_id: int | None = None, user_quota=UNKNOWN) -> dict:
+        """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
         device = self._live_device()
         if duration_s <= 0:
             raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
@@ -482,9 +484,9 @@ class DeviceActor(pykka.ThreadingActor):
         if busy and len(self.queue) >= self.config.queue_limit:
             raise TooManyRequests(
                 f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
-                retry_after=max(1, int(self._busy_for_s())),
+                retry_after=max(1, int(self._reserved_s(self.clock.now()))),
             )
-        self._check_quota(user_id, duration_s)
+        self._check_quota(user_id, duration_s, user_quota)
         act = m.Activation.create(
             device=self.device_id, user=user_id, schedule=schedule_id, duration_s=duration_s,
             source=source, state="queued", created_at=to_db(self.clock.now()),
@@ -762,15 +764,25 @@ class DeviceActor(pykka.ThreadingActor):
         return usage.used_today(now, self.config.tz, device_id=self.device_id)
 
     def _reserved_s(self, now: dt.datetime, user_id: int | None = None) -> float:
+        """Time promised to queued and running work: this actor's own in memory (it is the only
+        writer of its device), a user's across devices from the database."""
         if user_id is not None:
             return usage.reserved(now, user_id=user_id)
-        return usage.reserved(now, device_id=self.device_id)
+        total = float(sum(a.duration_s for a in self.queue))
+        act = self.current
+        if act is not None:
+            if act.state == "running" and act.ends_at is not None:
+                total += max(0.0, (from_db(act.ends_at) - now).total_seconds())
+            else:
+                total += act.duration_s
+        return total
 
-    def _check_quota(self, user_id: int | None, duration_s: int) -> None:
+    def _check_quota(self, user_id: int | None, duration_s: int, user_quota=UNKNOWN) -> None:
         now = self.clock.now()
         checks = [("device", self._device_quota_s(), None)]
         if user_id is not None:
-            user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+            if user_quota is UNKNOWN:
+                user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
             if user_quota is not None:
                 checks.append(("user", user_quota * 60, user_id))
         for kind, quota_s, uid in checks:
@@ -782,12 +794,4 @@ class DeviceActor(pykka.ThreadingActor):
                     "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
                     quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
                 )
-
-    def _busy_for_s(self) -> float:
-        now = self.clock.now()
-        total = sum(a.duration_s for a in self.queue)
-        if self.current is not None and self.current.ends_at is not None:
-            total += max(0.0, (from_db(self.current.ends_at) - now).total_seconds())
-        return total
-
 

@@ -228,3 +228,16 @@ def test_go_shaped_status_and_device_crud(world):
     assert r.status_code == 200
     pump.wait_for(lambda p: p.state == "off", timeout=3, what="deleted device sent OFF")
     assert user.get(f"devices/{device_id}").status_code == 404
+
+
+def test_a_users_own_quota_spans_devices(world):
+    (a, _), (b, _) = ready_pump(world), ready_pump(world)
+    user = world.user()
+    assert world.admin.patch(f"users/{user.user_id}", {"daily_quota_minutes": 0.05}).status_code == 200  # 3 s
+    assert user.post("activate", {"device_id": a, "duration_s": 2}).status_code == 202
+    r = user.post("activate", {"device_id": b, "duration_s": 2})
+    assert r.status_code == 429, r.text
+    assert r.json()["quota"] == "user" and 0.9 <= r.json()["left_s"] <= 1.1
+    # Lifting it applies to the very next request.
+    assert world.admin.patch(f"users/{user.user_id}", {"daily_quota_minutes": None}).status_code == 200
+    assert user.post("activate", {"device_id": b, "duration_s": 2}).status_code == 202
