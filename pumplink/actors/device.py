@@ -72,10 +72,10 @@ class DeviceRecords:
                 for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
 
     def needs_writes(self, now: dt.datetime) -> bool:
-        """Whether recovery has something to close (else it only reads)."""
-        running_ok = [a for a in self.activations if a.state == "running" and from_db(a.ends_at) > now]
-        return any(a.state != "queued" for a in self.activations if a not in running_ok[:1]) or (
-            self.session is not None and self.session.activation_id is not None and not running_ok)
+        """Whether recovery has an activation to close (else it only reads): anything but queued
+        ones and the one run that resumes."""
+        resumed = next((a for a in self.activations if a.state == "running" and from_db(a.ends_at) > now), None)
+        return any(a.state != "queued" and a is not resumed for a in self.activations)
 
 
 UNKNOWN = object()  # "not given": look it up
