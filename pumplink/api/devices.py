@@ -14,7 +14,7 @@ from ..views import activation_view, log_view, session_view
 from . import answers as A
 from .openapi import MessageBody, doc
 from .schemas import ActivateBody, DeviceCreate, DevicePatch, EmptyBody, PageQuery
-from .support import Resource, page_params, path_id, read_json
+from .support import Resource, owned, page_params, path_id, read_json
 
 
 class _Base(Resource):
@@ -111,12 +111,7 @@ class Activations(_Base):
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
-        query = m.Activation.select().order_by(m.Activation.id.desc())
-        if user.role != "admin" or req.get_param("mine") == "true":
-            query = query.where(m.Activation.user == user.id)
-        device_id = req.get_param_as_int("device_id", min_value=1, max_value=2**31 - 1)
-        if device_id is not None:
-            query = query.where(m.Activation.device == device_id)
+        query = owned(m.Activation.select().order_by(m.Activation.id.desc()), m.Activation, user, req)
         state = req.get_param("state")
         if state:
             query = query.where(m.Activation.state == state)

@@ -15,7 +15,7 @@ from ..gateway import Gateway
 from ..schedules import Recurrence, check_new, parse_start, schedule_view
 from .openapi import MessageBody, doc
 from .schemas import Body, Number, PageQuery
-from .support import Resource, page_params, path_id, read_json
+from .support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
             "status, next_run_at, next_runs (five UTC times), runs (latest 20 with outcome), run_count"}
@@ -99,12 +99,7 @@ class Schedules(_Base):
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
-        query = m.Schedule.select().order_by(m.Schedule.id.desc())
-        if user.role != "admin" or req.get_param("mine") == "true":
-            query = query.where(m.Schedule.user == user.id)
-        device_id = req.get_param_as_int("device_id", min_value=1, max_value=2**31 - 1)
-        if device_id is not None:
-            query = query.where(m.Schedule.device == device_id)
+        query = owned(m.Schedule.select().order_by(m.Schedule.id.desc()), m.Schedule, user, req)
         enabled = req.get_param_as_bool("enabled")
         if enabled is not None:
             query = query.where(m.Schedule.enabled == enabled)

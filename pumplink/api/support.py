@@ -151,6 +151,16 @@ def page_params(req: falcon.Request):
     return PageQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "offset", "since", "until")})
 
 
+def owned(query, model, user, req: falcon.Request):
+    """The caller's own rows (an admin's: everyone's, unless ``?mine=true``), and ``?device_id=``."""
+    if user.role != "admin" or req.get_param("mine") == "true":
+        query = query.where(model.user == user.id)
+    device_id = req.get_param_as_int("device_id", min_value=1, max_value=2**31 - 1)
+    if device_id is not None:
+        query = query.where(model.device == device_id)
+    return query
+
+
 def path_id(value: str) -> int:
     try:
         number = int(value)
