@@ -44,6 +44,18 @@ class Config:
     login_failures_per_client: int = 20
     login_window_s: int = 300
     ws_ping_s: float = 20.0
+    # Hostile input and everyday limits (docs/decisions.md says why each default).
+    refresh_rotation: bool = False  # strict rotation with reuse detection, for clients that store rotated tokens
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-For names the client
+    register_per_client: int = 5  # registrations per client address per register window
+    register_window_s: int = 3600
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    idle_timeout_s: float = 30.0  # a keep-alive connection with no new request is closed after this
+    max_ws_per_user: int = 10
+    max_push_tokens_per_user: int = 10
+    manual_runs_per_hour: int = 20  # controller-started ONs per device before it counts as flapping
+    min_run_s: int = 10  # shortest run a request or schedule may ask for
+    schedule_min_gap_s: float = 300.0  # shortest time between two runs' starts of one schedule
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -192,6 +204,21 @@ def _timezone(name: str, raw: str) -> str:
     return raw
 
 
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name}: {part!r} is not an IP address or network such as 10.0.0.0/8") from None
+    return tuple(nets)
+
+
 def _choice(*choices):
     def parse(name: str, raw: str) -> str:
         value = raw.strip().lower()
@@ -236,6 +263,17 @@ _PARSERS = {
     "login_failures_per_client": _positive(int),
     "login_window_s": _positive(int),
     "ws_ping_s": _positive(float),
+    "refresh_rotation": _bool,
+    "trusted_proxies": _networks,
+    "register_per_client": _positive(int),
+    "register_window_s": _positive(int),
+    "header_timeout_s": _positive(float),
+    "idle_timeout_s": _positive(float),
+    "max_ws_per_user": _positive(int),
+    "max_push_tokens_per_user": _positive(int),
+    "manual_runs_per_hour": _positive(int),
+    "min_run_s": _positive(int),
+    "schedule_min_gap_s": _number(float),
     "log_format": _choice("text", "json"),
     "log_level": _log_level,
 }

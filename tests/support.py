@@ -154,6 +154,9 @@ def server_env(database_url: str, prefix: str, **overrides) -> dict:
         "PUMPLINK_ADMIN_PASSWORD": "admin-password-1",
         "PUMPLINK_PUSH_ENABLED": "false",
         "PUMPLINK_LOG_LEVEL": "INFO",
+        # Tests run pumps for a second or two and schedules seconds apart.
+        "PUMPLINK_MIN_RUN_S": "1",
+        "PUMPLINK_SCHEDULE_MIN_GAP_S": "0",
     })
     env.update({k: str(v) for k, v in overrides.items()})
     return env
