@@ -23,6 +23,8 @@ def test_metrics_count_activations_acks_and_the_broker(world):
     pump.wait_for(lambda p: p.runs and p.runs[0]["off"], what="run done")
     wait_until(lambda: user.get(f"activations/{r.json()['activation']['id']}").json()["state"] == "completed",
                what="completed")
+    # The OFF's ack may still be on its way: the device is "stopping" until the pump confirms it.
+    wait_until(lambda: user.get(f"devices/{device_id}").json()["state"] == "off", what="pump confirmed off")
     resp = world.server.api().get("/metrics")
     assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
     text = resp.text
