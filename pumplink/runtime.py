@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Callable
 
 import peewee
 
@@ -64,10 +65,18 @@ class BrokerStatus:
         self.connected = threading.Event()
         self.connects = 0
         self.last_error: str | None = None
-        self.loop_alive = False  # paho's network thread is running
+        # Set by the MqttActor: whether paho's network thread runs now (read live, not from a tick).
+        self.loop_check: Callable[[], bool] = lambda: False
         self.silent = False  # connected, yet not even the watchdog's own probe came back in time
         self.restarts = 0  # times the watchdog replaced a dead or stuck client
         self.last_restart: str | None = None  # why it last did
+
+    @property
+    def loop_alive(self) -> bool:
+        try:
+            return bool(self.loop_check())
+        except Exception:  # noqa: BLE001 - a link we cannot even inspect is not working
+            return False
 
     def health(self) -> str:
         """``ok`` or ``down: <why>``, for ``/ready``."""

@@ -95,6 +95,7 @@ class MqttActor(pykka.ThreadingActor):
         now = time.monotonic()
         self._last_inbound = self._connected_at = self._down_since = now
         self._log_drop = _DropLog()
+        status.loop_check = lambda: self._started and not self._stopping and _loop_alive(self.client)
 
     def on_start(self) -> None:
         self.client = self._new_client()
@@ -129,7 +130,6 @@ class MqttActor(pykka.ThreadingActor):
         self._down_since = time.monotonic()
         self.client.connect_async(url.hostname, port, keepalive=30)
         self.client.loop_start()
-        self.status.loop_alive = _loop_alive(self.client)
 
     def on_stop(self) -> None:
         self._stopping = True
@@ -138,7 +138,6 @@ class MqttActor(pykka.ThreadingActor):
         if self.client is not None:
             self.client.disconnect()
             self.client.loop_stop()
-        self.status.loop_alive = False
 
     def on_receive(self, message):
         if isinstance(message, Publish):
@@ -175,18 +174,23 @@ class MqttActor(pykka.ThreadingActor):
         if self._stopping or not self._started:
             return
         now = time.monotonic()
-        self.status.loop_alive = _loop_alive(self.client)
-        if not self.status.loop_alive:
+        if not _loop_alive(self.client):
             self._restart("loop_dead", "paho's network loop is not running")
         elif not self.status.connected.is_set():
             if now - self._down_since > self.stuck_s:
                 self._restart("stuck_disconnected", f"no connection for {now - self._down_since:.0f}s")
-        elif now - max(self._last_inbound, self._connected_at) > self.silence_s:
-            self.status.silent = True
-            self._restart("silent", f"nothing received for {now - self._last_inbound:.0f}s, not even a probe")
-        elif now - self._last_inbound >= self.probe_s:
-            # QoS 0 to itself: if the loop reads, it comes back within milliseconds.
-            self.client.publish(self._probe_topic, b"", qos=0, retain=False)
+        else:
+            quiet = now - max(self._last_inbound, self._connected_at)
+            if quiet > self.silence_s:
+                self.status.silent = True
+                self._restart("silent", f"nothing received for {quiet:.0f}s, not even its own probe")
+                return
+            # A probe normally comes back within milliseconds: one unanswered for two ticks
+            # already makes /ready say so, before the client is replaced.
+            self.status.silent = quiet > self.probe_s + 2 * self.watchdog_s
+            if quiet >= self.probe_s:
+                # QoS 0 to itself: if the loop reads, it comes back at once.
+                self.client.publish(self._probe_topic, b"", qos=0, retain=False)
 
     def _restart(self, reason: str, why: str) -> None:
         self.status.restarts += 1
