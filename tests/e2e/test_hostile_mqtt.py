@@ -8,8 +8,11 @@ normal activation's ON to its pump within 1 s. A watchdog test shows a dead paho
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import peewee
@@ -360,3 +363,49 @@ def test_ready_answers_503_when_the_link_does_not_work(server_factory, private_b
     body = wait_until(lambda: (r := server.api().get("ready")).status_code == 503 and r.json(), timeout=10,
                       what="/ready to answer 503")
     assert body["checks"]["broker"] == "down" and "broker (not connected" in body["error"], body
+
+
+GEVENT_SCRIPT = r'''
+from gevent import monkey; monkey.patch_all()  # as the server's worker runs
+import sys, time, peewee
+import paho.mqtt.client as mqtt
+from pumplink import config as configuration
+from pumplink.actors.mqtt import MqttActor
+from pumplink.runtime import BrokerStatus, Runtime
+url, prefix = sys.argv[1], sys.argv[2]
+cfg = configuration.load({"PUMPLINK_MQTT_URL": url, "PUMPLINK_MQTT_PREFIX": prefix,
+                          "PUMPLINK_LEGACY_BASE": prefix + "-legacy", "PUMPLINK_DATABASE_URL": "sqlite:///:memory:"},
+                         env_file=None)
+status, got = BrokerStatus(), []
+ref = MqttActor.start(Runtime.build(cfg, peewee.SqliteDatabase(":memory:")), lambda i: got.append(i) or "ok",
+                      lambda: None, status, watchdog_s=0.2)
+ref.proxy().connect().get(timeout=5)
+assert status.connected.wait(5)
+pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+pub.connect(url.rsplit(":", 1)[0].rsplit("/", 1)[1], int(url.rsplit(":", 1)[1]))
+pub.loop_start()
+def explode(c, u, m):
+    raise ValueError("boom")
+ref.proxy().client.get().message_callback_add(prefix + "/devices/+/state", explode)
+pub.publish(prefix + "/devices/1/state", b'{"state": "on"}', qos=1).wait_for_publish(2)
+deadline = time.monotonic() + 5
+while not (status.restarts and status.health() == "ok") and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("revived", status.restarts, status.last_restart, status.health())
+n = len(got)
+pub.publish(prefix + "/devices/1/state", b'{"state": "off"}', qos=1).wait_for_publish(2)
+while len(got) == n and time.monotonic() < deadline + 5:
+    time.sleep(0.05)
+print("routed", len(got) - n)
+ref.stop(timeout=5)
+'''
+
+
+def test_a_dead_loop_is_revived_under_gevent(tmp_path):
+    """The same revival inside a gevent-patched process, where paho's thread is a greenlet."""
+    script = tmp_path / "revive.py"
+    script.write_text(GEVENT_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(script), MQTT_URL, f"plgv-{time.monotonic_ns()}"], cwd=root,
+                         capture_output=True, text=True, timeout=30)
+    assert "revived 1 loop_dead ok" in out.stdout and "routed 1" in out.stdout, out.stdout + out.stderr[-2000:]
