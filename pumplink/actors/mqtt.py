@@ -140,10 +140,14 @@ class MqttActor(pykka.ThreadingActor):
             self.client.loop_stop()
 
     def on_receive(self, message):
-        if isinstance(message, Publish):
-            self.publish(message.topic, message.payload, message.qos)
-        elif isinstance(message, _Watch):
-            self._watch()
+        # An exception escaping a told message would stop this actor, and with it every command.
+        try:
+            if isinstance(message, Publish):
+                self.publish(message.topic, message.payload, message.qos)
+            elif isinstance(message, _Watch):
+                self._watch()
+        except Exception:  # noqa: BLE001
+            log.exception("the MQTT actor failed handling %r", type(message).__name__)
 
     def publish(self, topic: str, payload: str, qos: int = 1) -> bool:
         # Commands are never retained; a command for a disconnected link is dropped (its ack
