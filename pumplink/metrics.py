@@ -25,6 +25,10 @@ class Metrics:
         self.mqtt_messages = Counter("pumplink_mqtt_messages", "Device messages received, by kind", ["kind"],
                                      registry=r)
         self.mqtt_malformed = Counter("pumplink_mqtt_malformed", "Device messages dropped as malformed", registry=r)
+        self.mqtt_dropped = Counter("pumplink_mqtt_dropped", "Inbound MQTT messages dropped, by reason", ["reason"],
+                                    registry=r)
+        self.mqtt_restarts = Counter("pumplink_mqtt_link_restarts",
+                                     "MQTT clients replaced by the watchdog, by reason", ["reason"], registry=r)
         self.scheduler_heap = Gauge("pumplink_scheduler_heap_size", "Schedules waiting in the scheduler's heap",
                                     registry=r)
         self.schedule_lateness = Histogram("pumplink_schedule_lateness_seconds",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Callable
 
 import peewee
 
@@ -11,6 +12,7 @@ from .clock import Clock
 from .config import Config
 from .events import EventBus
 from .metrics import Metrics
+from .mqtt_parse import parse_topic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,24 +42,51 @@ class Topics:
             f"{self.legacy_base}/+/status",
         ]
 
+    def probe(self, client_id: str) -> str:
+        """Where the server's MQTT watchdog publishes to itself to prove the link carries messages."""
+        return f"{self.prefix}/server/{client_id}/probe"
+
     def parse(self, topic: str) -> tuple[str, int, str] | None:
-        """``(protocol, device_id, kind)`` for a device topic, else None."""
-        for protocol, base, middle in (("pumplink", self.prefix, "devices/"), ("legacy", self.legacy_base, "")):
-            head = f"{base}/{middle}"
-            if topic.startswith(head):
-                parts = topic[len(head):].split("/")
-                if len(parts) == 2 and parts[0].isdigit():
-                    return protocol, int(parts[0]), parts[1]
-        return None
+        """``(protocol, device_id, kind)`` for a device topic, else None (never raises)."""
+        try:
+            return parse_topic(self.prefix, self.legacy_base, topic)
+        except Exception:  # noqa: BLE001 - "not a device topic" is the answer to anything odd
+            return None
 
 
 class BrokerStatus:
-    """The MQTT link's state, readable from any thread (``/ready``, activations) without asking an actor."""
+    """The MQTT link's state, readable from any thread (``/ready``, activations) without asking an actor.
+
+    ``connected`` says paho holds a connection; ``health()`` says whether the link really works:
+    its network loop is alive and it has carried a message (or the watchdog's own probe) lately.
+    """
 
     def __init__(self):
         self.connected = threading.Event()
         self.connects = 0
         self.last_error: str | None = None
+        # Set by the MqttActor: whether paho's network thread runs now (read live, not from a tick).
+        self.loop_check: Callable[[], bool] = lambda: False
+        self.silent = False  # connected, yet not even the watchdog's own probe came back in time
+        self.restarts = 0  # times the watchdog replaced a dead or stuck client
+        self.last_restart: str | None = None  # why it last did
+
+    @property
+    def loop_alive(self) -> bool:
+        try:
+            return bool(self.loop_check())
+        except Exception:  # noqa: BLE001 - a link we cannot even inspect is not working
+            return False
+
+    def health(self) -> str:
+        """``ok`` or ``down: <why>``, for ``/ready``."""
+        if not self.loop_alive:
+            return "down: network loop not running"
+        if not self.connected.is_set():
+            return f"down: not connected ({self.last_error or 'connecting'})"
+        if self.silent:
+            return "down: link carries no messages"
+        return "ok"
 
 
 @dataclasses.dataclass(frozen=True)

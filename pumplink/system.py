@@ -91,8 +91,10 @@ class ActorSystem:
 
         return SchedulerActor.start(self.rt, self.gateway)
 
-    def _route(self, device_id: int, message) -> bool:
-        return self.supervisor is not None and self.supervisor.route(device_id, message)
+    def _route(self, inbound) -> str:
+        if self.supervisor is None:
+            return "unknown_device"
+        return self.supervisor.route(inbound.device_id, inbound.protocol, inbound.message)
 
     def _on_broker_connect(self) -> None:
         if self.supervisor is not None:

@@ -11,6 +11,7 @@ import threading
 
 import pykka
 
+from .. import models as m
 from ..errors import NotFound
 from ..runtime import Runtime
 from .device import DeviceActor, DeviceRecords
@@ -28,6 +29,8 @@ class Supervisor:
         self.rt = rt
         self.mqtt = mqtt
         self._refs: dict[int, pykka.ActorRef] = {}
+        # Each device's protocol: its messages are read only from its own protocol's topics.
+        self._protocols: dict[int, str] = {}
         self._lock = threading.RLock()
 
     def start_all(self) -> None:
@@ -46,9 +49,34 @@ class Supervisor:
             ref = self._refs.get(device_id)
             if ref is not None and ref.is_alive():
                 return ref
+            if records is not None:
+                self._protocols[device_id] = records.device.protocol
+            else:
+                self._protocols[device_id] = self._load_protocol(device_id)
             ref = DeviceActor.start(device_id, self.rt, self.mqtt, records)
             self._refs[device_id] = ref
             return ref
+
+    def _load_protocol(self, device_id: int) -> str:
+        # On the caller's thread (a request may hold a connection, even a transaction): close
+        # only a connection opened here.
+        db = self.rt.db
+        opened_here = db.is_closed()
+        try:
+            device = m.Device.get_or_none(m.Device.id == device_id)
+        finally:
+            if opened_here and not db.is_closed() and not db.in_transaction():
+                db.close()
+        return device.protocol if device is not None else "pumplink"
+
+    def set_protocol(self, device_id: int, protocol: str) -> None:
+        """A device's protocol was changed (PATCH): route its messages by the new one from now on."""
+        with self._lock:
+            if device_id in self._refs:
+                self._protocols[device_id] = protocol
+
+    def protocol(self, device_id: int) -> str | None:
+        return self._protocols.get(device_id)
 
     def get(self, device_id: int) -> pykka.ActorRef:
         """The device's actor; one that died is started again from the database's truth."""
@@ -65,16 +93,23 @@ class Supervisor:
         with self._lock:
             return sorted(self._refs)
 
-    def route(self, device_id: int, message) -> bool:
-        """Called from paho's thread: tell only."""
+    def route(self, device_id: int, protocol: str, message) -> str:
+        """Called from paho's thread: tell only. ``ok``, or why the message was not delivered.
+
+        A message counts only on its device's own protocol's topics: a legacy ack carries no
+        command id, so any payload on ``device/5/ack`` would otherwise confirm whatever command
+        pumplink device 5 awaits, though that pump never answered.
+        """
         ref = self._refs.get(device_id)
         if ref is None:
-            return False
+            return "unknown_device"
+        if self._protocols.get(device_id) != protocol:
+            return "wrong_protocol"
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
-            return False
-        return True
+            return "unknown_device"
+        return "ok"
 
     def broker_connected(self) -> None:
         for ref in list(self._refs.values()):
@@ -86,6 +121,7 @@ class Supervisor:
     def stop_device(self, device_id: int) -> None:
         with self._lock:
             ref = self._refs.pop(device_id, None)
+            self._protocols.pop(device_id, None)
         if ref is not None:
             ref.stop(block=True, timeout=10)
 

@@ -18,19 +18,25 @@ class Ready:
     def __init__(self, db, broker):
         self.db, self.broker = db, broker
 
-    @doc("Database and broker reachable", auth=None, answer=A.Ready, errors=(503,))
+    @doc("Database and broker reachable, and the MQTT link working", auth=None, answer=A.Ready, errors=(503,))
     def on_get(self, req, resp):
-        checks = {"database": "ok", "broker": "ok" if self.broker.connected.is_set() else "down"}
+        # The broker counts as up only when the link works (its loop alive, connected, carrying
+        # messages), not merely when paho once said "connected".
+        broker = self.broker.health()
+        checks = {"database": "ok", "broker": "ok" if broker == "ok" else "down"}
+        why = {"broker": broker.removeprefix("down: ")}
         try:
             with self.db.connection_context():
                 self.db.execute_sql("SELECT 1")
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks["database"] = f"down: {type(exc).__name__}"
+            why["database"] = type(exc).__name__
         ready = all(v == "ok" for v in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         if not ready:
-            body.update(error="A dependency is down: " + ", ".join(k for k, v in checks.items() if v != "ok"),
+            body.update(error="A dependency is down: " + ", ".join(f"{k} ({why[k]})" for k, v in checks.items()
+                                                                  if v != "ok"),
                         code="not_ready")
         resp.media = body
 
