@@ -22,8 +22,9 @@ from .. import models as m
 from .. import quota, usage
 from ..clock import from_db, iso, to_db
 from ..db import OPERATIONAL_ERRORS
-from ..errors import Conflict, NotFound, TooManyRequests, Unavailable, Unprocessable
+from ..errors import Conflict, NotFound, TooManyRequests, Unavailable
 from ..events import ActivationChanged, Alert, DeviceStateChanged
+from ..gateway import Gateway
 from ..runtime import Runtime
 from ..views import activation_view
 from .messages import (
@@ -80,6 +81,9 @@ class DeviceRecords:
 
 UNKNOWN = object()  # "not given": look it up
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
+OWED_RESEND_MAX_S = 60.0  # an owed OFF is sent again after ack_timeout_s, doubling up to this
+FLAP_WINDOW = dt.timedelta(hours=1)  # controller-started runs are counted over this trailing window
+FLAP_RECHECK_S = 60.0  # while flagged, whether the window has emptied enough is checked this often
 
 
 class DatabaseDown(Unavailable):
@@ -140,7 +144,12 @@ class DeviceActor(pykka.ThreadingActor):
         self.session: m.Session | None = None
         self.pending: Pending | None = None
         self.off_timer: threading.Timer | None = None
-        self.off_owed = False  # an OFF was never confirmed: send it again at the next chance
+        self.off_owed = False  # an OFF was never confirmed: send it again until it is (device.off_owed_since)
+        self.off_stuck = False  # a whole round of an OFF failed (refused or unanswered): no new runs
+        self.owed_timer: threading.Timer | None = None
+        self.owed_round = 0  # rounds of the owed OFF sent so far: the re-send interval doubles
+        self.flap_timer: threading.Timer | None = None
+        self.owed_token = self.flap_token = 0  # a stale owed/flap timer carries an older token: ignored
         self.state = "unknown"
         # Messages that arrived while the database was away, replayed in order when it returns.
         self.backlog: collections.deque = collections.deque()
@@ -168,6 +177,8 @@ class DeviceActor(pykka.ThreadingActor):
         self.rt.metrics.device_state(self.state, None)
         self.rt.metrics.queued.dec(len(self.queue))
         self._cancel_timer(self.off_timer)
+        self._cancel_timer(self.owed_timer)
+        self._cancel_timer(self.flap_timer)
         if self.pending:
             self._cancel_timer(self.pending.timer)
 
@@ -205,7 +216,10 @@ class DeviceActor(pykka.ThreadingActor):
             # A session of an activation that has ended: the pump may still be on.
             owe_off = True
         # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
-        self.off_owed = owe_off
+        # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
+        self.off_owed = owe_off or records.device.off_owed_since is not None
+        if records.device.flapping_since is not None:
+            self._arm_flap_timer()
         self._refresh_state("start-up")
 
     # --- messages from MQTT and timers -------------------------------------------------------
@@ -282,6 +296,11 @@ class DeviceActor(pykka.ThreadingActor):
     def _resync(self) -> None:
         """Forget memory and rebuild it from the database, as after a crash."""
         self._cancel_timer(self.off_timer)
+        self._cancel_timer(self.owed_timer)
+        self._cancel_timer(self.flap_timer)
+        self.owed_timer = self.flap_timer = None
+        self.owed_token += 1
+        self.flap_token += 1
         if self.pending is not None:
             self._cancel_timer(self.pending.timer)
         self.rt.metrics.queued.dec(len(self.queue))
@@ -298,6 +317,12 @@ class DeviceActor(pykka.ThreadingActor):
                         self.device_id, message.token)
             self.off_owed = True
             self._send_untracked_off()
+        elif isinstance(message, TimerFired) and message.kind == "owed" and self.off_owed \
+                and message.token == self.owed_token:
+            # An owed OFF keeps being sent while the database is away; it is booked when it returns.
+            self.owed_timer = None
+            self._send_untracked_off()
+            self._arm_owed_timer()
 
     def _dispatch(self, message) -> None:
         if isinstance(message, Ack):
@@ -311,6 +336,10 @@ class DeviceActor(pykka.ThreadingActor):
                 self._on_ack_timeout(message.token)
             elif message.kind == "off":
                 self._on_off_timer(message.token)
+            elif message.kind == "owed":
+                self._on_owed_timer(message.token)
+            elif message.kind == "flap":
+                self._on_flap_timer(message.token)
         elif isinstance(message, BrokerConnected):
             self._pay_off_debt()
             self._advance()
@@ -343,12 +372,14 @@ class DeviceActor(pykka.ThreadingActor):
         else:
             if ack.ok:
                 self.reported = "off"
-                self.off_owed = False
+                self._off_confirmed()
                 self._close_session(p.reason)
                 self._log("off", p.reason, p.actor, activation_id=p.activation_id)
             else:
-                self.off_owed = True
+                if ack.state in ("on", "off"):
+                    self.reported = ack.state
                 log.error("device %s refused OFF: %s", self.device_id, ack.error)
+                self._off_not_confirmed(p, refused=ack.error or "no reason given")
         self._refresh_state(p.reason if p.action == "off" else "command")
         self._advance()
 
@@ -370,31 +401,19 @@ class DeviceActor(pykka.ThreadingActor):
             self._alert("ack_timeout", f"ack_timeout:{act.id}", f"{self.device.name} did not answer",
                         "The pump did not confirm the start command; it was sent OFF for safety.", "admins",
                         extra_user_id=act.user_id)
-            # For safety: the pump may have switched on without our hearing it.
-            self.off_owed = True
+            # For safety: the pump may have switched on without our hearing it. Owed until confirmed.
             self._send_untracked_off()
+            self._owe_off()
         else:
-            self.off_owed = True
-            if self.session is not None:
-                ended_at = self._likely_off_time(p)
-                self._close_session("off_unacknowledged", ended_at=ended_at)
-                self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
-                          detail="the pump did not confirm OFF; its own timer is the safety")
-            self.reported = None
-            self._alert("ack_timeout", f"off_unacknowledged:{p.id}", f"{self.device.name} did not confirm OFF",
-                        "The pump did not confirm the OFF command; check it.", "admins")
+            self._off_not_confirmed(p, refused=None)
         self._refresh_state("ack_timeout")
         self._advance()
 
     def _likely_off_time(self, p: Pending) -> dt.datetime:
-        """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran.
-
-        A pumplink controller stopped at the latest when the OFF was first sent or when its own
-        timer ran out; a legacy one has no timer, so only "now" is safe to claim.
-        """
+        """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran:
+        a pumplink controller with a timed run stopped at the latest when the OFF was first sent
+        or when its own timer ran out."""
         now = self.clock.now()
-        if self.device.protocol == "legacy" or self.session is None:
-            return now
         candidates = [now, p.sent_wall or now]
         if self.session.intended_s is not None:
             candidates.append(from_db(self.session.started_at) + dt.timedelta(seconds=self.session.intended_s))
@@ -422,13 +441,13 @@ class DeviceActor(pykka.ThreadingActor):
                 # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
                 self._open_session(None, report.reason)
                 self._log("on", report.reason, "device")
-                self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
-                            f"{self.device.name} was switched on ({report.reason}).", "approved")
-            if self.off_owed and self.pending is None:
-                self._send("off", None, reason="owed", actor="system")
+                if not self._flapping():
+                    self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
+                                f"{self.device.name} was switched on ({report.reason}).", "approved")
+            self._pay_off_debt()
         else:
             self.reported = "off"
-            self.off_owed = False
+            self._off_confirmed()
             self.unconfirmed_on = None
             if self.session is not None:
                 self._close_session(report.reason)
@@ -455,10 +474,137 @@ class DeviceActor(pykka.ThreadingActor):
             self._pay_off_debt()
             self._advance()
 
+    # --- an owed OFF (issue 10, findings 4 and 16) ------------------------------------------------
     def _pay_off_debt(self) -> None:
-        if self.off_owed and self.pending is None:
+        """Send the owed OFF now, unless one is on its way or the pump is known to be offline
+        (its coming back online pays the debt)."""
+        if self.off_owed and self.pending is None and self.available is not False:
             self._send("off", None, reason="owed", actor="system")
+            self._owe_off()  # booked, if it was not yet (a no-op when it was)
             self._refresh_state("owed")
+
+    def _owe_off(self) -> None:
+        """The pump has not confirmed an OFF: remember it in the database (a restart sends it
+        again) and send it again until the pump confirms it."""
+        self.off_owed = True
+        if self.device.off_owed_since is None:
+            self.device.off_owed_since = to_db(self.clock.now())
+            m.Device.update(off_owed_since=self.device.off_owed_since).where(m.Device.id == self.device_id).execute()
+            log.warning("device %s owes an OFF; its queue waits until the pump confirms one", self.device_id)
+        if self.pending is None:
+            self._arm_owed_timer()
+
+    def _arm_owed_timer(self) -> None:
+        if self.owed_timer is not None:
+            return
+        delay = min(OWED_RESEND_MAX_S, self.config.ack_timeout_s * 2 ** min(self.owed_round, 16))
+        self.owed_round += 1
+        self.owed_timer = tell_later(self.actor_ref, delay, TimerFired("owed", self.owed_token))
+
+    def _on_owed_timer(self, token: int) -> None:
+        if token != self.owed_token:
+            return
+        self.owed_timer = None
+        if not self.off_owed:
+            return
+        if self.pending is not None:
+            self._arm_owed_timer()  # a command is on its way; look again later
+            return
+        self._pay_off_debt()
+
+    def _off_confirmed(self) -> None:
+        """The pump said it is OFF: the debt is paid and the queue may move."""
+        was_owed = self.off_owed
+        self.off_owed = self.off_stuck = False
+        self.owed_round = 0
+        self._cancel_timer(self.owed_timer)
+        self.owed_timer = None
+        self.owed_token += 1
+        if self.device.off_owed_since is not None:
+            self.device.off_owed_since = None
+            m.Device.update(off_owed_since=None).where(m.Device.id == self.device_id).execute()
+        if was_owed:
+            log.info("device %s confirmed OFF; its owed OFF is paid", self.device_id)
+
+    def _off_not_confirmed(self, p: Pending, refused: str | None) -> None:
+        """A whole round of an OFF failed: the pump refused it (``refused``: its reason) or never
+        answered. It stays owed and is sent again; the device takes no new runs meanwhile."""
+        first = not self.off_stuck
+        self.off_stuck = True
+        if refused is None:
+            session = self.session
+            if session is not None and self.device.protocol != "legacy" and session.intended_s is not None:
+                # A pumplink controller's own timer ends a timed run: count only that far.
+                self._close_session("off_unacknowledged", ended_at=self._likely_off_time(p))
+                self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
+                          detail="the pump did not confirm OFF; its own timer stops the run; "
+                                 "the OFF is sent again until the pump confirms it")
+            # Otherwise (a legacy pump has no timer) the session stays open: it may still run.
+            self.reported = None
+        self._owe_off()
+        if first:
+            what = f"refused the OFF command ({refused})" if refused else "did not confirm the OFF command"
+            self._alert("ack_timeout" if refused is None else "off_refused",
+                        f"off_unconfirmed:{self.device_id}:{iso(self.device.off_owed_since)}",
+                        f"{self.device.name} did not confirm OFF",
+                        f"The pump {what}. It is sent again until the pump confirms it; the device takes no "
+                        f"new runs until then. Check it.", "admins")
+
+    # --- controller-started runs (issue 10, finding 15) -------------------------------------------
+    def _flapping(self) -> bool:
+        """Whether controller-started runs in the trailing hour exceed PUMPLINK_MANUAL_RUNS_PER_HOUR.
+
+        Beyond it the device is flagged (one ``device_flapping`` alert to admins) and its
+        controller-started runs are no longer pushed one by one; they are still recorded. The
+        flag clears once the trailing hour holds no more than the limit again.
+        """
+        now = self.clock.now()
+        count = self._manual_runs_in_window(now)
+        if count <= self.config.manual_runs_per_hour:
+            self._clear_flapping()
+            return False
+        if self.device.flapping_since is None:
+            self.device.flapping_since = to_db(now)
+            m.Device.update(flapping_since=self.device.flapping_since).where(m.Device.id == self.device_id).execute()
+            log.warning("device %s is flapping: %d controller-started runs in the last hour", self.device_id, count)
+            self._alert("device_flapping", f"device_flapping:{self.device_id}:{iso(now)}",
+                        f"{self.device.name} is flapping",
+                        f"{self.device.name} was switched on at the pump {count} times in the last hour (more "
+                        f"than {self.config.manual_runs_per_hour}). Its runs are still recorded, but not pushed "
+                        f"one by one until it calms down. Check the controller.", "admins")
+        self._arm_flap_timer()
+        return True
+
+    def _manual_runs_in_window(self, now: dt.datetime) -> int:
+        return (m.Session.select()
+                .where((m.Session.device == self.device_id) & m.Session.activation.is_null()
+                       & (m.Session.started_at > to_db(now - FLAP_WINDOW)))
+                .count())
+
+    def _clear_flapping(self) -> None:
+        if self.device.flapping_since is None:
+            return
+        self.device.flapping_since = None
+        m.Device.update(flapping_since=None).where(m.Device.id == self.device_id).execute()
+        self._cancel_timer(self.flap_timer)
+        self.flap_timer = None
+        self.flap_token += 1
+        log.info("device %s is no longer flapping", self.device_id)
+
+    def _arm_flap_timer(self) -> None:
+        if self.flap_timer is None:
+            self.flap_timer = tell_later(self.actor_ref, FLAP_RECHECK_S, TimerFired("flap", self.flap_token))
+
+    def _on_flap_timer(self, token: int) -> None:
+        if token != self.flap_token:
+            return
+        self.flap_timer = None
+        if self.device.flapping_since is None:
+            return
+        if self._manual_runs_in_window(self.clock.now()) <= self.config.manual_runs_per_hour:
+            self._clear_flapping()
+        else:
+            self._arm_flap_timer()
 
     # --- requests from the API and the scheduler ----------------------------------------------
     @transactional
@@ -466,21 +612,17 @@ class DeviceActor(pykka.ThreadingActor):
                  schedule_id: int | None = None, user_quota=UNKNOWN) -> dict:
         """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
         device = self._live_device()
-        if duration_s <= 0:
-            raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
-        max_s = device.max_run_minutes * 60
-        if duration_s > max_s:
-            raise Unprocessable(
-                f"{device.name} runs at most {device.max_run_minutes:g} minutes at a time.", "duration_above_max_run",
-                max_run_minutes=device.max_run_minutes,
-            )
+        Gateway.check_run_length(device, duration_s, self.config.min_run_s)
         if self.available is False:
             raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
+        if self.off_stuck:
+            raise Conflict(f"{device.name} has not confirmed its last OFF; it takes no new runs until it does.",
+                           "off_unconfirmed")
         if not self.rt.broker.connected.is_set():
             # Accepting now would only end in ack_timeout: the command could not be sent.
             raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
                               "broker_unavailable", retry_after=5)
-        busy = self.current is not None or self.pending is not None
+        busy = self.current is not None or self.pending is not None or self.off_owed
         if busy and len(self.queue) >= self.config.queue_limit:
             raise TooManyRequests(
                 f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
@@ -512,6 +654,17 @@ class DeviceActor(pykka.ThreadingActor):
             self._stop_current("stopped", "cancelled", by)
             return activation_view(act, self.clock.now())
         raise Conflict("This activation has already ended.", "activation_ended")
+
+    @transactional
+    def cancel_queued_of(self, user_id: int, reason: str = "owner_revoked") -> list[int]:
+        """Cancel a user's queued activations (the user is no longer approved). A run already
+        going is left to end at its time: it was asked for while the user was approved."""
+        mine = [act for act in self.queue if act.user_id == user_id]
+        for act in mine:
+            self.queue.remove(act)
+            self.rt.metrics.queued.dec()
+            self._finish(act, "cancelled", reason, "system")
+        return [act.id for act in mine]
 
     @transactional
     def force_shutdown(self, by: str) -> dict:
@@ -562,6 +715,8 @@ class DeviceActor(pykka.ThreadingActor):
             "running": running,
             "queue": [activation_view(a, now) for a in self.queue],
             "session_id": self.session.id if self.session is not None else None,
+            "off_owed": self.off_owed,
+            "flapping": device.flapping_since is not None,
             "daily_quota_minutes": quota_s / 60,
             "max_run_minutes": device.max_run_minutes,
             "today": {
@@ -593,6 +748,8 @@ class DeviceActor(pykka.ThreadingActor):
     def _advance(self) -> None:
         if self.current is not None or self.pending is not None or not self.queue:
             return
+        if self.off_owed:
+            return  # a pump that has not confirmed its OFF is not started again (finding 16)
         if self.available is False:
             return  # queued work waits until the pump is back
         act = self.queue.popleft()
@@ -635,7 +792,8 @@ class DeviceActor(pykka.ThreadingActor):
                 ended_at: dt.datetime | None = None) -> None:
         act.state, act.reason, act.ended_by = state, reason, by
         act.ended_at = to_db(ended_at or self.clock.now())
-        act.save()
+        # Only what changed: the user may have been deleted meanwhile (user_id is stale).
+        act.save(only=[m.Activation.state, m.Activation.reason, m.Activation.ended_by, m.Activation.ended_at])
         self.rt.metrics.activations.labels(state, reason).inc()
         if self.current is not None and self.current.id == act.id:
             self.current = None
@@ -777,12 +935,27 @@ class DeviceActor(pykka.ThreadingActor):
                 total += act.duration_s
         return total
 
+    def _lock_user(self, user_id: int) -> None:
+        """Serialise quota checks of one user across devices (finding 17): each device actor
+        checks in its own transaction, so two at once both saw the other's run missing. The
+        lock on the user's row is held until this transaction commits its activation; the
+        next one waits and then counts it. PostgreSQL: SELECT ... FOR UPDATE (across actors and
+        nodes). SQLite has no row locks: a no-op write takes its database-wide write lock now,
+        before anything is read (BEGIN is deferred), so the next check waits the same way."""
+        if self.db.for_update:
+            m.User.select(m.User.id).where(m.User.id == user_id).for_update().execute()
+        else:
+            m.User.update(id=m.User.id).where(m.User.id == user_id).execute()
+
     def _check_quota(self, user_id: int | None, duration_s: int, user_quota=UNKNOWN) -> None:
         now = self.clock.now()
         checks = [("device", self._device_quota_s(), None)]
         if user_id is not None:
             if user_quota is UNKNOWN:
+                self._lock_user(user_id)  # before the read: on SQLite a write must come first
                 user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+            elif user_quota is not None:
+                self._lock_user(user_id)
             if user_quota is not None:
                 checks.append(("user", user_quota * 60, user_id))
         for kind, quota_s, uid in checks:
