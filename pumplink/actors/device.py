@@ -936,16 +936,9 @@ class DeviceActor(pykka.ThreadingActor):
         return total
 
     def _lock_user(self, user_id: int) -> None:
-        """Serialise quota checks of one user across devices (finding 17): each device actor
-        checks in its own transaction, so two at once both saw the other's run missing. The
-        lock on the user's row is held until this transaction commits its activation; the
-        next one waits and then counts it. PostgreSQL: SELECT ... FOR UPDATE (across actors and
-        nodes). SQLite has no row locks: a no-op write takes its database-wide write lock now,
-        before anything is read (BEGIN is deferred), so the next check waits the same way."""
-        if self.db.for_update:
-            m.User.select(m.User.id).where(m.User.id == user_id).for_update().execute()
-        else:
-            m.User.update(id=m.User.id).where(m.User.id == user_id).execute()
+        # Each device actor checks in its own transaction: without this, two requests on two
+        # devices at once both missed the other's run (finding 17).
+        usage.lock_user(self.db, user_id)
 
     def _check_quota(self, user_id: int | None, duration_s: int, user_quota=UNKNOWN) -> None:
         now = self.clock.now()

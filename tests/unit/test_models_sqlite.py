@@ -114,3 +114,38 @@ def test_a_version_1_database_gains_the_owed_off_and_flapping_columns(db, monkey
         pump.off_owed_since = T0
         pump.save()
         assert m.Device.get_by_id(1).off_owed_since == T0
+
+
+def test_the_users_quota_lock_makes_a_second_check_wait_and_count_the_first_run(db):
+    """Two quota checks of one user at once (two devices): the second waits for the first's
+    transaction and then counts its activation, on SQLite as on PostgreSQL."""
+    import threading
+
+    from pumplink import usage
+
+    migrations.migrate(db)
+    with db.connection_context():
+        user = m.User.create(email="q@example.org", password_hash="x", daily_quota_minutes=1)
+        uid = user.id
+    first_locked, seen = threading.Event(), {}
+
+    def first():
+        with db.connection_context(), db.atomic():
+            usage.lock_user(db, uid)
+            first_locked.set()
+            seen["first"] = usage.reserved(T0, user_id=uid)
+            threading.Event().wait(0.3)  # the other check arrives meanwhile
+            m.Activation.create(device=1, user=uid, duration_s=40, state="queued", created_at=T0)
+
+    def second():
+        first_locked.wait(5)
+        with db.connection_context(), db.atomic():
+            usage.lock_user(db, uid)
+            seen["second"] = usage.reserved(T0, user_id=uid)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"first": 0, "second": 40}
