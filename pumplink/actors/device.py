@@ -323,6 +323,12 @@ class DeviceActor(pykka.ThreadingActor):
             self.owed_timer = None
             self._send_untracked_off()
             self._arm_owed_timer()
+        elif isinstance(message, TimerFired) and message.kind == "ack" and self.pending is not None \
+                and self.pending.action == "off" and self.pending.id == message.token:
+            # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
+            self.off_owed = True
+            self._publish(self.pending.topic, self.pending.payload)
+            self._arm_owed_timer()
 
     def _dispatch(self, message) -> None:
         if isinstance(message, Ack):
