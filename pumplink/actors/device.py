@@ -206,7 +206,10 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
                 state = "completed" if act.state == "running" else "failed"
                 ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
                 self._finish(act, state, "recovered", "system", ended_at=ended_at)
-                if self.session is not None and self.session.activation_id == act.id:
+                if self.session is not None and self.session.activation_id == act.id \
+                        and records.device.protocol != "legacy":
+                    # A pumplink controller's own timer stopped it by then. A legacy one has no
+                    # timer: its session stays open until it confirms the owed OFF.
                     self._close_session("recovered", ended_at=ended_at)
                 owe_off = True
                 log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, state)

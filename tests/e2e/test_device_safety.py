@@ -35,7 +35,8 @@ def delete_device(world, device_id):
 def test_legacy_pump_that_lost_its_off_is_stopped_after_a_server_crash(server_factory):
     """The pump misses the first OFF; the server dies while that OFF is owed; once it is back it
     sends the OFF again and the pump stops. The record says how long it really ran."""
-    server = server_factory()
+    # Re-sends 3 s apart: the crash surely comes before the server's own second OFF.
+    server = server_factory(PUMPLINK_ACK_TIMEOUT_S="3")
     world = World(server)
     try:
         device_id = world.device("Old well", protocol="legacy")
@@ -47,7 +48,7 @@ def test_legacy_pump_that_lost_its_off_is_stopped_after_a_server_crash(server_fa
         pump.wait_for(lambda p: p.state == "on", what="legacy pump on")
         wait_until(lambda: activation(user, act_id)["state"] == "running", what="run confirmed")
         pump.wait_for(lambda p: offs(p) == 1, timeout=4, what="the first OFF (lost)")
-        server.kill()  # the OFF is owed and was not re-sent yet (the ack timeout is 1 s)
+        server.kill()  # the OFF is owed and was not re-sent yet
         assert pump.state == "on", "the lost OFF left the pump running"
         killed_at = time.monotonic()
         server.start()
@@ -81,7 +82,7 @@ def test_legacy_pump_that_lost_its_off_is_stopped_after_a_server_crash(server_fa
 def test_legacy_pump_that_ignores_offs_gets_them_until_it_stops_and_its_session_stays_open(world):
     device_id = world.device("Deaf pump", protocol="legacy")
     try:
-        pump = world.pump(device_id, legacy=True, ignore_offs=3)
+        pump = world.pump(device_id, legacy=True, ignore_offs=5)
         user = world.user()
         r = user.post("activate", {"device_id": device_id, "duration_s": 1})
         act_id = r.json()["activation"]["id"]
@@ -97,8 +98,9 @@ def test_legacy_pump_that_ignores_offs_gets_them_until_it_stops_and_its_session_
         assert r.status_code == 409 and r.json()["code"] == "off_unconfirmed", r.text
         assert "OFF" in r.json()["error"]
 
-        pump.wait_for(lambda p: p.state == "off", timeout=6, what="the re-sent OFF lands")
-        assert offs(pump) == 4
+        # Round 2 starts a second after round 1 gave up; its third send is obeyed.
+        pump.wait_for(lambda p: p.state == "off", timeout=10, what="the re-sent OFF lands")
+        assert offs(pump) == 6
         wait_until(lambda: not world.admin.get(f"devices/{device_id}").json()["off_owed"], what="debt paid")
         session = wait_until(lambda: (s := user.get(f"devices/{device_id}/sessions").json()["items"][0])["ended_at"]
                              and s, what="session closed")
@@ -114,19 +116,19 @@ def test_legacy_pump_that_ignores_offs_gets_them_until_it_stops_and_its_session_
 
 def test_a_refused_off_holds_the_queue_until_the_pump_confirms_one(world):
     """Finding 16: the relay is stuck, the pump refuses OFF; nothing queued starts meanwhile."""
-    device_id, pump = ready_pump(world, refuse_offs=2)
+    device_id, pump = ready_pump(world, refuse_offs=3)
     user = world.user()
     first = user.post("activate", {"device_id": device_id, "duration_s": 30}).json()["activation"]["id"]
     queued = user.post("activate", {"device_id": device_id, "duration_s": 1}).json()["activation"]["id"]
     pump.wait_for(lambda p: p.state == "on", what="pump on")
     wait_until(lambda: activation(user, first)["state"] == "running", what="first running")
     assert user.delete(f"activations/{first}").status_code == 200
-    # Refused once at once, again when re-sent a second later: the pump stays on meanwhile.
+    # Refused at once, and again when re-sent 1 s and 2 s later: the pump stays on meanwhile.
     wait_until(lambda: world.admin.get(f"devices/{device_id}").json()["off_owed"], what="OFF owed")
     r = user.post("activate", {"device_id": device_id, "duration_s": 1})
     assert r.status_code == 409 and r.json()["code"] == "off_unconfirmed", r.text
     assert activation(user, queued)["state"] == "queued"
-    pump.wait_for(lambda p: p.state == "off", timeout=8, what="the third OFF is obeyed")
+    pump.wait_for(lambda p: p.state == "off", timeout=12, what="the fourth OFF is obeyed")
     assert ended(user, queued)["state"] == "completed", "the queue moves once the pump confirmed OFF"
     on_cmds = [c for c in pump.commands if c["action"] == "on"]
     assert len(on_cmds) == 2
@@ -277,3 +279,35 @@ def test_a_demoted_users_queued_activations_are_cancelled(world):
     assert a["reason"] == "owner_revoked"
     assert ended(other, running)["state"] == "completed", "another user's run is untouched"
     assert ons(pump) == 1
+
+
+def test_legacy_run_that_ends_while_the_server_is_down_is_stopped_at_restart_and_counted_in_full(server_factory):
+    """No server, no OFF: a legacy pump runs on. After the restart it gets its OFF at once, and
+    its session says how long it really ran, not the time that was asked for."""
+    server = server_factory()
+    world = World(server)
+    try:
+        device_id = world.device("Old canal", protocol="legacy")
+        pump = world.pump(device_id, legacy=True)
+        user = world.user()
+        act_id = user.post("activate", {"device_id": device_id, "duration_s": 1}).json()["activation"]["id"]
+        wait_until(lambda: activation(user, act_id)["state"] == "running", what="run confirmed")
+        server.kill()
+        run = pump.runs[0]
+        # The run's end passes while no server is there (waiting on the clock, not on an event).
+        time.sleep(max(0.0, run["on"] + 1.5 - time.monotonic()))
+        assert pump.state == "on" and offs(pump) == 0
+        server.start()
+        back_at = time.monotonic()
+        pump.wait_for(lambda p: p.state == "off", timeout=5, what="OFF after the restart")
+        assert run["off"] - back_at <= LEGACY_SLACK_S
+        a = activation(user, act_id)
+        assert (a["state"], a["reason"]) == ("completed", "recovered")
+        session = wait_until(lambda: (s := user.get(f"devices/{device_id}/sessions").json()["items"][0])["ended_at"]
+                             and s, what="session closed once the pump confirmed OFF")
+        assert session["activation_id"] == act_id
+        assert abs(session["actual_s"] - (run["off"] - run["on"])) < 1.0, (session, run)
+        assert not user.get(f"devices/{device_id}").json()["off_owed"]
+    finally:
+        world.close()
+        server.stop()
