@@ -6,12 +6,13 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+import peewee as pw
 import pykka
 
 from . import models as m
 from . import usage
 from .clock import to_db
-from .errors import Forbidden, NotFound, Unavailable, Unprocessable
+from .errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 
 if TYPE_CHECKING:
     from .system import ActorSystem
@@ -96,7 +97,10 @@ class Gateway:
         return self._all("summary")
 
     def create_device(self, admin: m.User, **fields) -> dict:
-        device = m.Device.create(**fields)
+        with self.rt.db.atomic():
+            self._one_legacy_device(fields.get("protocol"))
+            device = m.Device.create(**fields)
+        # Committed first: the actor loads its device on a connection of its own.
         self.system.supervisor.start_device(device.id)
         self.audit(admin, "device.create", f"device:{device.id}", fields)
         return self.device(device.id)
@@ -104,9 +108,32 @@ class Gateway:
     def update_device(self, admin: m.User, device_id: int, **fields) -> dict:
         self._existing(device_id)
         if fields:
-            m.Device.update(**fields).where(m.Device.id == device_id).execute()
+            with self.rt.db.atomic():
+                self._one_legacy_device(fields.get("protocol"), device_id)
+                m.Device.update(**fields).where(m.Device.id == device_id).execute()
         self.audit(admin, "device.update", f"device:{device_id}", fields)
         return self._call(device_id, "reload")
+
+    def _one_legacy_device(self, protocol: str | None, device_id: int | None = None) -> None:
+        """At most one live legacy device (docs/decisions.md): every legacy controller listens on
+        the one ``{legacy_base}/control`` topic, so a second would be switched by the first's
+        commands. Called in the transaction that writes the device."""
+        if protocol != "legacy":
+            return
+        if isinstance(self.rt.db, pw.PostgresqlDatabase):
+            # Two admins creating legacy devices at once take turns (SQLite writes serialise anyway).
+            self.rt.db.execute_sql("SELECT pg_advisory_xact_lock(4242010)")
+        other = (m.Device.select(m.Device.id, m.Device.name)
+                 .where((m.Device.protocol == "legacy") & m.Device.deleted_at.is_null()
+                        & (m.Device.id != (device_id or 0)))
+                 .first())
+        if other is not None:
+            raise Conflict(
+                f"Device {other.id} ({other.name}) already speaks the legacy protocol. Legacy controllers all "
+                f"listen on the one topic {self.rt.topics.legacy_control}, so a second one would be switched by "
+                f"the other's commands. Delete device {other.id} or change its protocol first.",
+                "legacy_device_exists", device_id=other.id,
+            )
 
     def delete_device(self, admin: m.User, device_id: int) -> None:
         self._existing(device_id)
@@ -141,6 +168,21 @@ class Gateway:
             self.audit(user, "activation.cancel", f"activation:{activation_id}")
         return result
 
+    def user_access_changed(self, user_id: int, approved: bool) -> list[int]:
+        """A user lost approval (demoted to pending, or deleted): their queued activations are
+        cancelled with reason ``owner_revoked`` on every device (issue 10, finding 7). Call it
+        after the change is committed; it works before or after the user's row is deleted.
+        Returns the cancelled activation ids."""
+        if approved:
+            return []
+        cancelled: list[int] = []
+        for _, future in [(i, self._start(i, "cancel_queued_of", user_id, "owner_revoked"))
+                          for i in self.system.supervisor.ids()]:
+            cancelled.extend(self._wait(future))
+        if cancelled:
+            log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)
+        return cancelled
+
     def force_shutdown(self, admin: m.User, device_id: int) -> dict:
         self._existing(device_id)
         result = self._call(device_id, "force_shutdown", actor_name(admin))
@@ -151,6 +193,21 @@ class Gateway:
         results = self._all("force_shutdown", actor_name(admin))
         self.audit(admin, "emergency_stop", "devices:all", {"devices": [r["device_id"] for r in results]})
         return results
+
+    @staticmethod
+    def check_run_length(device: m.Device, seconds: int, min_run_s: int) -> None:
+        """The one check of a run's length, for requests and schedules alike (422 either way):
+        at least PUMPLINK_MIN_RUN_S (motor starts cost wear), at most the device's max run."""
+        if seconds < min_run_s:
+            raise Unprocessable(
+                f"A run lasts at least {min_run_s} s; {seconds} s is too short.", "duration_below_min_run",
+                min_run_s=min_run_s,
+            )
+        if seconds > device.max_run_minutes * 60:
+            raise Unprocessable(
+                f"{device.name} runs at most {device.max_run_minutes:g} minutes at a time.", "duration_above_max_run",
+                max_run_minutes=device.max_run_minutes,
+            )
 
     @staticmethod
     def duration_s(duration_min: float | None, duration_s: float | None) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as run_migration
 
 from . import models as m
 
@@ -25,8 +27,18 @@ def _v1_initial(db: pw.Database) -> None:
             db.execute_sql("SELECT setval(pg_get_serial_sequence('device', 'id'), (SELECT MAX(id) FROM device))")
 
 
+def _v2_device_safety(db: pw.Database) -> None:
+    """An owed OFF and a flapping flag survive a restart (issue 10, findings 4 and 15)."""
+    have = {c.name for c in db.get_columns("device")}
+    migrator = SchemaMigrator.from_database(db)
+    for name in ("off_owed_since", "flapping_since"):
+        if name not in have:  # a fresh install's v1 created them already, from the model
+            run_migration(migrator.add_column("device", name, pw.DateTimeField(null=True)))
+
+
 MIGRATIONS = [
     (1, "initial schema", _v1_initial),
+    (2, "owed OFF and flapping flag on devices", _v2_device_safety),
 ]
 
 

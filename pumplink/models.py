@@ -46,6 +46,10 @@ class Device(BaseModel):
     max_run_minutes = pw.FloatField(default=60)
     created_at = pw.DateTimeField(default=_utcnow)
     deleted_at = pw.DateTimeField(null=True)
+    # Since when an OFF was sent that the pump has not confirmed: a restart sends it again.
+    off_owed_since = pw.DateTimeField(null=True)
+    # Since when controller-started runs exceed PUMPLINK_MANUAL_RUNS_PER_HOUR (no device_on pushes).
+    flapping_since = pw.DateTimeField(null=True)
 
 
 class Schedule(BaseModel):

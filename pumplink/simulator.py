@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class SimulatedPump:
     def __init__(self, mqtt_url: str, prefix: str, device_id: int, *, ack_delay: float = 0.0,
                  no_ack: bool = False, legacy: bool = False, legacy_base: str = "device",
-                 refuse: str | None = None):
+                 refuse: str | None = None, ignore_offs: int = 0, refuse_offs: int = 0):
         self.url = urlsplit(mqtt_url)
         self.prefix = prefix
         self.device_id = device_id
@@ -32,6 +32,10 @@ class SimulatedPump:
         self.legacy = legacy
         self.legacy_base = legacy_base
         self.refuse = refuse  # when set, ON commands are refused with this error
+        # The first N OFF commands are lost on the way (neither obeyed nor acked), or refused
+        # (a stuck relay: acked with ok false, the pump keeps running).
+        self.ignore_offs = ignore_offs
+        self.refuse_offs = refuse_offs
         self.state = "off"
         self.on_since: float | None = None
         self.ends_at: float | None = None
@@ -119,6 +123,13 @@ class SimulatedPump:
             self.commands.append({"action": action, "id": command_id, "duration_s": duration, "at": time.monotonic()})
             self._cond.notify_all()
         if self.no_ack:
+            return
+        if action == "off" and self.ignore_offs > 0:
+            self.ignore_offs -= 1
+            return
+        if action == "off" and self.refuse_offs > 0:
+            self.refuse_offs -= 1
+            self._ack(command_id, False, "relay stuck")
             return
         if self.ack_delay:
             threading.Timer(self.ack_delay, self._act, args=(action, command_id, duration)).start()

@@ -6,6 +6,8 @@ import collections
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+import peewee as pw
+
 from . import models as m
 from . import quota
 from .clock import from_db, to_db
@@ -24,6 +26,21 @@ def used_today(now: dt.datetime, tz: ZoneInfo, *, device_id: int | None = None, 
     where &= (m.Session.user == user_id) if user_id is not None else (m.Session.device == device_id)
     rows = m.Session.select(m.Session.started_at, m.Session.ended_at).where(where).tuples()
     return quota.used_seconds(((from_db(a), from_db(b)) for a, b in rows), start, end, now)
+
+
+def lock_user(db: pw.Database, user_id: int) -> None:
+    """Take the user's quota lock for the rest of the current transaction, before counting.
+
+    Quota checks of one user then take turns, on every device and node: the next one waits
+    until this transaction has committed its activation, and counts it. PostgreSQL: the user's
+    row ``FOR UPDATE``. SQLite has no row locks: a no-op write takes its database-wide write
+    lock, which must come before any read of the transaction (BEGIN is deferred; a read first
+    would make the later write fail instead of wait).
+    """
+    if db.for_update:
+        m.User.select(m.User.id).where(m.User.id == user_id).for_update().execute()
+    else:
+        m.User.update(id=m.User.id).where(m.User.id == user_id).execute()
 
 
 def _promised(state: str, duration_s: int, ends_at, now: dt.datetime) -> float:

@@ -19,11 +19,12 @@ import uuid
 import pykka
 
 from .. import models as m
-from .. import quota, usage
+from .. import usage
 from ..clock import from_db, iso, to_db
 from ..db import OPERATIONAL_ERRORS
-from ..errors import Conflict, NotFound, TooManyRequests, Unavailable, Unprocessable
+from ..errors import Conflict, NotFound, TooManyRequests, Unavailable
 from ..events import ActivationChanged, Alert, DeviceStateChanged
+from ..gateway import Gateway
 from ..runtime import Runtime
 from ..views import activation_view
 from .messages import (
@@ -35,6 +36,8 @@ from .messages import (
     StateReport,
     TimerFired,
 )
+from .device_quota import UNKNOWN, Quotas
+from .device_safety import Flapping, OwedOff
 from .timers import tell_later
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,6 @@ class DeviceRecords:
         return any(a.state != "queued" and a is not resumed for a in self.activations)
 
 
-UNKNOWN = object()  # "not given": look it up
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
 
 
@@ -118,7 +120,7 @@ class Pending:
     sent_wall: dt.datetime | None = None
 
 
-class DeviceActor(pykka.ThreadingActor):
+class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     # Daemon threads: CPython tracks non-daemon ones in a list walked at every thread start, which
     # made starting 10,000 actors quadratic. Actors are stopped explicitly at shutdown anyway.
     use_daemon_thread = True
@@ -140,7 +142,12 @@ class DeviceActor(pykka.ThreadingActor):
         self.session: m.Session | None = None
         self.pending: Pending | None = None
         self.off_timer: threading.Timer | None = None
-        self.off_owed = False  # an OFF was never confirmed: send it again at the next chance
+        self.off_owed = False  # an OFF was never confirmed: send it again until it is (device.off_owed_since)
+        self.off_stuck = False  # a whole round of an OFF failed (refused or unanswered): no new runs
+        self.owed_timer: threading.Timer | None = None
+        self.owed_round = 0  # rounds of the owed OFF sent so far: the re-send interval doubles
+        self.flap_timer: threading.Timer | None = None
+        self.owed_token = self.flap_token = 0  # a stale owed/flap timer carries an older token: ignored
         self.state = "unknown"
         # Messages that arrived while the database was away, replayed in order when it returns.
         self.backlog: collections.deque = collections.deque()
@@ -168,6 +175,8 @@ class DeviceActor(pykka.ThreadingActor):
         self.rt.metrics.device_state(self.state, None)
         self.rt.metrics.queued.dec(len(self.queue))
         self._cancel_timer(self.off_timer)
+        self._cancel_timer(self.owed_timer)
+        self._cancel_timer(self.flap_timer)
         if self.pending:
             self._cancel_timer(self.pending.timer)
 
@@ -197,7 +206,10 @@ class DeviceActor(pykka.ThreadingActor):
                 state = "completed" if act.state == "running" else "failed"
                 ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
                 self._finish(act, state, "recovered", "system", ended_at=ended_at)
-                if self.session is not None and self.session.activation_id == act.id:
+                if self.session is not None and self.session.activation_id == act.id \
+                        and records.device.protocol != "legacy":
+                    # A pumplink controller's own timer stopped it by then. A legacy one has no
+                    # timer: its session stays open until it confirms the owed OFF.
                     self._close_session("recovered", ended_at=ended_at)
                 owe_off = True
                 log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, state)
@@ -205,7 +217,10 @@ class DeviceActor(pykka.ThreadingActor):
             # A session of an activation that has ended: the pump may still be on.
             owe_off = True
         # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
-        self.off_owed = owe_off
+        # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
+        self.off_owed = owe_off or records.device.off_owed_since is not None
+        if records.device.flapping_since is not None:
+            self._arm_flap_timer()
         self._refresh_state("start-up")
 
     # --- messages from MQTT and timers -------------------------------------------------------
@@ -282,6 +297,11 @@ class DeviceActor(pykka.ThreadingActor):
     def _resync(self) -> None:
         """Forget memory and rebuild it from the database, as after a crash."""
         self._cancel_timer(self.off_timer)
+        self._cancel_timer(self.owed_timer)
+        self._cancel_timer(self.flap_timer)
+        self.owed_timer = self.flap_timer = None
+        self.owed_token += 1
+        self.flap_token += 1
         if self.pending is not None:
             self._cancel_timer(self.pending.timer)
         self.rt.metrics.queued.dec(len(self.queue))
@@ -298,6 +318,18 @@ class DeviceActor(pykka.ThreadingActor):
                         self.device_id, message.token)
             self.off_owed = True
             self._send_untracked_off()
+        elif isinstance(message, TimerFired) and message.kind == "owed" and self.off_owed \
+                and message.token == self.owed_token:
+            # An owed OFF keeps being sent while the database is away; it is booked when it returns.
+            self.owed_timer = None
+            self._send_untracked_off()
+            self._arm_owed_timer()
+        elif isinstance(message, TimerFired) and message.kind == "ack" and self.pending is not None \
+                and self.pending.action == "off" and self.pending.id == message.token:
+            # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
+            self.off_owed = True
+            self._publish(self.pending.topic, self.pending.payload)
+            self._arm_owed_timer()
 
     def _dispatch(self, message) -> None:
         if isinstance(message, Ack):
@@ -311,6 +343,10 @@ class DeviceActor(pykka.ThreadingActor):
                 self._on_ack_timeout(message.token)
             elif message.kind == "off":
                 self._on_off_timer(message.token)
+            elif message.kind == "owed":
+                self._on_owed_timer(message.token)
+            elif message.kind == "flap":
+                self._on_flap_timer(message.token)
         elif isinstance(message, BrokerConnected):
             self._pay_off_debt()
             self._advance()
@@ -343,12 +379,14 @@ class DeviceActor(pykka.ThreadingActor):
         else:
             if ack.ok:
                 self.reported = "off"
-                self.off_owed = False
+                self._off_confirmed()
                 self._close_session(p.reason)
                 self._log("off", p.reason, p.actor, activation_id=p.activation_id)
             else:
-                self.off_owed = True
+                if ack.state in ("on", "off"):
+                    self.reported = ack.state
                 log.error("device %s refused OFF: %s", self.device_id, ack.error)
+                self._off_not_confirmed(p, refused=ack.error or "no reason given")
         self._refresh_state(p.reason if p.action == "off" else "command")
         self._advance()
 
@@ -370,35 +408,13 @@ class DeviceActor(pykka.ThreadingActor):
             self._alert("ack_timeout", f"ack_timeout:{act.id}", f"{self.device.name} did not answer",
                         "The pump did not confirm the start command; it was sent OFF for safety.", "admins",
                         extra_user_id=act.user_id)
-            # For safety: the pump may have switched on without our hearing it.
-            self.off_owed = True
+            # For safety: the pump may have switched on without our hearing it. Owed until confirmed.
             self._send_untracked_off()
+            self._owe_off()
         else:
-            self.off_owed = True
-            if self.session is not None:
-                ended_at = self._likely_off_time(p)
-                self._close_session("off_unacknowledged", ended_at=ended_at)
-                self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
-                          detail="the pump did not confirm OFF; its own timer is the safety")
-            self.reported = None
-            self._alert("ack_timeout", f"off_unacknowledged:{p.id}", f"{self.device.name} did not confirm OFF",
-                        "The pump did not confirm the OFF command; check it.", "admins")
+            self._off_not_confirmed(p, refused=None)
         self._refresh_state("ack_timeout")
         self._advance()
-
-    def _likely_off_time(self, p: Pending) -> dt.datetime:
-        """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran.
-
-        A pumplink controller stopped at the latest when the OFF was first sent or when its own
-        timer ran out; a legacy one has no timer, so only "now" is safe to claim.
-        """
-        now = self.clock.now()
-        if self.device.protocol == "legacy" or self.session is None:
-            return now
-        candidates = [now, p.sent_wall or now]
-        if self.session.intended_s is not None:
-            candidates.append(from_db(self.session.started_at) + dt.timedelta(seconds=self.session.intended_s))
-        return max(from_db(self.session.started_at), min(candidates))
 
     def _on_off_timer(self, activation_id: int) -> None:
         act = self.current
@@ -422,13 +438,13 @@ class DeviceActor(pykka.ThreadingActor):
                 # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
                 self._open_session(None, report.reason)
                 self._log("on", report.reason, "device")
-                self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
-                            f"{self.device.name} was switched on ({report.reason}).", "approved")
-            if self.off_owed and self.pending is None:
-                self._send("off", None, reason="owed", actor="system")
+                if not self._flapping():
+                    self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
+                                f"{self.device.name} was switched on ({report.reason}).", "approved")
+            self._pay_off_debt()
         else:
             self.reported = "off"
-            self.off_owed = False
+            self._off_confirmed()
             self.unconfirmed_on = None
             if self.session is not None:
                 self._close_session(report.reason)
@@ -455,32 +471,23 @@ class DeviceActor(pykka.ThreadingActor):
             self._pay_off_debt()
             self._advance()
 
-    def _pay_off_debt(self) -> None:
-        if self.off_owed and self.pending is None:
-            self._send("off", None, reason="owed", actor="system")
-            self._refresh_state("owed")
-
     # --- requests from the API and the scheduler ----------------------------------------------
     @transactional
     def activate(self, user_id: int | None, duration_s: int, source: str = "api",
                  schedule_id: int | None = None, user_quota=UNKNOWN) -> dict:
         """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
         device = self._live_device()
-        if duration_s <= 0:
-            raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
-        max_s = device.max_run_minutes * 60
-        if duration_s > max_s:
-            raise Unprocessable(
-                f"{device.name} runs at most {device.max_run_minutes:g} minutes at a time.", "duration_above_max_run",
-                max_run_minutes=device.max_run_minutes,
-            )
+        Gateway.check_run_length(device, duration_s, self.config.min_run_s)
         if self.available is False:
             raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
+        if self.off_stuck:
+            raise Conflict(f"{device.name} has not confirmed its last OFF; it takes no new runs until it does.",
+                           "off_unconfirmed")
         if not self.rt.broker.connected.is_set():
             # Accepting now would only end in ack_timeout: the command could not be sent.
             raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
                               "broker_unavailable", retry_after=5)
-        busy = self.current is not None or self.pending is not None
+        busy = self.current is not None or self.pending is not None or self.off_owed
         if busy and len(self.queue) >= self.config.queue_limit:
             raise TooManyRequests(
                 f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
@@ -512,6 +519,17 @@ class DeviceActor(pykka.ThreadingActor):
             self._stop_current("stopped", "cancelled", by)
             return activation_view(act, self.clock.now())
         raise Conflict("This activation has already ended.", "activation_ended")
+
+    @transactional
+    def cancel_queued_of(self, user_id: int, reason: str = "owner_revoked") -> list[int]:
+        """Cancel a user's queued activations (the user is no longer approved). A run already
+        going is left to end at its time: it was asked for while the user was approved."""
+        mine = [act for act in self.queue if act.user_id == user_id]
+        for act in mine:
+            self.queue.remove(act)
+            self.rt.metrics.queued.dec()
+            self._finish(act, "cancelled", reason, "system")
+        return [act.id for act in mine]
 
     @transactional
     def force_shutdown(self, by: str) -> dict:
@@ -562,6 +580,8 @@ class DeviceActor(pykka.ThreadingActor):
             "running": running,
             "queue": [activation_view(a, now) for a in self.queue],
             "session_id": self.session.id if self.session is not None else None,
+            "off_owed": self.off_owed,
+            "flapping": device.flapping_since is not None,
             "daily_quota_minutes": quota_s / 60,
             "max_run_minutes": device.max_run_minutes,
             "today": {
@@ -593,6 +613,8 @@ class DeviceActor(pykka.ThreadingActor):
     def _advance(self) -> None:
         if self.current is not None or self.pending is not None or not self.queue:
             return
+        if self.off_owed:
+            return  # a pump that has not confirmed its OFF is not started again (finding 16)
         if self.available is False:
             return  # queued work waits until the pump is back
         act = self.queue.popleft()
@@ -635,7 +657,8 @@ class DeviceActor(pykka.ThreadingActor):
                 ended_at: dt.datetime | None = None) -> None:
         act.state, act.reason, act.ended_by = state, reason, by
         act.ended_at = to_db(ended_at or self.clock.now())
-        act.save()
+        # Only what changed: the user may have been deleted meanwhile (user_id is stale).
+        act.save(only=[m.Activation.state, m.Activation.reason, m.Activation.ended_by, m.Activation.ended_at])
         self.rt.metrics.activations.labels(state, reason).inc()
         if self.current is not None and self.current.id == act.id:
             self.current = None
@@ -752,46 +775,3 @@ class DeviceActor(pykka.ThreadingActor):
         if self.device is None or self.device.deleted_at is not None:
             raise NotFound(f"There is no device {self.device_id}.", "device_not_found")
         return self.device
-
-    # --- quotas ------------------------------------------------------------------------------
-    def _device_quota_s(self) -> float:
-        minutes = self.device.daily_quota_minutes
-        return (minutes if minutes is not None else self.config.daily_quota_minutes) * 60
-
-    def _used_today_s(self, now: dt.datetime, user_id: int | None = None) -> float:
-        if user_id is not None:
-            return usage.used_today(now, self.config.tz, user_id=user_id)
-        return usage.used_today(now, self.config.tz, device_id=self.device_id)
-
-    def _reserved_s(self, now: dt.datetime, user_id: int | None = None) -> float:
-        """Time promised to queued and running work: this actor's own in memory (it is the only
-        writer of its device), a user's across devices from the database."""
-        if user_id is not None:
-            return usage.reserved(now, user_id=user_id)
-        total = float(sum(a.duration_s for a in self.queue))
-        act = self.current
-        if act is not None:
-            if act.state == "running" and act.ends_at is not None:
-                total += max(0.0, (from_db(act.ends_at) - now).total_seconds())
-            else:
-                total += act.duration_s
-        return total
-
-    def _check_quota(self, user_id: int | None, duration_s: int, user_quota=UNKNOWN) -> None:
-        now = self.clock.now()
-        checks = [("device", self._device_quota_s(), None)]
-        if user_id is not None:
-            if user_quota is UNKNOWN:
-                user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
-            if user_quota is not None:
-                checks.append(("user", user_quota * 60, user_id))
-        for kind, quota_s, uid in checks:
-            ok, free = quota.fits(quota_s, self._used_today_s(now, uid), self._reserved_s(now, uid), duration_s)
-            if not ok:
-                whose = f"{self.device.name}'s" if kind == "device" else "your"
-                raise TooManyRequests(
-                    f"This would pass {whose} daily quota: {free / 60:.1f} minutes are left today.",
-                    "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
-                    quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
-                )
-

@@ -27,7 +27,7 @@ class Devices(_Base):
         self.auth.user(req)
         resp.media = {"devices": self.gateway.devices()}
 
-    @doc("Create a device (admin)", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(422, 503))
+    @doc("Create a device (admin); at most one may speak the legacy protocol", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
         body = read_json(req, DeviceCreate)
@@ -41,7 +41,7 @@ class Device(_Base):
         self.auth.user(req)
         resp.media = self.gateway.device(path_id(device_id))
 
-    @doc("Change a device (admin)", body=DevicePatch, answer=A.DeviceOut, auth="admin", errors=(422, 503))
+    @doc("Change a device (admin); at most one may speak the legacy protocol", body=DevicePatch, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
     def on_patch(self, req, resp, device_id):
         admin = self.auth.user(req, "admin")
         body = read_json(req, DevicePatch)

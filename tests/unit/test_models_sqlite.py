@@ -35,10 +35,12 @@ def db(request, tmp_path):
 
 
 def test_migrating_twice_is_safe_and_a_fresh_install_has_the_motor_pump(db):
-    assert migrations.migrate(db) == [1]
+    every = [version for version, _, _ in migrations.MIGRATIONS]
+    assert every[0] == 1 and every == sorted(every)
+    assert migrations.migrate(db) == every
     assert migrations.migrate(db) == []
     with db.connection_context():
-        assert migrations.current_version(db) == 1
+        assert migrations.current_version(db) == every[-1]
         pump = m.Device.get_by_id(1)
         assert (pump.name, pump.protocol, pump.deleted_at) == ("Motor Pump", "pumplink", None)
         assert m.Device.select().count() == 1
@@ -95,3 +97,55 @@ def test_a_schedule_due_time_is_recorded_at_most_once(db):
         with pytest.raises(pw.IntegrityError):
             with db.atomic():
                 m.ScheduleRun.create(schedule=schedule, due_at=T0, outcome="started")
+
+
+def test_a_version_1_database_gains_the_owed_off_and_flapping_columns(db, monkeypatch):
+    """An install made before migration 2: its devices lack the columns, and get them, empty."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+    assert migrations.migrate(db) == [1]
+    with db.connection_context():
+        for column in ("off_owed_since", "flapping_since"):
+            db.execute_sql(f'ALTER TABLE "device" DROP COLUMN {column}')
+    monkeypatch.undo()
+    assert 2 in migrations.migrate(db)
+    with db.connection_context():
+        pump = m.Device.get_by_id(1)
+        assert pump.off_owed_since is None and pump.flapping_since is None
+        pump.off_owed_since = T0
+        pump.save()
+        assert m.Device.get_by_id(1).off_owed_since == T0
+
+
+def test_the_users_quota_lock_makes_a_second_check_wait_and_count_the_first_run(db):
+    """Two quota checks of one user at once (two devices): the second waits for the first's
+    transaction and then counts its activation, on SQLite as on PostgreSQL."""
+    import threading
+
+    from pumplink import usage
+
+    migrations.migrate(db)
+    with db.connection_context():
+        user = m.User.create(email="q@example.org", password_hash="x", daily_quota_minutes=1)
+        uid = user.id
+    first_locked, seen = threading.Event(), {}
+
+    def first():
+        with db.connection_context(), db.atomic():
+            usage.lock_user(db, uid)
+            first_locked.set()
+            seen["first"] = usage.reserved(T0, user_id=uid)
+            threading.Event().wait(0.3)  # the other check arrives meanwhile
+            m.Activation.create(device=1, user=uid, duration_s=40, state="queued", created_at=T0)
+
+    def second():
+        first_locked.wait(5)
+        with db.connection_context(), db.atomic():
+            usage.lock_user(db, uid)
+            seen["second"] = usage.reserved(T0, user_id=uid)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"first": 0, "second": 40}
