@@ -73,37 +73,55 @@ def test_mobile_app_path_register_wait_for_approval_then_activate(world):
     assert body["message"] and body["user"]["email"] == email
     assert body["user"]["role"] == "pending" and body["user"]["approved"] is False
 
-    # A pending user can log in (the app needs the token) but controls nothing.
+    # A pending account's login is refused with a sentence the app shows, and its status.
+    r = login(anonymous, email)
+    refused = assert_error(r, 403, "approval_required")
+    assert "approval" in refused["error"] and refused["user"]["role"] == "pending"
+    assert "access_token" not in refused and "refresh_token" not in refused
+    assert pump.commands == []
+    wait_until(lambda: world.admin.get(f"devices/{device_id}").json()["state"] == "off", what="pump reported off")
+
+    r = world.admin.patch(f"users/{body['user']['id']}", {"role": "user"})
+    assert r.status_code == 200 and r.json()["role"] == "user", r.text
     r = login(anonymous, email)
     assert r.status_code == 200, r.text
     tokens = r.json()
     assert tokens["access_token"] and tokens["refresh_token"]
     assert tokens["token"] == tokens["access_token"]  # the Go server's field name, read by the app
     user = world.server.api(tokens["access_token"])
+    assert user.get("me").json()["role"] == "user"
+
+    # Sent back to pending: the same access token still says who it is, and controls nothing.
+    assert world.admin.patch(f"users/{body['user']['id']}", {"role": "pending"}).status_code == 200
     assert user.get("me").json()["role"] == "pending"
     assert_error(user.post("activate", {"device_id": device_id, "duration": 0.02}), 403, "approval_required")
     assert pump.commands == []
-    wait_until(lambda: world.admin.get(f"devices/{device_id}").json()["state"] == "off", what="pump reported off")
 
-    r = world.admin.patch(f"users/{body['user']['id']}", {"role": "user"})
-    assert r.status_code == 200 and r.json()["role"] == "user", r.text
-
-    # The same access token now works: roles are read from the database on every request.
+    # Approved again: the same access token works at once, since roles are read on every request.
+    assert world.admin.patch(f"users/{body['user']['id']}", {"role": "user"}).status_code == 200
     r = user.post("activate", {"device_id": device_id, "duration": 0.02})
     assert r.status_code == 202, r.text
     cmd = pump.wait_for(lambda p: p.commands and p.commands[0], what="ON command")
     assert cmd["action"] == "on" and cmd["duration_s"] == 1
 
 
-def test_refresh_rotates_and_reusing_a_spent_token_ends_the_family(server, member):
-    api = server.api()
-    first = login(api, member["email"]).json()
+@pytest.fixture(scope="module")
+def rotating(server_factory):
+    """A server with strict rotation, for clients (a web console) that store each new token."""
+    srv = server_factory(PUMPLINK_REFRESH_ROTATION="true")
+    yield srv
+    srv.stop()
+
+
+def test_with_rotation_on_refresh_rotates_and_reusing_a_spent_token_ends_the_family(rotating):
+    api = ClosingApi(rotating.base)
+    first = login(api, *ADMIN).json()
 
     r = api.post("refresh-token", {"refresh_token": first["refresh_token"]})
     assert r.status_code == 200, r.text
     second = r.json()
     assert second["access_token"] and second["refresh_token"] != first["refresh_token"]
-    assert server.api(second["access_token"]).get("me").json()["id"] == member["id"]
+    assert ClosingApi(rotating.base, second["access_token"]).get("me").json()["email"] == ADMIN[0]
 
     r = api.post("refresh-token", {"refresh_token": second["refresh_token"]})
     assert r.status_code == 200, r.text
@@ -113,6 +131,61 @@ def test_refresh_rotates_and_reusing_a_spent_token_ends_the_family(server, membe
     assert_error(api.post("refresh-token", {"refresh_token": first["refresh_token"]}), 401, "refresh_token_reused")
     assert_error(api.post("refresh-token", {"refresh_token": third["refresh_token"]}), 401)
     assert_error(api.post("refresh-token", {"refresh_token": "never-issued"}), 401, "invalid_refresh_token")
+
+
+def test_by_default_the_login_refresh_token_keeps_working_until_revoked(server, member):
+    api = server.api()
+    first = login(api, member["email"]).json()
+    for _ in range(3):  # the app refreshes with the token from login, every time
+        r = api.post("refresh-token", {"refresh_token": first["refresh_token"]})
+        assert r.status_code == 200, r.text
+        fresh = r.json()
+        assert fresh["refresh_token"] == first["refresh_token"]  # nothing rotated to lose
+        assert fresh["access_token"] != first["access_token"]
+        assert server.api(fresh["access_token"]).get("me").json()["id"] == member["id"]
+    assert_error(api.post("refresh-token", {"refresh_token": "never-issued"}), 401, "invalid_refresh_token")
+
+    # Logging out still ends it.
+    assert api.post("logout", {"refresh_token": first["refresh_token"]}).status_code == 200
+    assert_error(api.post("refresh-token", {"refresh_token": first["refresh_token"]}), 401, "refresh_token_revoked")
+
+
+def test_demotion_and_deletion_end_the_refresh_tokens(world):
+    api = world.server.api()
+    user = world.user()
+    phone = login(api, user.email).json()
+    assert api.post("refresh-token", {"refresh_token": phone["refresh_token"]}).status_code == 200
+
+    assert world.admin.patch(f"users/{user.user_id}", {"role": "pending"}).status_code == 200
+    # While pending, a refresh says why, as a login would.
+    refused = assert_error(api.post("refresh-token", {"refresh_token": phone["refresh_token"]}), 403,
+                           "approval_required")
+    assert refused["user"]["role"] == "pending" and "approval" in refused["error"]
+    # Approved again, the old session stays ended: a demotion revoked it.
+    assert world.admin.patch(f"users/{user.user_id}", {"role": "user"}).status_code == 200
+    assert_error(api.post("refresh-token", {"refresh_token": phone["refresh_token"]}), 401, "refresh_token_revoked")
+
+    tablet = login(api, user.email).json()
+    assert api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}).status_code == 200
+    assert world.admin.delete(f"users/{user.user_id}").status_code == 200
+    assert_error(api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}), 401)
+
+
+def test_logout_with_only_the_access_token_ends_that_login(server, member):
+    api = server.api()
+    phone = login(api, member["email"]).json()
+    tablet = login(api, member["email"]).json()
+
+    r = server.api(phone["access_token"]).post("logout", {})
+    assert r.status_code == 200, r.text
+    assert_error(api.post("refresh-token", {"refresh_token": phone["refresh_token"]}), 401, "refresh_token_revoked")
+    # The other login carries on.
+    assert api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}).status_code == 200
+    # An access token from a refresh belongs to the same login, and logs it out too.
+    refreshed = api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}).json()
+    assert server.api(refreshed["access_token"]).post("logout", {}).status_code == 200
+    assert_error(api.post("refresh-token", {"refresh_token": tablet["refresh_token"]}), 401, "refresh_token_revoked")
+    assert_error(api.post("logout", {}, token="garbage"), 401, "invalid_token")
 
 
 def test_logout_revokes_that_session_only_and_works_with_an_expired_access_token(server, member):
@@ -206,7 +279,9 @@ def test_emails_are_compared_case_insensitively(server):
     assert r.status_code == 201, r.text
     assert r.json()["user"]["email"] == f"mixed.case{token}@example.org"
 
-    assert login(api, f"mixed.case{token}@example.org").status_code == 200
+    # The right password for a pending account: 403 approval_required (a wrong one is 401).
+    assert_error(login(api, f"mixed.case{token}@example.org"), 403, "approval_required")
+    assert_error(login(api, f"MIXED.Case{token}@EXAMPLE.org"), 403, "approval_required")
     assert_error(register(api, f"MIXED.CASE{token}@example.org"), 409, "email_taken")
     assert_error(register(api, "not-an-email"), 422, "invalid_email")
 
@@ -219,7 +294,7 @@ def test_password_length_limits(server):
 
     email, longest = unique_email(), "é" * 36  # exactly 72 bytes
     assert register(api, email, longest).status_code == 201
-    assert login(api, email, longest).status_code == 200
+    assert_error(login(api, email, longest), 403, "approval_required")  # the right password; pending
     # Longer than any stored password: a plain wrong password, not a server error.
     assert_error(login(api, email, longest + "x"), 401, "invalid_credentials")
     assert_error(login(api, email, "x" * 500), 401, "invalid_credentials")
@@ -286,6 +361,104 @@ def test_repeated_failed_logins_from_one_client_get_429_until_the_window_passes(
         srv.stop()
 
 
+def from_address(api: ClosingApi, address: str) -> ClosingApi:
+    """A client at ``address`` behind the trusted proxy (the test process at 127.0.0.1)."""
+
+    class Behind(ClosingApi):
+        def request(self, method, path, json=None, token=None, **kw):
+            kw.setdefault("headers", {}).setdefault("X-Forwarded-For", address)
+            return super().request(method, path, json=json, token=token, **kw)
+
+    return Behind(api.base, api.token)
+
+
+@pytest.fixture(scope="module")
+def proxied(server_factory):
+    """Behind a trusted reverse proxy: each client is told apart by X-Forwarded-For."""
+    srv = server_factory(PUMPLINK_TRUSTED_PROXIES="127.0.0.1", PUMPLINK_LOGIN_FAILURES_PER_EMAIL="2",
+                         PUMPLINK_REGISTER_PER_CLIENT="3", PUMPLINK_REGISTER_WINDOW_S="600")
+    yield srv
+    srv.stop()
+
+
+def test_the_owner_logs_in_while_someone_hammers_their_email(proxied):
+    base = ClosingApi(proxied.base)
+    owner, attacker = from_address(base, "198.51.100.7"), from_address(base, "203.0.113.66")
+    email = unique_email("owner")
+    assert register(owner, email).status_code == 201
+    admin = ClosingApi(proxied.base, login(base, *ADMIN).json()["access_token"])
+    uid = admin.get("users?limit=500").json()["items"][-1]["id"]
+    assert admin.patch(f"users/{uid}", {"role": "user"}).status_code == 200
+    assert login(owner, email).status_code == 200  # the owner's address is now known for this account
+
+    statuses = [login(attacker, email, f"guess-{n}-guess").status_code for n in range(8)]
+    assert statuses[:2] == [401, 401] and set(statuses[2:]) == {429}, statuses
+    r = login(attacker, email, "guess-last-guess")
+    assert_error(r, 429, "login_rate_limited")
+    assert 1 <= int(r.headers["Retry-After"]) <= 300
+    assert login(attacker, email).status_code == 429  # even the right password, from there, waits
+
+    # The owner, from their own address, is not locked out by any of it.
+    r = login(owner, email)
+    assert r.status_code == 200, r.text
+
+    # Many addresses guessing together (2 each: with the attacker's, 20 failures, ten times the
+    # per-address limit) slow down every address that never logged in to this account; the
+    # owner's known address still gets in.
+    botnet = [from_address(base, f"192.0.2.{n}") for n in range(1, 10)]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        codes = list(pool.map(lambda bot: [login(bot, email, "wrong-guess-1").status_code for _ in range(2)], botnet))
+    assert all(c == [401, 401] for c in codes), codes
+    stranger = from_address(base, "192.0.2.200")
+    r = login(stranger, email, "wrong-guess-1")
+    assert_error(r, 429, "login_rate_limited")
+    assert login(owner, email).status_code == 200
+
+
+def test_registration_is_limited_per_client_address(proxied):
+    base = ClosingApi(proxied.base)
+    farm = from_address(base, "203.0.113.80")
+    taken = unique_email("taken")
+    assert register(farm, taken).status_code == 201
+    assert_error(register(farm, taken), 409, "email_taken")  # counts: it answers whether an account exists
+    assert register(farm, unique_email()).status_code == 201
+    r = register(farm, unique_email())
+    body = assert_error(r, 429, "register_rate_limited")
+    retry = int(r.headers["Retry-After"])
+    assert 590 <= retry <= 600, retry
+    assert "try again" in body["error"].lower()
+    # A hop the client wrote itself, left of what the proxy appended, buys nothing.
+    spoofed = from_address(base, "10.9.8.7, 203.0.113.80")
+    assert_error(register(spoofed, unique_email()), 429, "register_rate_limited")
+    # Someone else behind the same proxy still registers.
+    assert register(from_address(base, "198.51.100.99"), unique_email()).status_code == 201
+
+
+@pytest.fixture(scope="module")
+def direct(server_factory):
+    """No trusted proxy: X-Forwarded-For is whatever the client says, so it is ignored."""
+    srv = server_factory(PUMPLINK_REGISTER_PER_CLIENT="2", PUMPLINK_LOGIN_PER_CLIENT="4")
+    yield srv
+    srv.stop()
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(direct):
+    base = ClosingApi(direct.base)
+    for n in range(2):
+        assert register(from_address(base, f"198.51.100.{n + 1}"), unique_email()).status_code == 201
+    r = register(from_address(base, "198.51.100.3"), unique_email())
+    assert_error(r, 429, "register_rate_limited")
+
+
+def test_successful_logins_are_limited_per_client_too(direct):
+    base = ClosingApi(direct.base)
+    for _ in range(4):
+        assert login(base, *ADMIN).status_code == 200
+    r = login(from_address(base, "198.51.100.4"), *ADMIN)
+    assert_error(r, 429, "login_rate_limited")
+    assert int(r.headers["Retry-After"]) >= 1
+
+
 def _pumplink(server, *args, timeout=60):
     return subprocess.run([PUMPLINK_BIN, *args], env=server.env, capture_output=True, text=True, timeout=timeout)
 
@@ -323,3 +496,27 @@ def test_user_list_and_audit_are_for_admins_only(world, member):
                                   if a["action"] == "user.update" and a["target"] == f"user:{member['id']}"],
                          what="audit entry of the approval")
     assert entries[0]["detail"] == {"role": "user"} and entries[0]["actor_id"] is not None
+
+
+def test_create_admin_reads_the_password_from_stdin_and_a_reset_ends_old_sessions(server):
+    email = unique_email("stdin")
+    done = subprocess.run([PUMPLINK_BIN, "create-admin", "--email", email, "--password-stdin"], env=server.env,
+                          input="stdin-password-1\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "stdin-password-1" not in done.stdout + done.stderr
+    api = server.api()
+    old = login(api, email, "stdin-password-1").json()
+    assert server.api(old["access_token"]).get("me").json()["role"] == "admin"
+
+    # "--password -" reads stdin too; a new password ends the sessions of the old one.
+    done = subprocess.run([PUMPLINK_BIN, "create-admin", "--email", email, "--password", "-"], env=server.env,
+                          input="stdin-password-2\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert_error(api.post("refresh-token", {"refresh_token": old["refresh_token"]}), 401, "refresh_token_revoked")
+    assert_error(login(api, email, "stdin-password-1"), 401, "invalid_credentials")
+    assert login(api, email, "stdin-password-2").status_code == 200
+
+    # Neither a password nor a terminal to ask on: a clear refusal, not a hang.
+    done = subprocess.run([PUMPLINK_BIN, "create-admin", "--email", unique_email()], env=server.env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--password-stdin" in done.stderr and "Traceback" not in done.stderr
