@@ -129,7 +129,17 @@ def _optional(name: str, raw: str) -> str | None:
 # A JWT secret must be guessable by nobody: length alone lets "a" * 32 through.
 SECRET_MIN_LENGTH = 32
 SECRET_MIN_DISTINCT = 6
-SECRET_MIN_BITS = 80  # Shannon estimate over its characters: token_hex(16) gives 93 or more, token_urlsafe(48) ~350
+SECRET_MIN_BITS = 80  # see secret_bits: token_hex(16) gives 87 or more, token_urlsafe(48) ~350
+
+
+def secret_bits(raw: str) -> float:
+    """A rough entropy estimate: bits per character (Shannon, over the characters it uses) times
+    the number of distinct three-character runs, so repeated words ("password" * 4) count once.
+    It catches careless values, not a determined choice of a bad one."""
+    counts = collections.Counter(raw)
+    per_char = -sum(c / len(raw) * math.log2(c / len(raw)) for c in counts.values())
+    runs = len({raw[i:i + 3] for i in range(len(raw) - 2)}) + 2
+    return per_char * min(runs, len(raw))
 
 
 def _secret(name: str, raw: str) -> str | None:
@@ -145,8 +155,7 @@ def _secret(name: str, raw: str) -> str | None:
     for unit in range(1, len(raw) // 2 + 1):
         if len(raw) % unit == 0 and raw[:unit] * (len(raw) // unit) == raw:
             raise ConfigError(f"{name}: is a short pattern repeated ({unit} characters), so it is easy to guess; {hint}")
-    counts = collections.Counter(raw)
-    bits = -sum(c * math.log2(c / len(raw)) for c in counts.values())
+    bits = secret_bits(raw)
     if bits < SECRET_MIN_BITS:
         raise ConfigError(f"{name}: carries an estimated {bits:.0f} bits of entropy (at least {SECRET_MIN_BITS} "
                           f"needed); {hint}")

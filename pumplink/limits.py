@@ -83,12 +83,29 @@ class Window:
 
 
 def backoff_wait(failures: collections.deque, limit: int, window: float, now: float) -> float:
-    """Seconds still to wait: none below the limit, then 1, 2, 4 … (at most the window) after
-    the latest failure. Returns 0 when the next attempt may go ahead."""
-    if len(failures) < limit:
+    """Seconds until the next attempt may go ahead, if no more failures come (0: now).
+
+    Below ``limit`` failures in the window: at once. At or above it: 1, 2, 4 … seconds (at most
+    the window) after the latest failure, where the count is what the window still holds
+    then, so old failures leaving the window shorten the wait and Retry-After stays true."""
+    stamps = list(failures)
+    n = len(stamps)
+    if n < limit:
         return 0.0
-    delay = min(window, 2.0 ** min(len(failures) - limit, 30))
-    return max(0.0, failures[-1] + delay - now)
+    last = stamps[-1]
+    for expired in range(n + 1):
+        # From ``start`` until ``end`` the window holds the failures after the first ``expired``.
+        start = now if expired == 0 else max(now, stamps[expired - 1] + window)
+        end = stamps[expired] + window if expired < n else math.inf
+        if start >= end:
+            continue
+        held = n - expired
+        if held < limit:
+            return start - now
+        allowed = last + min(window, 2.0 ** min(held - limit, 30))
+        if allowed < end:
+            return max(start, allowed) - now
+    return 0.0
 
 
 def _too_many(message: str, code: str, wait: float) -> TooManyRequests:
