@@ -148,7 +148,8 @@ class LoginLimiter:
         try:
             ok = verify()
         except BaseException:
-            self._refund(client, email, stamp, attempt_too=True)
+            with self._lock:
+                self._refund(client, email, stamp, attempt_too=True)
             raise
         if ok:
             self._succeeded(client, email, stamp)

@@ -81,6 +81,7 @@ def _has_nul(value) -> bool:
 
 
 MAX_FORWARDED_HOPS = 20
+_warned_peers: set[str] = set()  # say once per peer (a few at most) that its X-Forwarded-For is ignored
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,6 +115,10 @@ def client_address(req: falcon.Request, trusted_proxies: tuple[str, ...] = ()) -
     nets = _networks(tuple(trusted_proxies))
     current = _ip(peer)
     if not nets or current is None or not any(current in net for net in nets):
+        if req.get_header("X-Forwarded-For") and peer not in _warned_peers and len(_warned_peers) < 8:
+            _warned_peers.add(peer)
+            log.warning("X-Forwarded-For from %s is ignored: that peer is not in PUMPLINK_TRUSTED_PROXIES. "
+                        "If it is your reverse proxy, add it, or every client behind it shares its limits.", peer)
         return peer
     hops = [h for h in (req.get_header("X-Forwarded-For") or "").split(",") if h.strip()]
     for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
