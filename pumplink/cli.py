@@ -79,8 +79,13 @@ def _admin_password(args) -> str | None:
     elif args.password is not None:
         password = args.password
     elif sys.stdin.isatty():
-        password = getpass.getpass("Password for the admin: ")
-        if getpass.getpass("The same password again: ") != password:
+        try:
+            password = getpass.getpass("Password for the admin: ")
+            again = getpass.getpass("The same password again: ")
+        except EOFError:  # Ctrl-D at the prompt
+            print("", file=sys.stderr)
+            return None
+        if again != password:
             print("pumplink create-admin: the two passwords differ", file=sys.stderr)
             return None
     else:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import pty
 import secrets
+import select
 import subprocess
 import time
 import uuid
@@ -542,3 +545,36 @@ def test_create_admin_reads_the_password_from_stdin_and_a_reset_ends_old_session
     done = subprocess.run([PUMPLINK_BIN, "create-admin", "--email", unique_email()], env=server.env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--password-stdin" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_create_admin_asks_for_the_password_on_a_terminal(server):
+    """The prompt path, through a pseudo-terminal as a person at a shell would use it."""
+    email = unique_email("tty")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command, with the pty as its terminal
+        os.execve(PUMPLINK_BIN, [PUMPLINK_BIN, "create-admin", "--email", email], server.env)
+    seen = b""
+
+    def read_until(token: bytes, timeout: float = 30.0) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while token not in seen and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 1024)
+                except OSError:  # the child closed the terminal
+                    break
+        assert token in seen, seen
+
+    try:
+        read_until(b"Password for the admin:")
+        os.write(fd, b"tty-password-1\n")
+        read_until(b"again:")
+        os.write(fd, b"tty-password-1\n")
+        read_until(b"is ready")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert b"tty-password-1" not in seen  # not echoed
+    assert login(server.api(), email, "tty-password-1").status_code == 200
