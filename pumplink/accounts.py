@@ -1,13 +1,11 @@
-"""Accounts: passwords, access tokens (JWT), rotating refresh tokens and login rate limits."""
+"""Accounts: passwords, access tokens (JWT), refresh tokens (kept or rotated) and the limits on logins."""
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import hashlib
 import logging
 import secrets
-import threading
 import uuid
 
 import bcrypt
@@ -27,6 +25,7 @@ from .errors import (
     Unauthorized,
     Unprocessable,
 )
+from .limits import LoginLimiter, RegisterLimiter
 
 log = logging.getLogger(__name__)
 
@@ -81,113 +80,16 @@ def user_dict(user: m.User) -> dict:
     }
 
 
-class LoginLimiter:
-    """Counts failed logins per client address and per email in a sliding window.
-
-    Only failures count: a household behind one address should not lock itself out by
-    logging in successfully, while guessing passwords is throttled. bcrypt makes each check
-    take ~250 ms, so parallel guesses must not all pass the limit before the first one fails:
-    attempts for one email take turns, and an attempt counts against its client from the
-    moment it starts until it succeeds.
-    """
-
-    def __init__(self, config: Config, clock: Clock):
-        self._limits = {"client": config.login_failures_per_client, "email": config.login_failures_per_email}
-        self._window = config.login_window_s
-        self._clock = clock
-        self._failures: dict[tuple[str, str], collections.deque] = {}
-        self._turns: dict[str, list] = {}  # email -> [lock, waiters]
-        self._lock = threading.Lock()
-
-    def attempt(self, client: str, email: str, verify) -> bool:
-        """Run ``verify()`` as one counted login attempt; 429 when a limit is reached."""
-        turn = self._take_turn(email)
-        try:
-            with turn[0]:
-                stamp = self._begin(client, email)
-                try:
-                    ok = verify()
-                except BaseException:
-                    # Not a guess that failed (the database is away, say): it must not count.
-                    self._withdraw(client, email, stamp)
-                    raise
-                if ok:
-                    self._succeeded(client, email, stamp)
-                return ok
-        finally:
-            self._leave_turn(email, turn)
-
-    def _take_turn(self, email: str) -> list:
-        with self._lock:
-            turn = self._turns.setdefault(email, [threading.Lock(), 0])
-            turn[1] += 1
-            return turn
-
-    def _leave_turn(self, email: str, turn: list) -> None:
-        with self._lock:
-            turn[1] -= 1
-            if turn[1] == 0:
-                self._turns.pop(email, None)
-
-    def _recent(self, key) -> int:
-        q = self._failures.get(key)
-        if q is None:
-            return 0
-        cutoff = self._clock.monotonic() - self._window
-        while q and q[0] < cutoff:
-            q.popleft()
-        if not q:
-            # Forget idle keys, or guessed emails would grow this dict without bound.
-            del self._failures[key]
-            return 0
-        return len(q)
-
-    def _begin(self, client: str, email: str) -> float:
-        with self._lock:
-            for kind, value in (("client", client), ("email", email)):
-                key, limit = (kind, value), self._limits[kind]
-                if self._recent(key) >= limit:
-                    # The attempt that must leave the window before one more is allowed.
-                    freed_at = self._failures[key][-limit] + self._window
-                    retry = max(1, int(freed_at - self._clock.monotonic()) + 1)
-                    raise TooManyRequests(
-                        f"Too many failed logins from this {'address' if kind == 'client' else 'account'}; "
-                        f"try again in {retry} seconds.",
-                        "login_rate_limited",
-                        retry_after=retry,
-                    )
-            now = self._clock.monotonic()
-            for key in (("client", client), ("email", email)):
-                self._failures.setdefault(key, collections.deque()).append(now)
-            return now
-
-    def _withdraw(self, client: str, email: str, stamp: float) -> None:
-        with self._lock:
-            for key in (("client", client), ("email", email)):
-                q = self._failures.get(key)
-                if q is not None:
-                    try:
-                        q.remove(stamp)
-                    except ValueError:
-                        pass
-                    if not q:
-                        del self._failures[key]
-
-    def _succeeded(self, client: str, email: str, stamp: float) -> None:
-        with self._lock:
-            self._failures.pop(("email", email), None)
-            q = self._failures.get(("client", client))
-            if q is not None:
-                try:
-                    q.remove(stamp)
-                except ValueError:  # already out of the window
-                    pass
-                if not q:
-                    del self._failures[("client", client)]
-
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
+
+
+def pending_approval(user: m.User) -> Forbidden:
+    """The answer to a pending account's login or refresh; ``user`` tells a client its status."""
+    return Forbidden(PENDING_MESSAGE, "approval_required", user=user_dict(user))
 
 
 class Accounts:
@@ -196,27 +98,39 @@ class Accounts:
         self.secret = config.require_jwt_secret() if config.jwt_secret else None
         self.clock = clock
         self.limiter = LoginLimiter(config, clock)
+        self.register_limiter = RegisterLimiter(config, clock)
 
     # --- users -------------------------------------------------------------------------------
-    def register(self, email: str, password: str) -> m.User:
+    def register(self, email: str, password: str, client: str = "local") -> m.User:
         email = normalize_email(email)
         check_password(password)
+        # Counted before the email check and the hash: both are what a flood of these costs.
+        self.register_limiter.take(client)
+        taken = Conflict("An account with this email address already exists.", "email_taken")
+        if m.User.select().where(m.User.email == email).exists():
+            raise taken
         role = "user" if self.config.auto_approve else "pending"
         hashed = hash_password(password)
         try:
             return m.User.create(email=email, password_hash=hashed, role=role)
         except pw.IntegrityError:
-            raise Conflict("An account with this email address already exists.", "email_taken") from None
+            raise taken from None
 
     def ensure_admin(self, email: str, password: str) -> m.User:
-        """Create the admin, or make the existing account an admin with this password."""
+        """Create the admin, or make the existing account an admin with this password.
+
+        A new password ends the account's sessions (their refresh tokens); the same password
+        again (the env bootstrap at every start) changes nothing."""
         email = normalize_email(email)
         check_password(password)
-        hashed = hash_password(password)
         user = m.User.get_or_none(m.User.email == email)
         if user is None:
-            return m.User.create(email=email, password_hash=hashed, role="admin")
-        user.password_hash, user.role = hashed, "admin"
+            return m.User.create(email=email, password_hash=hash_password(password), role="admin")
+        if not verify_password(password, user.password_hash):
+            user.password_hash = hash_password(password)
+            self.revoke_user(user.id)
+            log.info("password of %s reset; its sessions are revoked", email)
+        user.role = "admin"
         user.save()
         return user
 
@@ -233,13 +147,34 @@ class Accounts:
 
         if not self.limiter.attempt(client, email, verify):
             raise Unauthorized("Wrong email or password.", "invalid_credentials")
-        return self._issue(found[0], family=str(uuid.uuid4()))
+        user = found[0]
+        if user.role == "pending":
+            # Only after the password is right: nobody else learns the account's status.
+            raise pending_approval(user)
+        return self._issue(user, family=str(uuid.uuid4()))
 
     def refresh(self, refresh_token: str) -> dict:
+        """A new access token for a refresh token.
+
+        By default the refresh token stays usable until it expires or its session is revoked
+        (the app keeps only the token from login). With ``refresh_rotation`` each refresh token
+        is spent on use, and a spent one presented again ends its whole family."""
         now = self.clock.now()
         row = m.RefreshToken.get_or_none(m.RefreshToken.token_hash == _sha256(refresh_token))
         if row is None:
             raise Unauthorized("The refresh token is not valid; log in again.", "invalid_refresh_token")
+        if from_db(row.expires_at) <= now:
+            raise Unauthorized("The refresh token has expired; log in again.", "refresh_token_expired")
+        user = m.User.get_or_none(m.User.id == row.user_id)
+        if user is None:
+            raise Unauthorized("This account no longer exists.", "user_gone")
+        if user.role == "pending":
+            raise pending_approval(user)
+        if not self.config.refresh_rotation:
+            if row.revoked_at is not None:
+                raise Unauthorized("This session has ended (logged out or revoked); log in again.",
+                                   "refresh_token_revoked")
+            return self._access_only(user, row.family, refresh_token)
         if row.used_at is None and row.revoked_at is not None:
             raise Unauthorized("This session has ended (logged out or revoked); log in again.",
                                "refresh_token_revoked")
@@ -248,16 +183,11 @@ class Accounts:
             self.revoke_family(row.family)
             log.warning("refresh token reuse for user %s; family %s revoked", row.user_id, row.family)
             raise Unauthorized("The refresh token was already used; log in again.", "refresh_token_reused")
-        if from_db(row.expires_at) <= now:
-            raise Unauthorized("The refresh token has expired; log in again.", "refresh_token_expired")
         spent = (m.RefreshToken.update(used_at=to_db(now))
                  .where((m.RefreshToken.id == row.id) & m.RefreshToken.used_at.is_null()).execute())
         if spent != 1:
             self.revoke_family(row.family)
             raise Unauthorized("The refresh token was already used; log in again.", "refresh_token_reused")
-        user = m.User.get_or_none(m.User.id == row.user_id)
-        if user is None:
-            raise Unauthorized("This account no longer exists.", "user_gone")
         return self._issue(user, family=row.family)
 
     def logout(self, refresh_token: str) -> None:
@@ -265,18 +195,40 @@ class Accounts:
         if row is not None:
             self.revoke_family(row.family)
 
-    def revoke_family(self, family: str) -> None:
+    def logout_access(self, access_token: str) -> m.User:
+        """Logout with only an access token: end the login it came from (its ``sid`` claim)."""
+        user, claims = self.user_for_token(access_token)
+        sid = claims.get("sid")
+        if isinstance(sid, str) and sid:
+            self.revoke_family(sid, user_id=user.id)
+        return user
+
+    def revoke_family(self, family: str, user_id: int | None = None) -> None:
+        query = (m.RefreshToken.family == family) & m.RefreshToken.revoked_at.is_null()
+        if user_id is not None:
+            query &= m.RefreshToken.user == user_id
+        m.RefreshToken.update(revoked_at=to_db(self.clock.now())).where(query).execute()
+
+    def revoke_user(self, user_id: int) -> None:
+        """Every session of an account ends (password reset, demotion to pending)."""
         (m.RefreshToken.update(revoked_at=to_db(self.clock.now()))
-         .where((m.RefreshToken.family == family) & m.RefreshToken.revoked_at.is_null()).execute())
+         .where((m.RefreshToken.user == user_id) & m.RefreshToken.revoked_at.is_null()).execute())
 
     def _issue(self, user: m.User, family: str) -> dict:
         now = self.clock.now()
-        access = self.access_token(user, now)
         refresh = secrets.token_urlsafe(32)
         m.RefreshToken.create(
             user=user.id, token_hash=_sha256(refresh), family=family, created_at=to_db(now),
             expires_at=to_db(now + dt.timedelta(seconds=self.config.refresh_token_ttl_s)),
         )
+        return self._answer(user, family, refresh, now)
+
+    def _access_only(self, user: m.User, family: str, refresh: str) -> dict:
+        # The same refresh token comes back, so a client that stores "the latest" one works too.
+        return self._answer(user, family, refresh, self.clock.now())
+
+    def _answer(self, user: m.User, family: str, refresh: str, now: dt.datetime) -> dict:
+        access = self.access_token(user, now, sid=family)
         return {
             "access_token": access,
             "token": access,
@@ -286,7 +238,7 @@ class Accounts:
             "user": user_dict(user),
         }
 
-    def access_token(self, user: m.User, now: dt.datetime | None = None) -> str:
+    def access_token(self, user: m.User, now: dt.datetime | None = None, sid: str | None = None) -> str:
         now = now or self.clock.now()
         claims = {
             "sub": str(user.id),
@@ -295,6 +247,8 @@ class Accounts:
             "exp": int(now.timestamp()) + self.config.access_token_ttl_s,
             "jti": uuid.uuid4().hex,
         }
+        if sid:
+            claims["sid"] = sid  # the login (refresh family) it belongs to: logout by access token
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     # --- requests ----------------------------------------------------------------------------
@@ -326,20 +280,27 @@ class Accounts:
         user = m.User.get_or_none(m.User.id == user_id)
         if user is None:
             raise NotFound(f"There is no user {user_id}.", "user_not_found")
+        demoted = False
         if role is not None:
             if role not in ROLES:
                 raise Unprocessable(f"role must be one of {', '.join(ROLES)}.", "invalid_role")
             if user.role == "admin" and role != "admin" and _admin_count() <= 1:
                 raise Conflict("This is the only admin; make another account an admin first.", "last_admin")
+            demoted = role == "pending" and user.role != "pending"
             user.role = role
         if quota_given:
             user.daily_quota_minutes = quota
         user.save()
+        if demoted:
+            # Sent back to waiting: no refresh token of theirs may mint another access token.
+            self.revoke_user(user.id)
         return user
 
     def delete_user(self, user_id: int, by: m.User) -> None:
         if user_id == by.id:
             raise Conflict("You cannot delete your own account while logged in as it.", "cannot_delete_self")
+        # Explicit, not only the foreign key's cascade: SQLite enforces it only when asked to.
+        m.RefreshToken.delete().where(m.RefreshToken.user == user_id).execute()
         deleted = m.User.delete().where(m.User.id == user_id).execute()
         if not deleted:
             raise NotFound(f"There is no user {user_id}.", "user_not_found")
@@ -353,4 +314,4 @@ def require_role(user: m.User, role: str) -> None:
     if role == "admin" and user.role != "admin":
         raise Forbidden("Only an admin may do this.", "admin_required")
     if role == "user" and user.role not in ("user", "admin"):
-        raise Forbidden("Your account is waiting for an admin's approval.", "approval_required")
+        raise Forbidden(PENDING_MESSAGE, "approval_required")

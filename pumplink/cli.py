@@ -50,15 +50,52 @@ def _create_admin(args) -> int:
     from .errors import PumpLinkError
 
     config = load()
+    password = _admin_password(args)
+    if password is None:
+        return 2
     db, _ = _migrated_database(config)
     try:
         with db.connection_context():
-            user = Accounts(config, Clock()).ensure_admin(args.email, args.password)
+            user = Accounts(config, Clock()).ensure_admin(args.email, password)
     except PumpLinkError as exc:  # a bad email or password: say which, no traceback
         print(f"pumplink create-admin: {exc.message}", file=sys.stderr)
         return 2
     print(f"admin {user.email} (id {user.id}) is ready")
     return 0
+
+
+def _admin_password(args) -> str | None:
+    """The password from --password, from stdin (--password-stdin or --password -), or asked for.
+
+    On the command line it would show in `ps` and the shell's history; stdin and the prompt
+    keep it out of both."""
+    import getpass
+
+    if args.password_stdin or args.password == "-":
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    elif args.password is not None:
+        password = args.password
+    elif sys.stdin.isatty():
+        try:
+            password = getpass.getpass("Password for the admin: ")
+            again = getpass.getpass("The same password again: ")
+        except EOFError:  # Ctrl-D at the prompt
+            print("", file=sys.stderr)
+            return None
+        if again != password:
+            print("pumplink create-admin: the two passwords differ", file=sys.stderr)
+            return None
+    else:
+        print("pumplink create-admin: no password: give --password-stdin (and pipe it in) "
+              "or run it in a terminal to be asked", file=sys.stderr)
+        return None
+    if not password:
+        print("pumplink create-admin: the password is empty", file=sys.stderr)
+        return None
+    return password
 
 
 def _device_credentials(args) -> int:
@@ -105,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     admin = sub.add_parser("create-admin", help="create an admin account (or make one an admin)")
     admin.add_argument("--email", required=True)
-    admin.add_argument("--password", required=True)
+    given = admin.add_mutually_exclusive_group()
+    given.add_argument("--password", help="the password ('-' reads it from stdin); omit it to be asked")
+    given.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     admin.set_defaults(func=_create_admin)
     creds = sub.add_parser("device-credentials", help="print (and optionally write) a controller's broker login")
     creds.add_argument("device_id", type=int)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -43,6 +44,7 @@ class Config:
     login_failures_per_email: int = 5
     login_failures_per_client: int = 20
     login_window_s: int = 300
+    login_per_client: int = 60  # every login, successful or not, per client address per login window
     ws_ping_s: float = 20.0
     # Hostile input and everyday limits (docs/decisions.md says why each default).
     refresh_rotation: bool = False  # strict rotation with reuse detection, for clients that store rotated tokens
@@ -124,11 +126,39 @@ def _optional(name: str, raw: str) -> str | None:
     return raw or None
 
 
+# A JWT secret must be guessable by nobody: length alone lets "a" * 32 through.
+SECRET_MIN_LENGTH = 32
+SECRET_MIN_DISTINCT = 6
+SECRET_MIN_BITS = 80  # see secret_bits: token_hex(16) gives 87 or more, token_urlsafe(48) ~350
+
+
+def secret_bits(raw: str) -> float:
+    """A rough entropy estimate: bits per character (Shannon, over the characters it uses) times
+    the number of distinct three-character runs, so repeated words ("password" * 4) count once.
+    It catches careless values, not a determined choice of a bad one."""
+    counts = collections.Counter(raw)
+    per_char = -sum(c / len(raw) * math.log2(c / len(raw)) for c in counts.values())
+    runs = len({raw[i:i + 3] for i in range(len(raw) - 2)}) + 2
+    return per_char * min(runs, len(raw))
+
+
 def _secret(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    if len(raw) < 32:
-        raise ConfigError(f"{name}: must be at least 32 characters long (got {len(raw)}); use a random value")
+    hint = "use a random value such as: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    if len(raw) < SECRET_MIN_LENGTH:
+        raise ConfigError(f"{name}: must be at least {SECRET_MIN_LENGTH} characters long (got {len(raw)}); {hint}")
+    distinct = len(set(raw))
+    if distinct < SECRET_MIN_DISTINCT:
+        raise ConfigError(f"{name}: has only {distinct} distinct characters (at least {SECRET_MIN_DISTINCT} "
+                          f"needed), so it is easy to guess; {hint}")
+    for unit in range(1, len(raw) // 2 + 1):
+        if len(raw) % unit == 0 and raw[:unit] * (len(raw) // unit) == raw:
+            raise ConfigError(f"{name}: is a short pattern repeated ({unit} characters), so it is easy to guess; {hint}")
+    bits = secret_bits(raw)
+    if bits < SECRET_MIN_BITS:
+        raise ConfigError(f"{name}: carries an estimated {bits:.0f} bits of entropy (at least {SECRET_MIN_BITS} "
+                          f"needed); {hint}")
     return raw
 
 
@@ -262,6 +292,7 @@ _PARSERS = {
     "login_failures_per_email": _positive(int),
     "login_failures_per_client": _positive(int),
     "login_window_s": _positive(int),
+    "login_per_client": _positive(int),
     "ws_ping_s": _positive(float),
     "refresh_rotation": _bool,
     "trusted_proxies": _networks,

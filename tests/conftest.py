@@ -18,6 +18,9 @@ from pumplink.simulator import SimulatedPump
 from tests.support import MQTT_URL, Server, create_database, drop_database, free_port, run_id, server_env
 
 ADMIN = ("admin@example.org", "admin-password-1")
+# Every test registers and logs in from 127.0.0.1: the per-address limits a real server keeps
+# would stop the suite. Tests of those limits start servers of their own with real values.
+TEST_LIMITS = {"PUMPLINK_REGISTER_PER_CLIENT": "100000", "PUMPLINK_LOGIN_PER_CLIENT": "100000"}
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +62,7 @@ def server_registry(pg_factory, run_tag, log_dir):
     def make(database_url: str | None = None, **overrides) -> Server:
         n = next(counter)
         prefix = f"pltest-{run_tag}-{n}"
-        env = server_env(database_url or pg_factory(), prefix, **overrides)
+        env = server_env(database_url or pg_factory(), prefix, **{**TEST_LIMITS, **overrides})
         server = Server(env, log_dir / f"server{n}.log")
         server.prefix = prefix
         server.legacy_base = env["PUMPLINK_LEGACY_BASE"]
@@ -112,14 +115,19 @@ class World:
         return self.server.api(r.json()["access_token"])
 
     def user(self, role: str = "user", password: str = "password-123"):
+        """An account of ``role``, logged in. A pending account cannot log in (403), so a pending
+        one is approved, logged in, then sent back to pending: its access token keeps working
+        (for /me, and for the 403s a pending user gets) until it expires."""
         email = f"u{secrets.token_hex(5)}@example.org"
         r = self.server.api().post("register", {"email": email, "password": password})
         assert r.status_code == 201, r.text
         uid = r.json()["user"]["id"]
-        if role != "pending":
-            r = self.admin.patch(f"users/{uid}", {"role": role})
-            assert r.status_code == 200, r.text
+        r = self.admin.patch(f"users/{uid}", {"role": "user" if role == "pending" else role})
+        assert r.status_code == 200, r.text
         api = self.login(email, password)
+        if role == "pending":
+            r = self.admin.patch(f"users/{uid}", {"role": "pending"})
+            assert r.status_code == 200, r.text
         api.user_id, api.email = uid, email
         return api
 

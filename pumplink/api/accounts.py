@@ -17,10 +17,11 @@ class Register:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
-    @doc("Create an account (pending until an admin approves it)", body=Credentials, status=201, answer=A.RegisterAnswer, auth=None, errors=(409, 422))
+    @doc("Create an account (pending until an admin approves it); limited per client address", body=Credentials, status=201, answer=A.RegisterAnswer, auth=None, errors=(409, 422, 429))
     def on_post(self, req, resp):
         body = read_json(req, Credentials)
-        user = self.accounts.register(body.email, body.password)
+        user = self.accounts.register(body.email, body.password,
+                                      client_address(req, self.accounts.config.trusted_proxies))
         resp.status = falcon.HTTP_201
         message = ("Account created." if user.role != "pending"
                    else "Account created; an admin must approve it before it can control pumps.")
@@ -31,17 +32,18 @@ class Login:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
-    @doc("Log in: access and refresh tokens", body=Credentials, answer=A.TokensAnswer, auth=None, errors=(401, 429))
+    @doc("Log in: access and refresh tokens (403 approval_required, with `user`, for a pending account)", body=Credentials, answer=A.TokensAnswer, auth=None, errors=(401, 403, 429))
     def on_post(self, req, resp):
         body = read_json(req, Credentials)
-        resp.media = self.accounts.login(body.email, body.password, client_address(req))
+        resp.media = self.accounts.login(body.email, body.password,
+                                         client_address(req, self.accounts.config.trusted_proxies))
 
 
 class Refresh:
     def __init__(self, accounts: Accounts):
         self.accounts = accounts
 
-    @doc("Trade a refresh token for new tokens (rotated; a reused one revokes its family)", body=RefreshBody, answer=A.TokensAnswer, auth=None, errors=(401,))
+    @doc("A new access token for a refresh token (kept until it expires; rotated, with reuse detection, when PUMPLINK_REFRESH_ROTATION is on)", body=RefreshBody, answer=A.TokensAnswer, auth=None, errors=(401, 403))
     def on_post(self, req, resp):
         body = read_json(req, RefreshBody)
         resp.media = self.accounts.refresh(body.refresh_token)
@@ -51,7 +53,7 @@ class Logout:
     def __init__(self, accounts: Accounts, auth: Auth):
         self.accounts, self.auth = accounts, auth
 
-    @doc("Revoke a refresh token", body=LogoutBody, answer=MessageBody, auth=None, errors=(401,))
+    @doc("End a login: the refresh token given, or the login the bearer access token came from", body=LogoutBody, answer=MessageBody, auth=None, errors=(401,))
     def on_post(self, req, resp):
         body = read_json(req, LogoutBody)
         if body.refresh_token:
@@ -59,7 +61,7 @@ class Logout:
             # after the short-lived access token has expired.
             self.accounts.logout(body.refresh_token)
         else:
-            self.auth.user(req)
+            self.accounts.logout_access(self.auth.bearer(req))
         resp.media = {"message": "Logged out."}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import logging
 import time
@@ -17,6 +19,7 @@ from .errors import malformed_json
 log = logging.getLogger("pumplink.request")
 
 MAX_BODY = 1024 * 1024
+MAX_TOKEN = 4096  # our access tokens are ~250 characters
 
 
 def read_json(req: falcon.Request, schema=None, *, required: bool = True):
@@ -77,8 +80,55 @@ def _has_nul(value) -> bool:
     return False
 
 
-def client_address(req: falcon.Request) -> str:
-    return req.remote_addr or "unknown"
+MAX_FORWARDED_HOPS = 20
+_warned_peers: set[str] = set()  # say once per peer (a few at most) that its X-Forwarded-For is ignored
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in trusted)
+
+
+def _ip(text: str):
+    """An address from a peer or an X-Forwarded-For hop ("1.2.3.4", "1.2.3.4:5678", "[::1]:80")."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_address(req: falcon.Request, trusted_proxies: tuple[str, ...] = ()) -> str:
+    """The client's address, for limits and logs.
+
+    X-Forwarded-For is believed only when the peer is a trusted proxy, and then read from
+    the right: each trusted proxy appends the address it saw, so the rightmost hop that is
+    not a trusted proxy is the client. Hops further left are whatever the client wrote."""
+    peer = req.remote_addr or "unknown"
+    nets = _networks(tuple(trusted_proxies))
+    current = _ip(peer)
+    if not nets or current is None or not any(current in net for net in nets):
+        if req.get_header("X-Forwarded-For") and peer not in _warned_peers and len(_warned_peers) < 8:
+            _warned_peers.add(peer)
+            log.warning("X-Forwarded-For from %s is ignored: that peer is not in PUMPLINK_TRUSTED_PROXIES. "
+                        "If it is your reverse proxy, add it, or every client behind it shares its limits.", peer)
+        return peer
+    hops = [h for h in (req.get_header("X-Forwarded-For") or "").split(",") if h.strip()]
+    for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
+        ip = _ip(hop)
+        if ip is None:
+            break  # not an address: stop at the last hop a trusted proxy vouched for
+        current = ip
+        if not any(ip in net for net in nets):
+            break
+    return str(current)
 
 
 class Auth:
@@ -87,11 +137,15 @@ class Auth:
 
     @staticmethod
     def bearer(req: falcon.Request) -> str:
-        header = req.get_header("Authorization") or ""
+        header = (req.get_header("Authorization") or "").strip()
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Log in first: send Authorization: Bearer <access token>.", "missing_token")
-        return token.strip()
+        if len(token) > MAX_TOKEN or any(c.isspace() for c in token):
+            # No token we issue looks like this; refuse before the JWT library parses it.
+            raise Unauthorized("The access token is not valid; log in again.", "invalid_token")
+        return token
 
     def user(self, req: falcon.Request, role: str | None = None) -> m.User:
         user, _ = self.accounts.user_for_token(self.bearer(req))

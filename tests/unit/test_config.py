@@ -10,7 +10,7 @@ import pytest
 from pumplink.config import DEFAULT_EXPO_URL, Config, ConfigError, load
 from tests.support import PUMPLINK_BIN
 
-SECRET = "s" * 40
+SECRET = "kT9-vQ2_xLm4Rw8ZpB3nYc7HsJ5dFg1A"  # random-looking: a constant one is refused
 
 
 def parse(**env) -> Config:
@@ -63,6 +63,11 @@ GOOD = [
     ("login_failures_per_client", "50", "login_failures_per_client", 50),
     ("login_window_s", "60", "login_window_s", 60),
     ("ws_ping_s", "5", "ws_ping_s", 5.0),
+    ("login_per_client", "30", "login_per_client", 30),
+    ("refresh_rotation", "true", "refresh_rotation", True),
+    ("trusted_proxies", "127.0.0.1, 10.0.0.0/8,::1", "trusted_proxies", ("127.0.0.1/32", "10.0.0.0/8", "::1/128")),
+    ("register_per_client", "3", "register_per_client", 3),
+    ("register_window_s", "600", "register_window_s", 600),
     ("log_format", "JSON", "log_format", "json"),
     ("log_level", "debug", "log_level", "DEBUG"),
 ]
@@ -109,6 +114,11 @@ BAD = [
     ("login_failures_per_client", "-3"),
     ("login_window_s", "1e9999"),
     ("ws_ping_s", "0"),
+    ("login_per_client", "0"),
+    ("refresh_rotation", "sometimes"),
+    ("trusted_proxies", "proxy.example"),
+    ("register_per_client", "-1"),
+    ("jwt_secret", "a" * 32),
     ("log_format", "xml"),
     ("log_level", "LOUD"),
 ]
@@ -139,10 +149,36 @@ def test_admin_bootstrap_is_checked_at_start_up(env, named):
 
 def test_short_secret_is_refused_and_a_missing_one_is_named():
     with pytest.raises(ConfigError, match="PUMPLINK_JWT_SECRET: must be at least 32 characters"):
-        parse(jwt_secret="x" * 31)
-    assert parse(jwt_secret="x" * 32).require_jwt_secret() == "x" * 32
+        parse(jwt_secret=SECRET[:31])
+    assert parse(jwt_secret=SECRET[:32]).require_jwt_secret() == SECRET[:32]
     with pytest.raises(ConfigError, match="PUMPLINK_JWT_SECRET"):
         parse().require_jwt_secret()
+
+
+@pytest.mark.parametrize("secret, why", [
+    ("a" * 32, "distinct characters"),
+    ("ab" * 40, "distinct characters"),
+    ("0123456789abcdef" * 2, "pattern repeated"),
+    ("password" * 4 + "1234", "entropy"),  # 8 letters + 4 digits, mostly the same few
+    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaabcdefg", "entropy"),
+])
+def test_low_entropy_secrets_are_refused_with_the_variable_named(secret, why):
+    with pytest.raises(ConfigError) as err:
+        parse(jwt_secret=secret)
+    message = str(err.value)
+    assert message.startswith("PUMPLINK_JWT_SECRET:") and why in message, message
+    assert "token_urlsafe" in message  # says how to make a good one
+    assert secret not in message  # never echoes the secret into logs
+
+
+def test_random_secrets_of_every_usual_kind_are_accepted():
+    import secrets
+
+    for _ in range(200):
+        for secret in (secrets.token_hex(16), secrets.token_hex(32), secrets.token_urlsafe(32),
+                       secrets.token_urlsafe(48)):
+            assert parse(jwt_secret=secret).jwt_secret == secret
+    assert parse(jwt_secret="correct horse battery staple on the pump").jwt_secret
 
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path):
@@ -173,6 +209,9 @@ def test_serve_with_a_short_secret_or_a_bad_setting_exits_and_names_it(tmp_path)
     done = _run_pumplink(tmp_path, "serve", jwt_secret="short", bind="127.0.0.1:1")
     assert done.returncode != 0
     assert "PUMPLINK_JWT_SECRET" in done.stderr and "32 characters" in done.stderr, done.stderr
+    done = _run_pumplink(tmp_path, "serve", jwt_secret="a" * 32, bind="127.0.0.1:1")
+    assert done.returncode != 0
+    assert "PUMPLINK_JWT_SECRET" in done.stderr and "Traceback" not in done.stderr, done.stderr
     done = _run_pumplink(tmp_path, "serve", jwt_secret=SECRET, timezone="Nowhere/Town")
     assert done.returncode != 0
     assert "PUMPLINK_TIMEZONE" in done.stderr and "Traceback" not in done.stderr, done.stderr
