@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import collections
+import http.client
 import ipaddress
 import json
 import logging
@@ -40,6 +41,13 @@ def _raw_answer(status: str, code: str, message: str) -> bytes:
 
 _TIMEOUT_ANSWER = _raw_answer("408 Request Timeout", "request_timeout",
                               "The request line and headers took too long to arrive.")
+# pywsgi's own refusals carry no body; every error of ours is {"error", "code"}.
+_PYWSGI_ANSWERS = {
+    "400": _raw_answer("400 Bad Request", "bad_request", "The request line or headers are malformed."),
+    "414": _raw_answer("414 URI Too Long", "uri_too_long", "The request line is longer than 8 KiB."),
+}
+_HEADERS_TOO_LARGE_ANSWER = _raw_answer("431 Request Header Fields Too Large", "headers_too_large",
+                                        "The request has too many headers or one that is too long.")
 _TOO_MANY_ANSWER = _raw_answer("429 Too Many Requests", "too_many_connections",
                                "This address has too many connections open; close some and retry.")
 
@@ -103,6 +111,12 @@ class Handler(WebSocketHandler):
         except OSError:
             pass
         self.__dict__.pop("socket", None)
+
+    def handle_one_request(self):
+        result = super().handle_one_request()
+        if isinstance(result, tuple) and result[0] in _PYWSGI_ANSWERS:
+            return result[0], _PYWSGI_ANSWERS[result[0]]
+        return result
 
     # --- time limits on the request line and headers ----------------------------------------
     def read_requestline(self):
@@ -171,6 +185,9 @@ class Handler(WebSocketHandler):
         if isinstance(ex, HeaderTimeout):
             log.info("closed a connection from %s: %s", self.client_address, ex)
             return ("408", _TIMEOUT_ANSWER)
+        if isinstance(ex, http.client.HTTPException):  # a header line over 64 KiB, over 100 headers
+            log.info("refused headers from %s: %s", self.client_address, ex)
+            return ("431", _HEADERS_TOO_LARGE_ANSWER)
         return super()._handle_client_error(ex)
 
     def log_request(self):
