@@ -5,7 +5,7 @@
   pywsgi has neither, so a client trickling headers or holding silent sockets kept a slot of
   ``worker_connections`` for ever. Upgraded WebSockets are not affected (they have pings).
 - One client address may hold at most ``max_connections_per_client`` connections at once;
-  trusted proxies are exempt (they carry many clients; cap those in the proxy).
+  trusted proxies and loopback are exempt (they carry many clients; cap those in the proxy).
 - gunicorn's gevent worker waits, on SIGTERM, until no connection is open. An idle keep-alive
   connection counts as open, so one idle client made every stop take the whole
   ``graceful_timeout`` and ended with a SIGKILL before the actors were stopped. Here a
@@ -27,6 +27,9 @@ from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
 from geventwebsocket.handler import WebSocketHandler
 
 log = logging.getLogger(__name__)
+
+
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 
 
 class HeaderTimeout(ValueError):
@@ -58,7 +61,7 @@ class Handler(WebSocketHandler):
     header_timeout_s = 10.0
     idle_timeout_s = 30.0
     max_per_client = 200
-    exempt: tuple = ()  # networks of trusted proxies
+    exempt: tuple = ()  # networks of trusted proxies, and loopback
     open_per_client: "collections.Counter[str]" = collections.Counter()
 
     _timer: "gevent.Timeout | None" = None
@@ -69,7 +72,8 @@ class Handler(WebSocketHandler):
         cls.header_timeout_s = config.header_timeout_s
         cls.idle_timeout_s = config.idle_timeout_s
         cls.max_per_client = config.max_connections_per_client
-        cls.exempt = tuple(ipaddress.ip_network(n) for n in config.trusted_proxies)
+        # Loopback is a local proxy (every client behind it shares the address) or the operator.
+        cls.exempt = tuple(ipaddress.ip_network(n) for n in (*config.trusted_proxies, *LOOPBACK))
 
     # --- one connection ----------------------------------------------------------------------
     def handle(self):

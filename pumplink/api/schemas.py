@@ -49,11 +49,13 @@ class DeviceCreate(Body):
 
 
 class DevicePatch(Body):
+    # Absent means "unchanged"; only the quota may be null ("the default"). The other columns are
+    # NOT NULL, so an explicit null is a wrong type (400), not a database error.
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=100)
-    protocol: Literal["pumplink", "legacy"] | None = None
+    name: StrictStr = Field(default=None, min_length=1, max_length=100)
+    protocol: Literal["pumplink", "legacy"] = None
     daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
-    max_run_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+    max_run_minutes: Number = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
 
 
 # A day inside Python's range: a time without a zone gets the server's later, and no zone's

@@ -82,6 +82,10 @@ def test_values_out_of_range_are_422(server, admin_token):
     assert_error(raw(server, "GET", "users?limit=0", token=admin_token), 422)
     assert_error(raw(server, "GET", "audit?offset=-1", token=admin_token), 422)
     assert_error(raw(server, "POST", "register", json.dumps({"email": "x" * 300, "password": "p" * 10}).encode()), 422)
+    # An explicit null for a column that cannot be empty is a wrong type, not a database error.
+    for field, status in (("name", 400), ("protocol", 422), ("max_run_minutes", 400)):
+        body = assert_error(raw(server, "PATCH", "devices/1", json.dumps({field: None}).encode(), admin_token), status)
+        assert body["field"] == field
     # The body was valid but names nothing that exists.
     assert_error(raw(server, "PATCH", patch, json.dumps({"role": "user"}).encode(), admin_token), 404, "user_not_found")
 
