@@ -85,7 +85,7 @@ def test_values_out_of_range_are_422(server, admin_token):
     # An explicit null for a column that cannot be empty is a wrong type, not a database error.
     for field, status in (("name", 400), ("protocol", 422), ("max_run_minutes", 400)):
         body = assert_error(raw(server, "PATCH", "devices/1", json.dumps({field: None}).encode(), admin_token), status)
-        assert body["field"] == field
+        assert body["field"].split(".")[0] == field
     # The body was valid but names nothing that exists.
     assert_error(raw(server, "PATCH", patch, json.dumps({"role": "user"}).encode(), admin_token), 404, "user_not_found")
 
