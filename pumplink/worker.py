@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 import weakref
 
 import gevent
@@ -63,6 +64,7 @@ class Handler(WebSocketHandler):
     max_per_client = 200
     exempt: tuple = ()  # networks of trusted proxies, and loopback
     open_per_client: "collections.Counter[str]" = collections.Counter()
+    warned: dict[str, float] = {}
 
     _timer: "gevent.Timeout | None" = None
     _served = 0
@@ -79,7 +81,12 @@ class Handler(WebSocketHandler):
     def handle(self):
         address = self._peer()
         if address is not None and self.open_per_client[address] >= self.max_per_client:
-            log.warning("refused a connection from %s: %d already open", address, self.open_per_client[address])
+            now = time.monotonic()
+            if len(self.warned) > 1000:
+                self.warned.clear()  # bounded, whatever the number of addresses
+            if now - self.warned.get(address, -60.0) >= 60:  # one line a minute per address, not one per refusal
+                self.warned[address] = now
+                log.warning("refusing connections from %s: %d already open", address, self.open_per_client[address])
             self._answer(_TOO_MANY_ANSWER)
             self.close_connection = True
             self._close_socket()
@@ -96,7 +103,7 @@ class Handler(WebSocketHandler):
                     del self.open_per_client[address]
 
     def _peer(self) -> str | None:
-        """The peer's address when it is subject to the cap (None: a unix socket or a trusted proxy)."""
+        """The peer's address (an IPv6 /64) when it is subject to the cap; None for unix sockets and exempt peers."""
         address = self.client_address
         host = address[0] if isinstance(address, tuple) and address else None
         if not host:
@@ -105,9 +112,12 @@ class Handler(WebSocketHandler):
             ip = ipaddress.ip_address(host)
         except ValueError:
             return None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener's IPv4 client
         if any(ip in net for net in self.exempt):
             return None
-        return host
+        # One IPv6 client usually holds a whole /64: count it as one address.
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
 
     def _close_socket(self) -> None:
         try:
