@@ -53,6 +53,7 @@ class Config:
     register_window_s: int = 3600
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
     idle_timeout_s: float = 30.0  # a keep-alive connection with no new request is closed after this
+    max_connections_per_client: int = 200  # open connections per client address (trusted proxies exempt)
     max_ws_per_user: int = 10
     max_push_tokens_per_user: int = 10
     manual_runs_per_hour: int = 20  # controller-started ONs per device before it counts as flapping
@@ -300,6 +301,7 @@ _PARSERS = {
     "register_window_s": _positive(int),
     "header_timeout_s": _positive(float),
     "idle_timeout_s": _positive(float),
+    "max_connections_per_client": _positive(int),
     "max_ws_per_user": _positive(int),
     "max_push_tokens_per_user": _positive(int),
     "manual_runs_per_hour": _positive(int),

@@ -13,6 +13,7 @@ from . import accounts as acc
 from . import devices as dev
 from . import errors, ops
 from .openapi import OpenApi
+from .query import QueryMiddleware
 from .support import Auth, DatabaseMiddleware, RequestLogMiddleware
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,9 @@ PREFIX = "/api/v1"
 
 
 def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falcon.App:
-    app = falcon.App(middleware=[RequestLogMiddleware(), DatabaseMiddleware(system.rt.db)])
+    # QueryMiddleware: no query value reaches a resource unchecked (NUL, control characters,
+    # the responder's declared query model).
+    app = falcon.App(middleware=[RequestLogMiddleware(), QueryMiddleware(), DatabaseMiddleware(system.rt.db)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     auth = Auth(accounts)
@@ -62,7 +65,7 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
     # --- push tokens (issue 5) go here ---
     from . import live
 
-    routes.update(live.routes(auth, system.rt.clock))
+    routes.update(live.routes(auth, system.rt.clock, system.rt.bus, config.max_push_tokens_per_user))
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]
     # Paths older clients use (the seed's activation name, the app's WebSocket at the root),
     # probes at the root, and Prometheus's conventional path (keep it off the public proxy).

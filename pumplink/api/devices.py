@@ -13,7 +13,7 @@ from ..gateway import Gateway
 from ..views import activation_view, log_view, session_view
 from . import answers as A
 from .openapi import MessageBody, doc
-from .schemas import ActivateBody, DeviceCreate, DevicePatch, EmptyBody, PageQuery
+from .schemas import ActivateBody, ActivationQuery, DeviceCreate, DevicePatch, EmptyBody, PageQuery
 from .support import Resource, owned, page_params, path_id, read_json
 
 
@@ -107,7 +107,7 @@ def _window(query, field, page, tz):
 
 
 class Activations(_Base):
-    @doc("Activations (own; admins see all)", query=PageQuery, answer=A.ActivationPage, errors=(400, 422))
+    @doc("Activations (own; admins see all)", query=ActivationQuery, answer=A.ActivationPage, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)

@@ -77,6 +77,12 @@ def handle_data_error(req, resp, exc, params) -> None:
     _write(resp, 422, "A value is out of the range the server can store.", "value_out_of_range")
 
 
+def handle_integrity_error(req, resp, exc, params) -> None:
+    # A uniqueness race or a constraint validation missed: refused, logged, never a 500.
+    log.warning("database constraint refused %s %s: %s", req.method, req.path, exc)
+    _write(resp, 409, "The change conflicts with what is stored; reload and try again.", "conflict")
+
+
 def handle_unexpected(req, resp, exc: Exception, params) -> None:
     if isinstance(exc, falcon.HTTPError):
         serialize_http_error(req, resp, exc)
@@ -92,6 +98,7 @@ def install(app: falcon.App) -> None:
         app.add_error_handler(error_class, handle_database_error)
     app.add_error_handler(pydantic.ValidationError, handle_validation_error)
     app.add_error_handler(peewee.DataError, handle_data_error)
+    app.add_error_handler(peewee.IntegrityError, handle_integrity_error)
     app.add_error_handler(PumpLinkError, handle_domain_error)
 
 

@@ -250,6 +250,8 @@ def _from_ts(seconds) -> dt.datetime:
 
 
 # --- push tokens ----------------------------------------------------------------------------
+from ..events import Alert  # noqa: E402  (here, with the push-token resources that publish it)
+
 class PushTokenBody(Body):
     token: StrictStr = Field(min_length=1, max_length=200)
 
@@ -278,25 +280,57 @@ def expo_token(raw: str) -> str:
 
 
 class RegisterPushToken:
-    def __init__(self, auth: Auth, clock):
-        self.auth, self.clock = auth, clock
+    """One row per token. Registering a token another account holds moves it (a shared phone's new
+    user), on the record: an audit entry, and a push to the old owner's other phones. Each account
+    keeps its ``max_tokens`` most recently registered tokens; the oldest is dropped beyond that."""
 
-    @doc("Register this phone's Expo push token (201; 200 when known: it moves to this account)",
-         body=PushTokenBody, status=201, answer=PushTokenAnswer, errors=(422,))
+    def __init__(self, auth: Auth, clock, bus=None, max_tokens: int = 10):
+        self.auth, self.clock, self.bus, self.max_tokens = auth, clock, bus, max_tokens
+
+    @doc("Register this phone's Expo push token (201; 200 when known: from another account it moves "
+         "here, which is audited and told to that account; beyond the limit per account the oldest "
+         "token is dropped)", body=PushTokenBody, status=201, answer=PushTokenAnswer, errors=(422,))
     def on_post(self, req, resp):
         user = self.auth.user(req)
         token = expo_token(read_json(req, PushTokenBody).token)
         now = to_db(self.clock.now())
         known = m.PushToken.get_or_none(m.PushToken.token == token)
-        # One row per token: registering it again (even by another account) moves it.
+        # created_at is the latest registration: apps register at every start, so "oldest" is
+        # the token not seen for longest.
         (m.PushToken.insert(token=token, user=user.id, created_at=now)
-         .on_conflict(conflict_target=[m.PushToken.token], update={m.PushToken.user: user.id})
+         .on_conflict(conflict_target=[m.PushToken.token],
+                      update={m.PushToken.user: user.id, m.PushToken.created_at: now})
          .execute())
-        resp.status = falcon.HTTP_201 if known is None else falcon.HTTP_200
         moved = known is not None and known.user_id != user.id
-        resp.media = {"message": "Push notifications will reach this device"
-                                 + (" (moved from another account)." if moved else "."),
-                      "token": token}
+        if moved:
+            self._moved(user, known.user_id, token)
+        dropped = self._trim(user.id)
+        resp.status = falcon.HTTP_201 if known is None else falcon.HTTP_200
+        message = "Push notifications will reach this device" + (" (moved from another account)." if moved else ".")
+        if dropped:
+            message += f" Your oldest push token was dropped: at most {self.max_tokens} per account."
+        resp.media = {"message": message, "token": token}
+
+    def _trim(self, user_id: int) -> int:
+        keep = (m.PushToken.select(m.PushToken.id).where(m.PushToken.user == user_id)
+                .order_by(m.PushToken.created_at.desc(), m.PushToken.id.desc()).limit(self.max_tokens))
+        return (m.PushToken.delete()
+                .where((m.PushToken.user == user_id) & m.PushToken.id.not_in(keep)).execute())
+
+    def _moved(self, user, old_owner: int, token: str) -> None:
+        at = self.clock.now()
+        shown = token[:-9] + "…]" if len(token) > 30 else token  # enough to recognise, not to reuse
+        m.AuditLog.create(actor=user.id, action="push_token.moved", target=f"user:{old_owner}",
+                          detail=json.dumps({"from_user": old_owner, "to_user": user.id, "token": shown}),
+                          at=to_db(at))
+        log.warning("push token %s moved from user %s to user %s", shown, old_owner, user.id)
+        if self.bus is not None:
+            self.bus.publish(Alert(
+                key=f"push_token_moved:{old_owner}:{user.id}:{at.timestamp():.6f}", kind="push_token_moved",
+                device_id=None, title="Notifications moved",
+                body=f"A phone that received your PumpLink notifications now receives {user.email}'s. "
+                     "If that was not you, log in on it again.",
+                audience=f"user:{old_owner}"))
 
 
 class PushToken:
@@ -333,9 +367,9 @@ class WebSocketOnly:
                               "(Upgrade: websocket).")
 
 
-def routes(auth: Auth, clock) -> dict:
+def routes(auth: Auth, clock, bus=None, max_push_tokens: int = 10) -> dict:
     return {
-        "/register-push-token": RegisterPushToken(auth, clock),
+        "/register-push-token": RegisterPushToken(auth, clock, bus, max_push_tokens),
         "/push-token": PushToken(auth),
         "/ws": WebSocketOnly(),
     }

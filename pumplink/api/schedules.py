@@ -14,7 +14,7 @@ from ..errors import NotFound, Unprocessable
 from ..gateway import Gateway
 from ..schedules import Recurrence, check_new, parse_start, schedule_view
 from .openapi import MessageBody, doc
-from .schemas import Body, Number, PageQuery
+from .schemas import Body, Number, ScheduleQuery
 from .support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
@@ -95,7 +95,7 @@ class _Base(Resource):
 
 
 class Schedules(_Base):
-    @doc("Schedules (own; admins see all), with next runs and past outcomes", query=PageQuery, answer=SCHEDULE_PAGE, errors=(400, 422))
+    @doc("Schedules (own; admins see all), with next runs and past outcomes", query=ScheduleQuery, answer=SCHEDULE_PAGE, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 Number = StrictInt | StrictFloat
 # Quotas and max runs below ~a second mean nothing to a pump (and underflow the column).
@@ -49,18 +49,53 @@ class DeviceCreate(Body):
 
 
 class DevicePatch(Body):
+    # Absent means "unchanged"; only the quota may be null ("the default"). The other columns are
+    # NOT NULL, so an explicit null is a wrong type (400), not a database error.
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=100)
-    protocol: Literal["pumplink", "legacy"] | None = None
+    name: StrictStr = Field(default=None, min_length=1, max_length=100)
+    protocol: Literal["pumplink", "legacy"] = None
     daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
-    max_run_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+    max_run_minutes: Number = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+
+
+# A day inside Python's range: a time without a zone gets the server's later, and no zone's
+# offset (under 24 h) can then push it out of range on the way to UTC.
+EARLIEST = dt.datetime(1, 1, 2)
+LATEST = dt.datetime(9999, 12, 30, 23, 59, 59)
+
+
+def _storable(value: dt.datetime) -> dt.datetime:
+    if not EARLIEST <= value.replace(tzinfo=None) <= LATEST:
+        raise ValueError("must be between 0001-01-02 and 9999-12-30")
+    return value
+
+
+StorableTime = Annotated[dt.datetime, AfterValidator(_storable)]
+MAX_ID = 2**31 - 1
+# The characters a query value may never carry (PostgreSQL cannot store NUL; none is meaningful).
+CONTROL_CHARACTERS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 
 
 class PageQuery(Body):
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=10**9)
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
+    since: StorableTime | None = Field(default=None, description="ISO 8601; without a zone, the server's")
+    until: StorableTime | None = Field(default=None, description="ISO 8601; without a zone, the server's")
+
+
+class OwnedQuery(PageQuery):
+    mine: Literal["true", "false"] | None = Field(default=None, description="admins: only their own")
+    device_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class ActivationQuery(OwnedQuery):
+    state: str | None = Field(default=None, max_length=16, pattern=r"^[a-z_]+$",
+                              description="queued, starting, running, stopping, completed, stopped, failed "
+                                          "or cancelled")
+
+
+class ScheduleQuery(OwnedQuery):
+    enabled: bool | None = None
 
 
 class EmptyBody(Body):

@@ -82,6 +82,10 @@ def test_values_out_of_range_are_422(server, admin_token):
     assert_error(raw(server, "GET", "users?limit=0", token=admin_token), 422)
     assert_error(raw(server, "GET", "audit?offset=-1", token=admin_token), 422)
     assert_error(raw(server, "POST", "register", json.dumps({"email": "x" * 300, "password": "p" * 10}).encode()), 422)
+    # An explicit null for a column that cannot be empty is a wrong type, not a database error.
+    for field, status in (("name", 400), ("protocol", 422), ("max_run_minutes", 400)):
+        body = assert_error(raw(server, "PATCH", "devices/1", json.dumps({field: None}).encode(), admin_token), status)
+        assert body["field"].split(".")[0] == field
     # The body was valid but names nothing that exists.
     assert_error(raw(server, "PATCH", patch, json.dumps({"role": "user"}).encode(), admin_token), 404, "user_not_found")
 
@@ -179,3 +183,42 @@ def test_health_and_ready(server):
         r = raw(server, "GET", path)
         assert r.status_code == 200, r.text
         assert r.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.parametrize("path, code", [
+    ("activations?state=%00", "nul_character"),
+    ("activations?state=a%00b", "nul_character"),
+    ("activations?device_id=%00", "nul_character"),
+    ("users?limit=%01", "control_character"),
+    ("audit?x%00y=1", "nul_character"),  # names too, and parameters no route declares
+    ("health?probe=%1b[2J", "control_character"),
+])
+def test_nul_and_control_characters_in_a_query_are_400(server, admin_token, path, code):
+    body = assert_error(raw(server, "GET", path, token=admin_token), 400, code)
+    assert body["field"]
+
+
+def test_nul_in_the_push_token_query_is_400(world):
+    user = world.user()
+    assert_error(raw(world.server, "DELETE", "push-token?token=%00", token=user.token), 400, "nul_character")
+    assert_error(raw(world.server, "DELETE", "push-token?token=ExponentPushToken[a%00]", token=user.token), 400,
+                 "nul_character")
+
+
+@pytest.mark.parametrize("query", [
+    "since=9999-12-31T23:59:59-12:00",
+    "until=0001-01-01T00:00:00%2B05:00",
+    "since=9999-12-31T23:59:59",  # no zone: the server's is added, which must not overflow either
+    "until=0001-01-01T00:00:00",
+    "since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z",
+])
+def test_dates_that_cannot_be_stored_are_422_on_every_listing(world, admin_token, query):
+    device_id = world.device("Dates pump")
+    for listing in ("activations", f"devices/{device_id}/sessions", f"devices/{device_id}/logs"):
+        body = assert_error(raw(world.server, "GET", f"{listing}?{query}", token=admin_token), 422, "invalid_value")
+        assert body["field"] in ("since", "until"), body
+    # The widest dates that fit are answered.
+    for listing in ("activations", f"devices/{device_id}/sessions", f"devices/{device_id}/logs"):
+        r = raw(world.server, "GET", f"{listing}?since=0001-01-02T00:00:00%2B12:00&until=9999-12-30T23:00:00-12:00",
+                token=admin_token)
+        assert r.status_code == 200, r.text
