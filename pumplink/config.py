@@ -51,7 +51,8 @@ class Config:
     register_window_s: int = 3600
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
     idle_timeout_s: float = 30.0  # a keep-alive connection with no new request is closed after this
-    max_ws_per_user: int = 10
+    max_ws_per_user: int = 10  # at the limit the user's oldest socket is closed (4029)
+    ws_role_recheck_s: float = 30.0  # backstop re-read of connected accounts' roles (changes made elsewhere)
     max_push_tokens_per_user: int = 10
     manual_runs_per_hour: int = 20  # controller-started ONs per device before it counts as flapping
     min_run_s: int = 10  # shortest run a request or schedule may ask for
@@ -270,6 +271,7 @@ _PARSERS = {
     "header_timeout_s": _positive(float),
     "idle_timeout_s": _positive(float),
     "max_ws_per_user": _positive(int),
+    "ws_role_recheck_s": _positive(float),
     "max_push_tokens_per_user": _positive(int),
     "manual_runs_per_hour": _positive(int),
     "min_run_s": _positive(int),
