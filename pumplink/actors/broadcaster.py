@@ -82,14 +82,17 @@ def audience_of(event, schedule_owner=None):
     if isinstance(event, DeviceStateChanged):
         return EVERYONE
     if isinstance(event, ActivationChanged):
-        owner = event.activation.get("user_id")
-        return owner if isinstance(owner, int) else ADMINS
+        return _owner(event.activation.get("user_id"))
     if isinstance(event, ScheduleChanged):
         owner = event.user_id
         if owner is None and schedule_owner is not None:
             owner = schedule_owner(event)
-        return owner if isinstance(owner, int) else ADMINS
+        return _owner(owner)
     return ADMINS
+
+
+def _owner(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else ADMINS
 
 
 def may_see(role: str | None, user_id: int | None, audience) -> bool:
@@ -279,7 +282,7 @@ class BroadcasterActor(pykka.ThreadingActor):
 
     def _schedule_owner(self, event: ScheduleChanged) -> int | None:
         owner = event.detail.get("user_id") if isinstance(event.detail, dict) else None
-        if not isinstance(owner, int):
+        if _owner(owner) == ADMINS:
             owner = self.owners.get(event.schedule_id)
         if owner is None and event.change != "deleted":
             try:
