@@ -336,7 +336,9 @@ class WebSocketOnly:
     @doc("WebSocket (101 Switching Protocols): live device, activation and schedule events. "
          "Text mode (the app): send the access token first, receive on/off. JSON mode (?format=json, "
          "or Bearer/?token=): a snapshot, then numbered events; send {type: subscribe, device_ids}. "
-         "Bad or expiring token: close 1008. A plain GET answers 426.",
+         "Close 1008: a bad token at connect, a JSON client's token expiring without {type: auth}, "
+         "the account deleted or demoted to pending; 4029: the account opened too many sockets. "
+         "Each receiver gets only what REST shows it. A plain GET answers 426.",
          status=101, auth=None, query=LiveQuery, content_type="text/plain")
     def on_get(self, req, resp):
         raise UpgradeRequired("This is a WebSocket endpoint: connect with a WebSocket client "
