@@ -138,7 +138,7 @@ def test_each_receiver_gets_only_what_rest_shows_it(w):
 
     alice_run = activate(alice, a)
     bob_run = activate(bob, b)
-    r = alice.post("schedules", {"device_id": a, "start_time": start_in(2), "duration_s": 1})
+    r = alice.post("schedules", {"device_id": a, "start_time": start_in(3), "duration_s": 1})
     assert r.status_code == 201, r.text
     alice_schedule = r.json()["schedule"]["id"]
     r = bob.post("schedules", {"device_id": b, "start_time": start_in(3600), "duration_s": 60})
