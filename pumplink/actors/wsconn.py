@@ -24,6 +24,7 @@ from ..clock import Clock
 
 log = logging.getLogger(__name__)
 
+# Per client: at most this many frames wait in the outbox, plus what the kernel holds.
 OUTBOX_LIMIT = 100
 # Without a cap Linux grows a loopback send buffer to megabytes before a stuck client shows.
 SEND_BUFFER_BYTES = 16 * 1024
@@ -33,7 +34,6 @@ CLOSE_WAIT_S = 2.0
 MAX_MESSAGE_BYTES = 64 * 1024
 
 OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
-
 
 _ENVIRON_KEY = "pumplink.connection"
 
