@@ -54,7 +54,8 @@ class Config:
     header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
     idle_timeout_s: float = 30.0  # a keep-alive connection with no new request is closed after this
     max_connections_per_client: int = 200  # open connections per client address (trusted proxies exempt)
-    max_ws_per_user: int = 10
+    max_ws_per_user: int = 10  # at the limit the user's oldest socket is closed (4029)
+    ws_role_recheck_s: float = 30.0  # backstop re-read of connected accounts' roles (changes made elsewhere)
     max_push_tokens_per_user: int = 10
     manual_runs_per_hour: int = 20  # controller-started ONs per device before it counts as flapping
     min_run_s: int = 10  # shortest run a request or schedule may ask for
@@ -303,6 +304,7 @@ _PARSERS = {
     "idle_timeout_s": _positive(float),
     "max_connections_per_client": _positive(int),
     "max_ws_per_user": _positive(int),
+    "ws_role_recheck_s": _positive(float),
     "max_push_tokens_per_user": _positive(int),
     "manual_runs_per_hour": _positive(int),
     "min_run_s": _positive(int),

@@ -40,6 +40,22 @@ class ScheduleChanged:
     change: str  # created | updated | deleted | fired | missed
     detail: dict
     at: dt.datetime
+    # The schedule's owner: only they and admins are sent the event. When a publisher leaves it
+    # out, the broadcaster finds it (detail, its memory, the database) or tells admins only.
+    user_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class UserAccessChanged:
+    """An account's role changed (``role``) or it was deleted (``role`` None), at ``at``.
+
+    Published after the change is committed. The broadcaster closes the user's sockets on
+    deletion or demotion to pending and filters by the new role otherwise.
+    """
+
+    user_id: int
+    role: str | None
+    at: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True)

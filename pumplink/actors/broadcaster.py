@@ -1,43 +1,48 @@
 """BroadcasterActor: fans device, activation and schedule events out to WebSocket clients.
 
-The actor never touches a socket. Each client is a ``Connection`` with a bounded outbox and
-ONE writer greenlet (two greenlets writing one gevent-websocket raise
-``ConcurrentObjectUseError``, and a sequential broadcast blocks forever on a client that stops
-reading). Offering a frame never blocks; a client whose outbox is full is dropped.
+The actor never touches a socket: each client is a ``wsconn.Connection`` with a bounded outbox
+and its own writer greenlet. Every event is authorized for each receiver by the rule REST
+applies (``audience_of``), and a user's sockets follow their account: closed with 1008 on
+deletion or demotion to pending, re-filtered on other role changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import json
 import logging
-import socket
-import struct
+import threading
 
-import gevent
-import gevent.lock
-import gevent.queue
 import pykka
-from geventwebsocket.exceptions import ProtocolError, WebSocketError
-from geventwebsocket.websocket import Header, WebSocket
 
-from ..clock import Clock, iso
-from ..events import ActivationChanged, DeviceStateChanged, ScheduleChanged
+from .. import models as m
+from ..clock import iso
+from ..db import OPERATIONAL_ERRORS
+from ..events import ActivationChanged, DeviceStateChanged, ScheduleChanged, UserAccessChanged
 from ..runtime import Runtime
+from .timers import tell_later
+from .wsconn import Connection
 
 log = logging.getLogger(__name__)
 
-# Per client: at most this many frames wait in the outbox, plus what the kernel holds.
-OUTBOX_LIMIT = 100
-# Without a cap Linux grows a loopback send buffer to megabytes before a stuck client shows.
-SEND_BUFFER_BYTES = 16 * 1024
-# A peer that does not answer our close frame within this time is cut off.
-CLOSE_WAIT_S = 2.0
-# gevent-websocket reads a frame of any announced length into memory; clients only send small JSON.
-MAX_MESSAGE_BYTES = 64 * 1024
+__all__ = ["BroadcasterActor", "Connection", "Register", "Unregister", "Subscribe", "Seen", "CloseAll",
+           "EVERYONE", "ADMINS", "audience_of", "may_see", "dumps", "event_body", "legacy_frame"]
 
-OPCODE_TEXT, OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG = 0x1, 0x8, 0x9, 0xA
+# Who may see an event: EVERYONE logged in (device state: REST shows devices to every account),
+# ADMINS only, or one user id (the owner, as REST's "own rows, or everyone's for admins").
+EVERYONE, ADMINS = "everyone", "admins"
+# The app reads 1008 as "logged out": used only when the account itself lost access.
+CLOSE_ACCESS = 1008
+# Private-use code (never 1008): this account opened more sockets than allowed; its oldest goes.
+CLOSE_TOO_MANY = 4029
+# Access changes remembered for sockets that authenticated before, and register after, a change.
+RECENT_ACCESS_S = 60.0
+# Backstop re-check of connected users' roles: users per query.
+RECHECK_BATCH = 500
+# Schedule owners remembered (a schedule's owner never changes); forgotten wholesale past this.
+OWNER_CACHE_LIMIT = 100_000
 
 
 def legacy_frame(state: str) -> str:
@@ -71,307 +76,34 @@ def dumps(body: dict) -> str:
     return json.dumps(body, separators=(",", ":"), default=str)
 
 
-_ENVIRON_KEY = "pumplink.connection"
+def audience_of(event, schedule_owner=None):
+    """Who may see ``event``: EVERYONE, ADMINS or a user id. ``schedule_owner(event)`` finds the
+    owner of a schedule event that does not name one."""
+    if isinstance(event, DeviceStateChanged):
+        return EVERYONE
+    if isinstance(event, ActivationChanged):
+        return _owner(event.activation.get("user_id"))
+    if isinstance(event, ScheduleChanged):
+        owner = event.user_id
+        if owner is None and schedule_owner is not None:
+            owner = schedule_owner(event)
+        return _owner(owner)
+    return ADMINS
 
 
-class _RoutedWebSocket(WebSocket):
-    """gevent-websocket's socket (which has __slots__) with its control-frame callbacks sent to our Connection."""
-
-    __slots__ = ()
-
-    def _connection(self):
-        return (self.environ or {}).get(_ENVIRON_KEY)
-
-    def handle_ping(self, header, payload):
-        conn = self._connection()
-        return conn._on_ping(header, payload) if conn is not None else super().handle_ping(header, payload)
-
-    def handle_pong(self, header, payload):
-        conn = self._connection()
-        return conn._on_pong(header, payload) if conn is not None else None
-
-    def handle_close(self, header, payload):
-        conn = self._connection()
-        return conn._on_close_frame(header, payload) if conn is not None else super().handle_close(header, payload)
-
-    def close(self, code=1000, message=b""):
-        # gevent-websocket calls this on protocol errors from the reading greenlet, and its close
-        # frame lacks the status code; our Connection sends the frame (under its lock) instead.
-        conn = self._connection()
-        if conn is None:
-            return super().close(code, message)
-        if code != 1000 and not conn.broken:
-            reason = message.decode("utf-8", "replace") if isinstance(message, (bytes, bytearray)) else str(message or "")
-            conn.goodbye, conn.broken = (code, reason), True
-        return None
-
-    def read_frame(self):
-        # gevent-websocket's read_frame, with the announced length checked before anything is read.
-        conn = self._connection()
-        header = Header.decode_header(self.stream)
-        if header.flags:
-            raise ProtocolError
-        if conn is not None:
-            conn._check_incoming(header)
-        if not header.length:
-            return header, b""
-        try:
-            payload = self.raw_read(header.length)
-        except OSError:
-            payload = b""
-        if len(payload) != header.length:
-            raise WebSocketError("Unexpected EOF reading frame payload")
-        if header.mask:
-            payload = header.unmask_payload(payload)
-        return header, payload
+def _owner(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else ADMINS
 
 
-@dataclasses.dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pong:
-    payload: bytes
-
-
-class Connection:
-    """One WebSocket client: its outbox, its single writer greenlet and its subscription.
-
-    ``offer`` and ``abort`` may be called from any greenlet and never block. Everything that
-    writes the socket holds ``_lock``; once the writer runs, only the writer writes.
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(self, ws, *, ping_s: float, clock: Clock, outbox_limit: int = OUTBOX_LIMIT):
-        self.id = next(Connection._ids)
-        self.ws = ws
-        self.ping_s = ping_s
-        self.clock = clock
-        self.legacy = False
-        self.user_id: int | None = None
-        self.device_ids: frozenset[int] | None = None  # None: every device
-        self.outbox: gevent.queue.Queue = gevent.queue.Queue(outbox_limit)
-        self.last_heard = clock.monotonic()
-        self.close_sent = False
-        self.peer_close: int | None = None
-        self.goodbye: tuple[int, str] = (1000, "")  # the close frame sent when the reader stops first
-        self._incoming = 0
-        self.broken = False  # the incoming stream is unreadable: answer, then discard what follows
-        self.dead = False
-        self.why: str | None = None
-        self._closing = False
-        self._ping_sent_at: float | None = None
-        self._last_legacy: str | None = None
-        self._writer: gevent.Greenlet | None = None
-        self._timers: list[gevent.Greenlet] = []
-        self._expiry: gevent.Greenlet | None = None
-        self._lock = gevent.lock.Semaphore()
-        # gevent-websocket answers pings and close frames from the reading greenlet, which
-        # would make it a second writer; route them through our lock and writer instead.
-        if ws.environ is not None:
-            ws.environ[_ENVIRON_KEY] = self
-        if type(ws) is WebSocket:
-            ws.__class__ = _RoutedWebSocket
-        sock = self._socket()
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            except OSError:
-                log.debug("could not cap the send buffer of websocket %s", self.id)
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.id} user={self.user_id} {'legacy' if self.legacy else 'json'}>"
-
-    # --- any greenlet ----------------------------------------------------------------------
-    def wants(self, device_id: int | None) -> bool:
-        return self.device_ids is None or device_id is None or device_id in self.device_ids
-
-    def offer(self, frame) -> bool:
-        """Queue a frame; False (and the client dropped) when its outbox is full."""
-        if self.dead or self._closing:
-            return False
-        try:
-            self.outbox.put_nowait(frame)
-        except gevent.queue.Full:
-            self.abort(f"its outbox is full ({self.outbox.maxsize} frames): it is not reading")
-            return False
+def may_see(role: str | None, user_id: int | None, audience) -> bool:
+    if role == "admin" or audience == EVERYONE:
         return True
+    return audience != ADMINS and user_id is not None and audience == user_id
 
-    def heard(self) -> None:
-        self.last_heard = self.clock.monotonic()
 
-    def start(self, first: list[str]) -> None:
-        """Start the writer: ``first`` frames go out before anything queued meanwhile."""
-        if self.dead or self._closing or self.close_sent:
-            return
-        if self.legacy and first:
-            self._last_legacy = first[-1]
-        self._writer = gevent.spawn(self._write_loop, list(first))
-
-    def expire_in(self, seconds: float) -> None:
-        """Close with 1008 when the token expires (a fresh token re-arms it)."""
-        if self._expiry is not None:
-            self._expiry.kill(block=False)
-        self._expiry = gevent.spawn_later(max(0.0, seconds), self.close, 1008, "The access token has expired.")
-
-    def close(self, code: int, reason: str) -> None:
-        """Close politely (after what is already queued); cut off if the peer does not answer."""
-        if self.dead or self._closing or self.close_sent:
-            return
-        if self._writer is not None and not self._writer.dead:
-            try:
-                self.outbox.put_nowait(_Close(code, reason))
-            except gevent.queue.Full:
-                self.abort(f"its outbox is full while closing ({code})")
-                return
-        else:
-            try:
-                with gevent.Timeout(CLOSE_WAIT_S):
-                    self._send_close(code, reason)
-            except (gevent.Timeout, WebSocketError, OSError):
-                self.abort(f"the close frame ({code}) could not be sent")
-                return
-        self._closing = True
-        self._timers.append(gevent.spawn_later(CLOSE_WAIT_S, self.abort, "it did not answer the close frame"))
-
-    def abort(self, why: str) -> None:
-        """Cut the client off at once: stop its writer and shut the socket down."""
-        if self.dead:
-            return
-        self.dead = True
-        self.why = why
-        log.info("websocket %s (user %s) dropped: %s", self.id, self.user_id, why)
-        writer = self._writer
-        if writer is not None and writer is not gevent.getcurrent():
-            writer.kill(block=False)
-        sock = self._socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def finish(self) -> None:
-        """The reading greenlet is done: stop the writer, answer a close frame, release everything."""
-        for timer in self._timers + [self._expiry]:
-            if timer is not None:
-                timer.kill(block=False)
-        writer = self._writer
-        if writer is not None and not writer.dead and writer is not gevent.getcurrent():
-            writer.kill(block=True, timeout=1)
-        if not self.dead and not self.close_sent:
-            code, reason = self.goodbye
-            if self.peer_close is not None:
-                code, reason = (self.peer_close if self.peer_close not in (1005, 1006) else 1000), ""
-            try:
-                with gevent.Timeout(1):
-                    self._send_close(code, reason)
-            except (gevent.Timeout, WebSocketError, OSError):
-                pass
-        if self.broken and not self.dead:
-            self._discard_input()
-        self.dead = True
-        # gevent-websocket's own close() would send a close frame without its status code.
-        self.ws.closed = True
-        if self.ws.environ is not None:
-            self.ws.environ.pop(_ENVIRON_KEY, None)
-
-    # --- the writer greenlet ---------------------------------------------------------------
-    def _write_loop(self, first: list[str]) -> None:
-        try:
-            for frame in first:
-                self._send_frame(frame, OPCODE_TEXT)
-            while True:
-                try:
-                    item = self.outbox.get(timeout=self.ping_s)
-                except gevent.queue.Empty:
-                    if not self._ping():
-                        return
-                    continue
-                if isinstance(item, _Close):
-                    self._send_close(item.code, item.reason)
-                    return
-                if isinstance(item, _Pong):
-                    self._send_frame(item.payload, OPCODE_PONG)
-                    continue
-                if self.legacy:
-                    if item == self._last_legacy:
-                        continue  # the app hears about changes of on/off only
-                    self._last_legacy = item
-                self._send_frame(item, OPCODE_TEXT)
-        except (WebSocketError, OSError) as exc:
-            self.abort(f"writing failed: {exc}")
-        except Exception:
-            # Whatever it was, this client must not stay registered with a dead writer.
-            log.exception("websocket %s writer failed", self.id)
-            self.abort("its writer failed")
-
-    def _ping(self) -> bool:
-        if self._ping_sent_at is not None and self.last_heard < self._ping_sent_at:
-            self.abort(f"it did not answer a ping within {self.ping_s:g} s")
-            return False
-        self._ping_sent_at = self.clock.monotonic()
-        self._send_frame(b"", OPCODE_PING)
-        return True
-
-    # --- socket writes -----------------------------------------------------------------------
-    def _send_frame(self, payload, opcode: int) -> None:
-        with self._lock:
-            self.ws.send_frame(payload, opcode)
-
-    def _send_close(self, code: int, reason: str) -> None:
-        # A close frame carries at most 123 bytes of reason; never cut a character in half.
-        text = reason.encode("utf-8")[:120].decode("utf-8", "ignore").encode("utf-8")
-        self._send_frame(struct.pack("!H", code) + text, OPCODE_CLOSE)
-        self.close_sent = True
-
-    def _discard_input(self) -> None:
-        """Say we are done (FIN after our close frame) and drop what the peer still sends, so
-        closing with unread input does not reset the connection before the peer reads our frame."""
-        sock = self._socket()
-        if sock is None:
-            return
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            with gevent.Timeout(CLOSE_WAIT_S, False):
-                while sock.recv(65536):
-                    pass
-        except OSError:
-            pass
-
-    def _socket(self):
-        return getattr(getattr(self.ws, "handler", None), "socket", None)
-
-    # --- gevent-websocket callbacks (the reading greenlet) ------------------------------------
-    def _on_ping(self, header, payload) -> None:
-        self.heard()
-        if self._writer is not None and not self._writer.dead:
-            self.offer(_Pong(bytes(payload)))
-        else:
-            self._send_frame(bytes(payload), OPCODE_PONG)
-
-    def _on_pong(self, header, payload) -> None:
-        self.heard()
-
-    def _check_incoming(self, header) -> None:
-        if header.opcode in (OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG):
-            if header.length > 125:
-                raise ProtocolError("control frames carry at most 125 bytes")
-            return
-        if header.opcode != 0:  # a new message; 0 continues the current one
-            self._incoming = 0
-        self._incoming += header.length
-        if self._incoming > MAX_MESSAGE_BYTES:
-            self.goodbye = (1009, f"Messages are limited to {MAX_MESSAGE_BYTES // 1024} KiB.")
-            self.broken = True
-            raise WebSocketError("message too big")
-
-    def _on_close_frame(self, header, payload) -> None:
-        self.peer_close = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+def lost_access(old_role: str | None, new_role: str | None) -> bool:
+    """Deleted, or demoted to pending: the account's sockets are closed with 1008."""
+    return new_role is None or (new_role == "pending" and old_role != "pending")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,9 +123,23 @@ class Subscribe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Seen:
+    """The endpoint read this connection's account again (a JSON client re-authenticated)."""
+
+    connection: Connection
+    role: str | None
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class CloseAll:
     code: int
     reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recheck:
+    """The timer's tick: read the roles of every connected account from the database."""
 
 
 class BroadcasterActor(pykka.ThreadingActor):
@@ -402,11 +148,21 @@ class BroadcasterActor(pykka.ThreadingActor):
     def __init__(self, rt: Runtime):
         super().__init__()
         self.rt = rt
+        self.clock = rt.clock
         self.legacy_device_id = rt.config.legacy_device_id
+        self.max_per_user = rt.config.max_ws_per_user
+        self.recheck_s = rt.config.ws_role_recheck_s
         self.clients: dict[int, Connection] = {}
+        self.by_user: dict[int, dict[int, Connection]] = {}
+        self.recent: dict[int, tuple[str | None, dt.datetime]] = {}  # user id -> (role, at)
+        self.owners: dict[int, int | None] = {}  # schedule id -> owner
         self._ids = itertools.count(1)
         self.last_event_id = 0
         self.metrics = getattr(rt, "metrics", None)
+        self._timer: threading.Timer | None = None
+
+    def on_start(self) -> None:
+        self._arm()
 
     def on_receive(self, message):
         try:
@@ -417,34 +173,142 @@ class BroadcasterActor(pykka.ThreadingActor):
             return None
 
     def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._close_all(1001, "The server is shutting down.")
 
     def _dispatch(self, message):
         if isinstance(message, (DeviceStateChanged, ActivationChanged, ScheduleChanged)):
             self._fan_out(message)
+        elif isinstance(message, UserAccessChanged):
+            self._access_changed(message)
         elif isinstance(message, Register):
-            self.clients[message.connection.id] = message.connection
-            self._count()
+            self._register(message.connection)
             return self.last_event_id
         elif isinstance(message, Unregister):
-            self.clients.pop(message.connection.id, None)
-            self._count()
+            self._forget(message.connection)
         elif isinstance(message, Subscribe):
             conn = message.connection
             conn.device_ids = message.device_ids
             ids = sorted(message.device_ids) if message.device_ids is not None else None
             # Everything after this frame in the stream follows the new subscription.
             conn.offer(dumps({"type": "subscribed", "device_ids": ids, "after_id": self.last_event_id}))
+        elif isinstance(message, Seen):
+            if message.connection.id in self.clients:
+                self._apply(message.connection, message.role, message.at)
+        elif isinstance(message, Recheck):
+            try:
+                self._recheck()
+            finally:
+                self._arm()
         elif isinstance(message, CloseAll):
             self._close_all(message.code, message.reason)
         return None
 
+    # --- clients -------------------------------------------------------------------------------
+    def _register(self, conn: Connection) -> None:
+        self.clients[conn.id] = conn
+        if conn.user_id is not None:
+            mine = self.by_user.setdefault(conn.user_id, {})
+            mine[conn.id] = conn
+            # A change between the endpoint's reading of the account and now is not missed.
+            known = self.recent.get(conn.user_id)
+            if known is not None and (conn.role_at is None or known[1] > conn.role_at):
+                self._apply(conn, known[0], known[1])
+            while len(mine) > self.max_per_user and conn.id in self.clients:
+                oldest = mine[min(mine)]
+                self._drop(oldest, CLOSE_TOO_MANY,
+                           f"This account has more than {self.max_per_user} live connections; "
+                           "this one, the oldest, was closed.")
+        self._count()
+
+    def _forget(self, conn: Connection) -> None:
+        self.clients.pop(conn.id, None)
+        mine = self.by_user.get(conn.user_id)
+        if mine is not None:
+            mine.pop(conn.id, None)
+            if not mine:
+                del self.by_user[conn.user_id]
+        self._count()
+
+    def _drop(self, conn: Connection, code: int, reason: str) -> None:
+        log.info("websocket %s of user %s closed (%s): %s", conn.id, conn.user_id, code, reason)
+        self._forget(conn)
+        conn.close(code, reason)
+
+    # --- access ----------------------------------------------------------------------------------
+    def _access_changed(self, event: UserAccessChanged) -> None:
+        self.recent[event.user_id] = (event.role, event.at)
+        horizon = event.at - dt.timedelta(seconds=RECENT_ACCESS_S)
+        for user_id in [u for u, (_, at) in self.recent.items() if at < horizon]:
+            del self.recent[user_id]
+        for conn in list(self.by_user.get(event.user_id, {}).values()):
+            self._apply(conn, event.role, event.at)
+
+    def _apply(self, conn: Connection, role: str | None, at: dt.datetime) -> None:
+        """The account's role as read at ``at``; an older reading never replaces a newer one."""
+        if conn.role_at is not None and at < conn.role_at:
+            return
+        old, conn.role, conn.role_at = conn.role, role, at
+        if lost_access(old, role):
+            why = "This account was deleted." if role is None else \
+                "This account is waiting for an administrator's approval again."
+            self._drop(conn, CLOSE_ACCESS, why)
+        elif old != role:
+            log.info("websocket %s of user %s now filtered as %s", conn.id, conn.user_id, role)
+
+    def _arm(self) -> None:
+        self._timer = tell_later(self.actor_ref, self.recheck_s, Recheck())
+
+    def _recheck(self) -> None:
+        """Backstop for role changes made outside this process (another server, the CLI, SQL)."""
+        users = sorted(self.by_user)
+        if not users:
+            return
+        at = self.clock.now()
+        roles: dict[int, str] = {}
+        try:
+            with self.rt.db.connection_context():
+                for start in range(0, len(users), RECHECK_BATCH):
+                    chunk = users[start:start + RECHECK_BATCH]
+                    roles.update(m.User.select(m.User.id, m.User.role).where(m.User.id.in_(chunk)).tuples())
+        except OPERATIONAL_ERRORS as exc:
+            # The database being away is not the account losing access.
+            log.warning("re-checking the roles of %d connected accounts failed: %s", len(users), exc)
+            return
+        for user_id in users:
+            for conn in list(self.by_user.get(user_id, {}).values()):
+                self._apply(conn, roles.get(user_id), at)
+
+    def _schedule_owner(self, event: ScheduleChanged) -> int | None:
+        owner = event.detail.get("user_id") if isinstance(event.detail, dict) else None
+        if _owner(owner) == ADMINS:
+            owner = self.owners.get(event.schedule_id)
+        if owner is None and event.change != "deleted":
+            try:
+                with self.rt.db.connection_context():
+                    owner = (m.Schedule.select(m.Schedule.user).where(m.Schedule.id == event.schedule_id)
+                             .scalar())
+            except OPERATIONAL_ERRORS as exc:
+                log.warning("owner of schedule %s unknown (%s); its event goes to admins only",
+                            event.schedule_id, exc)
+                return None
+        if event.change == "deleted":
+            self.owners.pop(event.schedule_id, None)
+        elif owner is not None:
+            if len(self.owners) >= OWNER_CACHE_LIMIT:
+                self.owners.clear()
+            self.owners[event.schedule_id] = owner
+        return owner
+
+    # --- events ----------------------------------------------------------------------------------
     def _fan_out(self, event) -> None:
         described = event_body(event, next(self._ids))
         if described is None:
             return
         device_id, body = described
         self.last_event_id = body["id"]
+        audience = audience_of(event, self._schedule_owner)
         text = dumps(body)
         legacy = None
         if isinstance(event, DeviceStateChanged) and event.device_id == self.legacy_device_id:
@@ -453,13 +317,11 @@ class BroadcasterActor(pykka.ThreadingActor):
         for conn in self.clients.values():
             if conn.legacy:
                 if legacy is not None and not conn.offer(legacy):
-                    gone.append(conn.id)
-            elif conn.wants(device_id) and not conn.offer(text):
-                gone.append(conn.id)
-        for conn_id in gone:
-            self.clients.pop(conn_id, None)
-        if gone:
-            self._count()
+                    gone.append(conn)
+            elif conn.wants(device_id) and may_see(conn.role, conn.user_id, audience) and not conn.offer(text):
+                gone.append(conn)
+        for conn in gone:
+            self._forget(conn)
 
     def _count(self) -> None:
         if self.metrics is not None:

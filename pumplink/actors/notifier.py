@@ -35,6 +35,7 @@ BACKOFF_MAX_S = 60.0
 RECEIPT_DELAY_S = 15 * 60.0
 HTTP_TIMEOUT_S = 10.0
 _SDK_SAFE_TOKEN = "ExponentPushToken[pumplink]"
+APPROVED = ("user", "admin")  # the roles that may be told anything
 
 
 def expo_endpoint(url: str) -> tuple[str, str]:
@@ -142,20 +143,24 @@ class NotifierActor(pykka.ThreadingActor):
         self._send(alert.key, messages, 1)
 
     def _tokens(self, alert: Alert) -> list[str]:
+        """The tokens of the alert's audience as the accounts are NOW: a pending or deleted
+        account is sent nothing, even an alert about its own activation or schedule."""
         audience = alert.audience
+        approved = m.User.role.in_(APPROVED)
         if audience == "approved":
-            users = m.User.select(m.User.id).where(m.User.role.in_(("user", "admin")))
+            where = approved
         elif audience == "admins":
-            users = m.User.select(m.User.id).where(m.User.role == "admin")
+            where = m.User.role == "admin"
         elif audience.startswith("user:") and audience[5:].isdigit():
-            users = m.User.select(m.User.id).where(m.User.id == int(audience[5:]))
+            where = approved & (m.User.id == int(audience[5:]))
         else:
             log.warning("alert %s has an unknown audience %r; only its extra user is told", alert.key, audience)
-            users = m.User.select(m.User.id).where(m.User.id.is_null())
-        where = m.PushToken.user.in_(users)
+            where = m.User.id.is_null()
         if alert.extra_user_id is not None:
-            where |= m.PushToken.user == alert.extra_user_id
-        return [t for (t,) in m.PushToken.select(m.PushToken.token).where(where).order_by(m.PushToken.id).tuples()]
+            where |= approved & (m.User.id == alert.extra_user_id)
+        users = m.User.select(m.User.id).where(where)
+        return [t for (t,) in m.PushToken.select(m.PushToken.token).where(m.PushToken.user.in_(users))
+                .order_by(m.PushToken.id).tuples()]
 
     def _claim(self, key: str, tokens: list[str]) -> list[str]:
         """Insert one row per (event, token); the tokens whose row WE inserted are ours to send."""

@@ -6,6 +6,7 @@ import falcon
 
 from .. import models as m
 from ..accounts import Accounts, user_dict
+from ..events import UserAccessChanged
 from ..views import audit_view
 from . import answers as A
 from .openapi import MessageBody, doc
@@ -100,6 +101,8 @@ class User:
                                          "daily_quota_minutes" in raw)
         self.gateway_of().audit(admin, "user.update", f"user:{user.id}",
                                 {k: raw[k] for k in ("role", "daily_quota_minutes") if k in raw})
+        if body.role is not None:
+            self._access_changed(user.id, user.role)
         resp.media = user_dict(user)
 
     @doc("Delete an account (admin)", answer=MessageBody, auth="admin", errors=(409,))
@@ -108,7 +111,13 @@ class User:
         uid = path_id(user_id)
         self.accounts.delete_user(uid, admin)
         self.gateway_of().audit(admin, "user.delete", f"user:{uid}")
+        self._access_changed(uid, None)
         resp.media = {"message": f"User {uid} deleted."}
+
+    def _access_changed(self, user_id: int, role: str | None) -> None:
+        # After the commit: live sockets close on deletion or demotion, re-filter otherwise.
+        rt = self.gateway_of().rt
+        rt.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=rt.clock.now()))
 
 
 class Audit:

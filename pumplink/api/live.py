@@ -3,7 +3,9 @@
 gevent-websocket upgrades the request before any WSGI code runs and puts the socket in
 ``environ["wsgi.websocket"]``; ``PumpLinkService`` hands such requests to ``LiveSocket``.
 Its greenlet authenticates, registers the client with the broadcaster, then only reads;
-the client's writer greenlet (``actors.broadcaster.Connection``) does all the writing.
+the client's writer greenlet (``actors.wsconn.Connection``) does all the writing.
+A text-mode (app) socket is authenticated once; a JSON one re-authenticates before its token
+expires. Both follow the account: the broadcaster closes them on deletion or demotion.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..accounts import Accounts
 from ..actors.broadcaster import (
     Connection,
     Register,
+    Seen,
     Subscribe,
     Unregister,
     dumps,
@@ -101,6 +104,7 @@ class LiveSocket:
                 if conn.broken:
                     return self._refuse(conn, *conn.goodbye)
                 return self._refuse(conn, 1008, "Send the access token as the first message.")
+        read_at = self.clock.now()  # before the read: a change committed after it reaches us as an event
         try:
             user, claims = self._authenticate(token)
         except Unauthorized as exc:
@@ -108,7 +112,11 @@ class LiveSocket:
         except Unavailable as exc:
             return self._refuse(conn, 1011, exc.message)
         conn.user_id, conn.legacy = user.id, not json_mode
-        conn.expire_in(claims["exp"] - self.clock.now().timestamp())
+        conn.role, conn.role_at = user.role, read_at
+        if not conn.legacy:
+            # The app's text mode cannot re-authenticate: it stays open while the account keeps
+            # its access (issue 11), which the broadcaster follows by role instead.
+            conn.expire_in(claims["exp"] - self.clock.now().timestamp())
         try:
             # Registered before the snapshot is taken: a change may show in both, none is missed.
             last_id = self.system.broadcaster.ask(Register(conn), timeout=5)
@@ -192,6 +200,7 @@ class LiveSocket:
 
     def _reauthenticate(self, conn: Connection, token) -> None:
         """A fresh token before the old one expires keeps the connection open."""
+        read_at = self.clock.now()
         try:
             if not isinstance(token, str):
                 raise Unauthorized("token must be an access token.", "invalid_token")
@@ -203,6 +212,7 @@ class LiveSocket:
         if user.id != conn.user_id:
             return conn.close(1008, "That token belongs to another account.")
         conn.expire_in(claims["exp"] - self.clock.now().timestamp())
+        self._tell(Seen(conn, user.role, read_at))  # the role read now filters what follows
         conn.offer(dumps({"type": "authenticated", "expires_at": iso(_from_ts(claims["exp"]))}))
 
     # --- helpers ----------------------------------------------------------------------------
@@ -360,7 +370,9 @@ class WebSocketOnly:
     @doc("WebSocket (101 Switching Protocols): live device, activation and schedule events. "
          "Text mode (the app): send the access token first, receive on/off. JSON mode (?format=json, "
          "or Bearer/?token=): a snapshot, then numbered events; send {type: subscribe, device_ids}. "
-         "Bad or expiring token: close 1008. A plain GET answers 426.",
+         "Close 1008: a bad token at connect, a JSON client's token expiring without {type: auth}, "
+         "the account deleted or demoted to pending; 4029: the account opened too many sockets. "
+         "Each receiver gets only what REST shows it. A plain GET answers 426.",
          status=101, auth=None, query=LiveQuery, content_type="text/plain")
     def on_get(self, req, resp):
         raise UpgradeRequired("This is a WebSocket endpoint: connect with a WebSocket client "

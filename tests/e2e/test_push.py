@@ -63,14 +63,18 @@ def test_one_push_per_token_per_event_titled_with_the_device_and_none_again_afte
     w = push_world
     device_id = w.device("Orchard pump")
     w.pump(device_id)
-    owner, other, pending = w.user(), w.user(), w.user(role="pending")
+    owner, other, pending, gone = w.user(), w.user(), w.user(), w.user()
     tokens = {"admin": expo_token(), "owner1": expo_token(), "owner2": expo_token("ExpoPushToken"),
-              "other": expo_token(), "pending": expo_token()}
+              "other": expo_token(), "pending": expo_token(), "gone": expo_token()}
     register(w.admin, tokens["admin"])
     register(owner, tokens["owner1"])
     register(owner, tokens["owner2"])
     register(other, tokens["other"])
     register(pending, tokens["pending"])
+    register(gone, tokens["gone"])
+    # Tokens registered while approved; the accounts are then demoted and deleted: they get nothing.
+    assert w.admin.patch(f"users/{pending.user_id}", {"role": "pending"}).status_code == 200
+    assert w.admin.delete(f"users/{gone.user_id}").status_code == 200
     wait_until(lambda: owner.get(f"devices/{device_id}").json()["state"] == "off", what="device off")
 
     key = activate(owner, device_id)
@@ -78,6 +82,7 @@ def test_one_push_per_token_per_event_titled_with_the_device_and_none_again_afte
     expo.wait_for(lambda f: {msg["to"] for msg in f.for_event(key)} >= approved, what="the ON push")
     sent = expo.for_event(key)
     assert sorted(msg["to"] for msg in sent) == sorted(approved), "one per approved token; none for pending users"
+    assert not {tokens["pending"], tokens["gone"]} & {to for _, to in expo.attempted}, "a demoted or deleted account was told"
     assert {msg["title"] for msg in sent} == {"Orchard pump"}
     assert all("ON" in msg["body"] for msg in sent)
 
@@ -224,6 +229,48 @@ def test_notifier_sends_each_event_once_per_token_across_actor_restarts(notifier
                         .where(m.SentNotification.event_key == key).tuples())
     assert statuses[gone] == "unregistered"
     assert {statuses[t] for t in tokens} == {"delivered"}
+
+
+def test_alerts_reach_only_the_accounts_allowed_at_send_time(notifier_rt, expo):
+    """Each audience is resolved with the roles as they are when the alert is sent: a pending or
+    deleted account is told nothing, even of its own activation or schedule."""
+    rt = notifier_rt
+    with rt.db.connection_context():
+        device = m.Device.create(name="Audience pump")
+        people = {role: m.User.create(email=f"{role}{secrets.token_hex(4)}@example.org", password_hash="x",
+                                      role="user" if role in ("plain", "gone") else role)
+                  for role in ("admin", "plain", "pending", "gone")}
+        tokens = {name: expo_token() for name in people}
+        for name, user in people.items():
+            m.PushToken.create(token=tokens[name], user=user.id)
+        m.User.delete().where(m.User.id == people["gone"].id).execute()  # its token goes with it
+    ids = {name: user.id for name, user in people.items()}
+    cases = {
+        "approved": (dict(audience="approved"), {"admin", "plain"}),
+        "admins": (dict(audience="admins"), {"admin"}),
+        "plain": (dict(audience=f"user:{ids['plain']}"), {"plain"}),
+        "pending": (dict(audience=f"user:{ids['pending']}"), set()),
+        "gone": (dict(audience=f"user:{ids['gone']}"), set()),
+        "admins+plain": (dict(audience="admins", extra_user_id=ids["plain"]), {"admin", "plain"}),
+        "admins+pending": (dict(audience="admins", extra_user_id=ids["pending"]), {"admin"}),
+    }
+    run = secrets.token_hex(4)
+    ref = NotifierActor.start(rt)
+    try:
+        for case, (audience, _) in cases.items():
+            ref.tell(Alert(key=f"audience:{run}:{case}", kind="activation_failed", device_id=device.id,
+                           title="t", body="b", **audience))
+        last = f"audience:{run}:last"
+        ref.tell(Alert(key=last, kind="activation_failed", device_id=device.id, title="t", body="b",
+                       audience="admins"))
+        # One actor handles alerts in order: once the last one is out, every earlier one is settled.
+        expo.wait_for(lambda f: f.for_event(last), what="the last alert")
+    finally:
+        ref.stop()
+    by_token = {token: name for name, token in tokens.items()}
+    for case, (_, expected) in cases.items():
+        told = {by_token[msg["to"]] for msg in expo.for_event(f"audience:{run}:{case}")}
+        assert told == expected, (case, told)
 
 
 def test_expo_endpoint_split():
