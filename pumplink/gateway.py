@@ -13,6 +13,7 @@ from . import models as m
 from . import usage
 from .clock import to_db
 from .errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
+from .events import UserAccessChanged
 
 if TYPE_CHECKING:
     from .system import ActorSystem
@@ -168,16 +169,18 @@ class Gateway:
             self.audit(user, "activation.cancel", f"activation:{activation_id}")
         return result
 
-    def user_access_changed(self, user_id: int, approved: bool) -> list[int]:
-        """A user lost approval (demoted to pending, or deleted): their queued activations are
-        cancelled with reason ``owner_revoked`` on every device (issue 10, finding 7). Call it
-        after the change is committed; it works before or after the user's row is deleted.
+    def user_access_changed(self, user_id: int, role: str | None) -> list[int]:
+        """A user's role changed (``None``: deleted), after the change is committed.
+
+        Live sockets hear it at once (closed on deletion or demotion, re-filtered otherwise). A
+        user who lost approval has their queued activations cancelled with reason
+        ``owner_revoked`` on every device (issue 10, finding 7); a run already going finishes.
         Returns the cancelled activation ids."""
-        if approved:
+        self.rt.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=self.rt.clock.now()))
+        if role in ("user", "admin"):
             return []
         cancelled: list[int] = []
-        for _, future in [(i, self._start(i, "cancel_queued_of", user_id, "owner_revoked"))
-                          for i in self.system.supervisor.ids()]:
+        for future in [self._start(i, "cancel_queued_of", user_id, "owner_revoked") for i in self.system.supervisor.ids()]:
             cancelled.extend(self._wait(future))
         if cancelled:
             log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)

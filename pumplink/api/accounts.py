@@ -6,7 +6,6 @@ import falcon
 
 from .. import models as m
 from ..accounts import Accounts, user_dict
-from ..events import UserAccessChanged
 from ..views import audit_view
 from . import answers as A
 from .openapi import MessageBody, doc
@@ -115,9 +114,7 @@ class User:
         resp.media = {"message": f"User {uid} deleted."}
 
     def _access_changed(self, user_id: int, role: str | None) -> None:
-        # After the commit: live sockets close on deletion or demotion, re-filter otherwise.
-        rt = self.gateway_of().rt
-        rt.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=rt.clock.now()))
+        self.gateway_of().user_access_changed(user_id, role)
 
 
 class Audit:

@@ -87,6 +87,8 @@ class DeviceOut(BaseModel):
     daily_quota_minutes: float
     max_run_minutes: float
     today: Today
+    off_owed: bool  # an OFF the pump has not confirmed yet: queued work waits
+    flapping: bool  # switched on by its controller more than PUMPLINK_MANUAL_RUNS_PER_HOUR times
 
 
 class DeviceList(BaseModel):

@@ -267,7 +267,6 @@ def test_only_one_live_legacy_device_because_they_share_one_control_topic(world)
 
 
 # --- finding 7: a revoked user's queue ------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="Gateway.user_access_changed is wired into api/accounts.py by the lead")
 def test_a_demoted_users_queued_activations_are_cancelled(world):
     device_id, pump = ready_pump(world)
     owner, other = world.user(), world.user()
@@ -314,7 +313,6 @@ def test_legacy_run_that_ends_while_the_server_is_down_is_stopped_at_restart_and
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="Gateway.user_access_changed is wired into api/accounts.py by the lead")
 def test_a_deleted_users_queued_activations_are_cancelled(world):
     device_id, pump = ready_pump(world)
     owner, other = world.user(), world.user()
