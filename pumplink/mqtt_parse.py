@@ -30,7 +30,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Every reason a message may be dropped for; the metric's label takes only these.
-DROP_REASONS = ("topic", "device_id", "kind", "retained_ack", "too_large", "utf8", "too_deep", "json", "invalid",
+DROP_REASONS = ("empty", "topic", "device_id", "kind", "retained_ack", "too_large", "utf8", "too_deep", "json", "invalid",
                 "internal", "unknown_device", "wrong_protocol")
 
 PUMPLINK_KINDS = ("ack", "state", "availability")
@@ -109,6 +109,9 @@ def parse_payload(protocol: str, kind: str, payload: bytes, retained: bool):
         raise _Invalid("too_large", f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})")
     if protocol == "legacy" and kind == "ack":
         return Ack(command_id=None, ok=True, state=None)  # the Go firmware's ack is any payload
+    if not payload:
+        # How a retained message is deleted: someone cleared a state or availability.
+        raise _Invalid("empty", "empty payload (a retained message cleared)")
     try:
         text = bytes(payload).decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -289,8 +289,8 @@ class MqttActor(pykka.ThreadingActor):
 
     def _drop(self, drop: Drop, topic: str, payload: bytes) -> None:
         self.rt.metrics.mqtt_dropped.labels(drop.reason).inc()
-        if drop.reason == "unknown_device":
-            log.debug("message for unknown device on %.120r dropped", topic)
+        if drop.reason in ("unknown_device", "empty"):
+            log.debug("MQTT message on %.120r dropped (%s)", topic, drop.reason)
             return
         if drop.reason != "wrong_protocol":
             self.rt.metrics.mqtt_malformed.inc()

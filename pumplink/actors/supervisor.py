@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pykka
 
@@ -18,6 +19,8 @@ from .device import DeviceActor, DeviceRecords
 from .messages import BrokerConnected
 
 log = logging.getLogger(__name__)
+
+RECHECK_S = 10.0  # a device's protocol is re-read on a mismatch at most this often
 
 
 class _Ping:
@@ -31,6 +34,7 @@ class Supervisor:
         self._refs: dict[int, pykka.ActorRef] = {}
         # Each device's protocol: its messages are read only from its own protocol's topics.
         self._protocols: dict[int, str] = {}
+        self._rechecked: dict[int, float] = {}
         self._lock = threading.RLock()
 
     def start_all(self) -> None:
@@ -75,6 +79,28 @@ class Supervisor:
             if device_id in self._refs:
                 self._protocols[device_id] = protocol
 
+    def _recheck_protocol(self, device_id: int) -> None:
+        """A PATCH may have changed the protocol behind our back: read it again, off paho's thread,
+        at most once per RECHECK_S per device (a flood of forgeries costs one query per device)."""
+        now = time.monotonic()
+        if now - self._rechecked.get(device_id, -RECHECK_S) < RECHECK_S:
+            return
+        self._rechecked[device_id] = now
+        threading.Thread(target=self._reload_protocol, args=(device_id,), daemon=True,
+                         name=f"protocol-{device_id}").start()
+
+    def _reload_protocol(self, device_id: int) -> None:
+        try:
+            with self.rt.db.connection_context():
+                device = m.Device.get_or_none(m.Device.id == device_id)
+        except Exception as exc:  # noqa: BLE001 - the next mismatch asks again
+            log.warning("could not re-read device %s's protocol: %s", device_id, exc)
+            return
+        with self._lock:
+            if device is not None and device_id in self._refs and self._protocols.get(device_id) != device.protocol:
+                log.info("device %s now speaks %s", device_id, device.protocol)
+                self._protocols[device_id] = device.protocol
+
     def protocol(self, device_id: int) -> str | None:
         return self._protocols.get(device_id)
 
@@ -104,6 +130,7 @@ class Supervisor:
         if ref is None:
             return "unknown_device"
         if self._protocols.get(device_id) != protocol:
+            self._recheck_protocol(device_id)
             return "wrong_protocol"
         try:
             ref.tell(message)

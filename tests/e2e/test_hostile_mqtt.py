@@ -409,3 +409,28 @@ def test_a_dead_loop_is_revived_under_gevent(tmp_path):
     out = subprocess.run([sys.executable, str(script), MQTT_URL, f"plgv-{time.monotonic_ns()}"], cwd=root,
                          capture_output=True, text=True, timeout=30)
     assert "revived 1 loop_dead ok" in out.stdout and "routed 1" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_a_device_whose_protocol_is_changed_is_heard_on_its_new_topics(world):
+    """After PATCH protocol=legacy, the device's legacy controller is heard (and its old topics are not)."""
+    device_id, pumplink_pump = ready_pump(world, name="Reflashed")
+    # Its old firmware goes quietly (an "offline" would stick: legacy controllers never say "online").
+    pumplink_pump.clear_retained()
+    pumplink_pump.client.disconnect()
+    pumplink_pump.client.loop_stop()
+    r = world.admin.patch(f"devices/{device_id}", {"protocol": "legacy"})
+    assert r.status_code == 200 and r.json()["protocol"] == "legacy", r.text
+    pump = world.pump(device_id, legacy=True)
+    user = world.user()
+    latency = on_latency(user, device_id, pump)
+    assert latency < ON_WITHIN_S
+    bad = attacker()
+    try:
+        before = dropped(world.server, "wrong_protocol")
+        bad.publish(f"{world.server.prefix}/devices/{device_id}/state", b'{"state": "on", "reason": "manual"}',
+                    qos=1).wait_for_publish(5)
+        wait_until(lambda: dropped(world.server, "wrong_protocol") > before, what="the old topic's report dropped")
+    finally:
+        bad.loop_stop()
+        bad.disconnect()
+    pump.clear_retained()
