@@ -112,6 +112,8 @@ class Gateway:
             with self.rt.db.atomic():
                 self._one_legacy_device(fields.get("protocol"), device_id)
                 m.Device.update(**fields).where(m.Device.id == device_id).execute()
+            if "protocol" in fields:
+                self.system.supervisor.set_protocol(device_id, fields["protocol"])
         self.audit(admin, "device.update", f"device:{device_id}", fields)
         return self._call(device_id, "reload")
 

@@ -555,7 +555,11 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     @transactional
     def reload(self) -> dict:
-        self.device = m.Device.get_by_id(self.device_id)
+        old, self.device = self.device, m.Device.get_by_id(self.device_id)
+        if old is not None and old.protocol != self.device.protocol:
+            # What the old firmware said no longer holds (legacy controllers never say "online").
+            self.available = None
+            self._refresh_state("protocol changed")
         return self.describe()
 
     @transactional
