@@ -101,6 +101,7 @@ class World:
     def __init__(self, server: Server):
         self.server = server
         self.pumps: list[SimulatedPump] = []
+        self.devices: list[int] = []
         self._admin = None
 
     @property
@@ -134,6 +135,7 @@ class World:
     def device(self, name: str = "Test pump", **fields) -> int:
         r = self.admin.post("devices", {"name": name, **fields})
         assert r.status_code == 201, r.text
+        self.devices.append(r.json()["id"])
         return r.json()["id"]
 
     def pump(self, device_id: int, **options) -> SimulatedPump:
@@ -148,6 +150,11 @@ class World:
                 pump.stop()
             except Exception:
                 pass
+        # A server has room for one legacy device (they share one control topic): free it.
+        for device_id in self.devices:
+            r = self.admin.get(f"devices/{device_id}")
+            if r.status_code == 200 and r.json()["protocol"] == "legacy":
+                self.admin.delete(f"devices/{device_id}")
 
 
 @pytest.fixture
