@@ -25,8 +25,45 @@ def _v1_initial(db: pw.Database) -> None:
             db.execute_sql("SELECT setval(pg_get_serial_sequence('device', 'id'), (SELECT MAX(id) FROM device))")
 
 
+def _v3_schedule_run_index(db: pw.Database) -> None:
+    # A COUNT rule keeps its position instead of counting from its first run at every step.
+    if "next_run_index" not in {c.name for c in db.get_columns("schedule")}:
+        db.execute_sql("ALTER TABLE schedule ADD COLUMN next_run_index INTEGER NOT NULL DEFAULT 0")
+    from .clock import from_db
+    from .recurrence import Recurrence
+
+    tz = _zone()
+    for s in m.Schedule.select().where(m.Schedule.rrule.contains("COUNT") & m.Schedule.next_run_at.is_null(False)):
+        try:
+            rec = Recurrence.of(s, tz)
+            due = from_db(s.next_run_at)
+            for n, pos in enumerate(rec.runs(rec.start)):
+                if pos.at >= due or n > 1_000_000:
+                    break
+            else:
+                continue
+            if pos.at == due:
+                s.next_run_index = pos.index
+                s.save(only=[m.Schedule.next_run_index])
+        except Exception:  # a rule this version refuses: it does not run anyway
+            log.warning("schedule %s: could not place its next run in its COUNT rule", s.id)
+
+
+def _zone():
+    # Rules are read in the server's zone; migrations are given only the database.
+    from zoneinfo import ZoneInfo
+
+    from . import config
+
+    try:
+        return config.load().tz
+    except Exception:
+        return ZoneInfo("UTC")
+
+
 MIGRATIONS = [
     (1, "initial schema", _v1_initial),
+    (3, "schedule.next_run_index for COUNT rules", _v3_schedule_run_index),
 ]
 
 
