@@ -29,7 +29,8 @@ from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du
 
-from .errors import PumpLinkError, Unprocessable
+from .clock import from_db
+from .errors import Unprocessable
 
 UTC = dt.timezone.utc
 CYCLE_YEARS = 400  # the Gregorian calendar repeats exactly after this many years
@@ -208,7 +209,6 @@ class Recurrence:
 
     @classmethod
     def of(cls, schedule, tz: ZoneInfo) -> "Recurrence":
-        from .clock import from_db  # late: clock is light, but keep this module free of models
         return cls(from_db(schedule.start_time), schedule.rrule, tz)
 
     @property
@@ -396,4 +396,4 @@ def check_rule(rec: Recurrence, duration_s: float, min_gap_s: float = 0.0) -> dt
     return first
 
 
-__all__ = ["Position", "Recurrence", "check_rule", "normalize_rule", "PumpLinkError", "HORIZON", "WALK_LIMIT"]
+__all__ = ["HORIZON", "WALK_LIMIT", "Position", "Recurrence", "check_rule", "normalize_rule", "out_of_range"]

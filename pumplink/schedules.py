@@ -1,4 +1,5 @@
-"""Schedules without actors or I/O: recurrence expansion, the due-time heap and its one alarm.
+"""Schedules without actors or I/O: validation, what to do with a due run, the due-time heap and
+its one alarm. Rules themselves (bounded expansion) are in recurrence.py.
 
 Everything here takes its time from arguments or an injected clock, so it is tested without
 sleeping (tests/unit/test_schedules.py). The SchedulerActor (actors/scheduler.py) wires it to

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pumplink.errors import BadRequest, PumpLinkError, Unprocessable
-from pumplink.recurrence import RULE_BUDGET_S, WALK_LIMIT, Recurrence, check_rule
+from pumplink.recurrence import RULE_BUDGET_S, WALK_LIMIT, Recurrence
 from pumplink.schedules import SKIP_LIMIT, check_new, parse_start, plan
 
 UTC = dt.timezone.utc
