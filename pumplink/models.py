@@ -58,7 +58,7 @@ class Schedule(BaseModel):
     next_run_at = pw.DateTimeField(null=True, index=True)
     created_at = pw.DateTimeField(default=_utcnow)
     # next_run_at's place in its rule: a COUNT rule counts on from here (migration 3).
-    next_run_index = pw.IntegerField(default=0)
+    next_run_index = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
 
 class Activation(BaseModel):
