@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 
+import psycopg2
 import requests
 
 from tests.conftest import World
@@ -175,6 +176,49 @@ def test_default_minimum_gap_and_run_length_are_enforced(server_factory):
         assert r.status_code == 201, r.text  # an hour apart
         r = user.post("schedules", {**ok, "rrule": "FREQ=MINUTELY;INTERVAL=5"})
         assert r.status_code == 201, r.text
+    finally:
+        world.close()
+        server.stop()
+
+
+def test_a_costly_rule_stored_before_the_limits_is_stopped_at_fire_time_not_expanded(server_factory):
+    # Rows written by an older version (or by hand) never went through today's checks: the
+    # scheduler must not expand them without bounds either, at start-up, at fire time or in
+    # listings.
+    server = server_factory()
+    world = World(server)
+    try:
+        user = world.user()
+        device_id, pump = ready_pump(world, user, "Legacy rule pump")
+        server.kill()
+        due = dt.datetime.now(UTC).replace(tzinfo=None, microsecond=0) + dt.timedelta(seconds=4)
+        conn = psycopg2.connect(server.env["PUMPLINK_DATABASE_URL"])
+        with conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO schedule (device_id, user_id, start_time, rrule, duration_s, enabled, next_run_at, "
+                        "created_at) VALUES (%s, %s, %s, %s, 1, true, %s, %s) RETURNING id",
+                        (device_id, user.user_id, due, COSTLY_RULES[1], due, due))
+            schedule_id = cur.fetchone()[0]
+        conn.close()
+        server.start()
+
+        with HealthProbe(server.api().url("/health")) as probe:
+            began = time.perf_counter()
+            listed = user.get("schedules")
+            listing = time.perf_counter() - began
+            assert listed.status_code == 200 and listed.json()["items"][0]["next_runs"] == [due.isoformat(
+                timespec="milliseconds") + "Z"]
+            (run,) = wait_until(lambda: user.get(f"schedules/{schedule_id}").json()["runs"], timeout=15,
+                                what="the legacy rule's due time")
+        assert run["outcome"] == "rejected: rule" and "rrule" in run["detail"], run
+        assert user.get(f"schedules/{schedule_id}").json()["status"] == "disabled"
+        assert max(probe.latencies) < HEALTH_BOUND_S and listing < 0.5
+        print(f"legacy costly rule: listing {listing * 1000:.1f} ms, /health worst {max(probe.latencies) * 1000:.1f} ms")
+        assert on_commands(pump) == []
+        sent = time.monotonic()
+        r = user.post("activate", {"device_id": device_id, "duration_s": 1})
+        assert r.status_code == 202, r.text
+        cmd = pump.wait_for(lambda p: on_commands(p) and on_commands(p)[0], timeout=5, what="ON")
+        assert cmd["at"] - sent < ON_BOUND_S
     finally:
         world.close()
         server.stop()
