@@ -287,3 +287,56 @@ def test_any_start_time_text_is_a_time_or_a_4xx(text, tz):
         assert exc.status in (400, 422)
     else:
         assert value.tzinfo is not None
+
+
+@st.composite
+def valid_rules(draw):
+    freq = draw(st.sampled_from(["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY"]))
+    parts = [f"FREQ={freq}"]
+    sub = freq in ("HOURLY", "MINUTELY")
+    interval = draw(st.sampled_from([1, 2, 3, 4, 6, 12]) if sub else st.integers(1, 5))
+    parts.append(f"INTERVAL={interval}")
+    if draw(st.booleans()):
+        days = draw(st.lists(st.sampled_from(["MO", "TU", "WE", "TH", "FR", "SA", "SU"]), min_size=1, max_size=3,
+                             unique=True))
+        parts.append("BYDAY=" + ",".join(days))
+    if not sub and draw(st.booleans()):
+        parts.append("BYMONTH=" + ",".join(map(str, draw(st.lists(st.integers(1, 12), min_size=1, max_size=3,
+                                                                   unique=True)))))
+    if freq in ("MONTHLY", "YEARLY") and draw(st.booleans()):
+        parts.append("BYMONTHDAY=" + ",".join(map(str, draw(st.lists(st.sampled_from([1, 2, 15, 28, 29, 30, 31, -1]),
+                                                                      min_size=1, max_size=3, unique=True)))))
+    if freq != "MINUTELY" and draw(st.booleans()):
+        parts.append("BYHOUR=" + ",".join(map(str, draw(st.lists(st.integers(0, 23), min_size=1, max_size=3,
+                                                                  unique=True)))))
+    if not sub and draw(st.booleans()):
+        parts.append("BYSETPOS=" + str(draw(st.sampled_from([1, 2, -1]))))
+    if draw(st.booleans()):
+        parts.append("WKST=" + draw(st.sampled_from(["MO", "SU"])))
+    return ";".join(parts)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=valid_rules(),
+       start=st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2030, 1, 1)),
+       pick=st.floats(0, 1), frac=st.floats(0, 1))
+def test_any_valid_rule_searched_from_anywhere_agrees_with_dateutil_from_the_start(text, start, pick, frac):
+    start = start.replace(microsecond=0, tzinfo=BERLIN)
+    try:
+        rec = Recurrence(start.astimezone(UTC), text, BERLIN)
+    except Unprocessable:
+        return
+    full = []
+    for x in itertools.islice(du.rrulestr(text, dtstart=start), 200):
+        u = x.astimezone(UTC)
+        if not full or u > full[-1]:
+            full.append(u)
+    if len(full) < 3:
+        return
+    assert rec.first() == full[0], text
+    k = 1 + int(pick * (len(full) - 3))
+    when = full[k - 1] + (full[k] - full[k - 1]) * frac
+    expected = full[k] if when > full[k - 1] else full[k - 1]
+    assert rec.at_or_after(when).at == expected, (text, when)
+    assert rec.after(full[k - 1]) == full[k], text
+    assert rec.upcoming(full[k - 1], 3) == full[k - 1:k + 2], text
