@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pumplink.errors import BadRequest, PumpLinkError, Unprocessable
-from pumplink.recurrence import RULE_BUDGET_S, WALK_LIMIT, Recurrence
+from pumplink.recurrence import RULE_BUDGET_S, WALK_LIMIT, Position, Recurrence
 from pumplink.schedules import SKIP_LIMIT, check_new, parse_start, plan
 
 UTC = dt.timezone.utc
@@ -340,3 +340,24 @@ def test_any_valid_rule_searched_from_anywhere_agrees_with_dateutil_from_the_sta
     assert rec.at_or_after(when).at == expected, (text, when)
     assert rec.after(full[k - 1]) == full[k], text
     assert rec.upcoming(full[k - 1], 3) == full[k - 1:k + 2], text
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=valid_rules(), count=st.integers(1, 40),
+       start=st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2030, 1, 1)))
+def test_a_count_rule_stepped_by_its_stored_index_gives_exactly_count_runs(text, count, start):
+    start = start.replace(microsecond=0, tzinfo=BERLIN)
+    try:
+        rec = Recurrence(start.astimezone(UTC), f"{text};COUNT={count}", BERLIN)
+    except Unprocessable:
+        return
+    full = []  # COUNT counts distinct instants (a spring-forward gap time is another run's instant)
+    for x in itertools.islice(du.rrulestr(text, dtstart=start), 200):
+        u = x.astimezone(UTC)
+        if not full or u > full[-1]:
+            full.append(u)
+    stepped, pos = [], Position(rec.first(), 0)
+    while pos.at is not None and len(stepped) <= count:
+        stepped.append(pos.at)
+        pos = rec.next_after(pos.at, pos.index)
+    assert stepped == full[:count], text
