@@ -21,7 +21,6 @@ from .errors import (
     Conflict,
     Forbidden,
     NotFound,
-    TooManyRequests,
     Unauthorized,
     Unprocessable,
 )

@@ -36,9 +36,46 @@ def _v2_device_safety(db: pw.Database) -> None:
             run_migration(migrator.add_column("device", name, pw.DateTimeField(null=True)))
 
 
+def _v3_schedule_run_index(db: pw.Database) -> None:
+    # A COUNT rule keeps its position instead of counting from its first run at every step.
+    if "next_run_index" not in {c.name for c in db.get_columns("schedule")}:
+        db.execute_sql("ALTER TABLE schedule ADD COLUMN next_run_index INTEGER NOT NULL DEFAULT 0")
+    from .clock import from_db
+    from .recurrence import Recurrence
+
+    tz = _zone()
+    for s in m.Schedule.select().where(m.Schedule.rrule.contains("COUNT") & m.Schedule.next_run_at.is_null(False)):
+        try:
+            rec = Recurrence.of(s, tz)
+            due = from_db(s.next_run_at)
+            for n, pos in enumerate(rec.runs(rec.start)):
+                if pos.at >= due or n > 1_000_000:
+                    break
+            else:
+                continue
+            if pos.at == due:
+                s.next_run_index = pos.index
+                s.save(only=[m.Schedule.next_run_index])
+        except Exception:  # a rule this version refuses: it does not run anyway
+            log.warning("schedule %s: could not place its next run in its COUNT rule", s.id)
+
+
+def _zone():
+    # Rules are read in the server's zone; migrations are given only the database.
+    from zoneinfo import ZoneInfo
+
+    from . import config
+
+    try:
+        return config.load().tz
+    except Exception:
+        return ZoneInfo("UTC")
+
+
 MIGRATIONS = [
     (1, "initial schema", _v1_initial),
     (2, "owed OFF and flapping flag on devices", _v2_device_safety),
+    (3, "schedule.next_run_index for COUNT rules", _v3_schedule_run_index),
 ]
 
 

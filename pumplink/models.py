@@ -61,6 +61,8 @@ class Schedule(BaseModel):
     enabled = pw.BooleanField(default=True)
     next_run_at = pw.DateTimeField(null=True, index=True)
     created_at = pw.DateTimeField(default=_utcnow)
+    # next_run_at's place in its rule: a COUNT rule counts on from here (migration 3).
+    next_run_index = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
 
 class Activation(BaseModel):

@@ -1,4 +1,5 @@
-"""Schedules without actors or I/O: recurrence expansion, the due-time heap and its one alarm.
+"""Schedules without actors or I/O: validation, what to do with a due run, the due-time heap and
+its one alarm. Rules themselves (bounded expansion) are in recurrence.py.
 
 Everything here takes its time from arguments or an injected clock, so it is tested without
 sleeping (tests/unit/test_schedules.py). The SchedulerActor (actors/scheduler.py) wires it to
@@ -15,22 +16,22 @@ import logging
 from typing import Callable, Iterable, Protocol
 from zoneinfo import ZoneInfo
 
-from dateutil import rrule as du
-
 from . import models as m
 from .clock import Clock, from_db, iso
 from .errors import BadRequest, Conflict, NotFound, PumpLinkError, TooManyRequests, Unavailable, Unprocessable
+from .recurrence import HORIZON, Position, Recurrence, check_rule, normalize_rule, out_of_range
+
+__all__ = ["DueQueue", "Plan", "Position", "Recurrence", "check_new", "normalize_rule", "outcome_of",
+           "parse_start", "plan", "run_view", "schedule_view"]
 
 log = logging.getLogger(__name__)
 
 UTC = dt.timezone.utc
-# A rule without COUNT or UNTIL is searched this far ahead, so an impossible rule
-# (FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30) ends the search instead of scanning to year 9999.
-HORIZON = dt.timedelta(days=100 * 366)
-# Gaps between the first runs of a rule that are checked against its duration.
-GAP_SAMPLE = 24
 # A start time this little in the past is taken as "now": clocks of phones and servers differ.
 PAST_TOLERANCE_S = 5.0
+# A run this many occurrences late is reported with "or more": a frequent rule after a long
+# outage is skipped in bounded steps, never walked run by run without end.
+SKIP_LIMIT = 1000
 
 
 # --- start times and rules ------------------------------------------------------------------
@@ -40,152 +41,35 @@ def parse_start(text: str, tz: ZoneInfo) -> dt.datetime:
         value = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(
-            f"start_time: {text!r} is not an ISO 8601 time such as 2026-11-29T06:00:00+01:00.",
+            f"start_time: {text[:80]!r} is not an ISO 8601 time such as 2026-11-29T06:00:00+01:00.",
             "invalid_start_time", field="start_time",
         ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
+        raise out_of_range(text.strip()[:64]) from None
 
 
-def normalize_rule(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = text.strip()
-    if text.upper().startswith("RRULE:"):
-        text = text[6:].strip()
-    if not text:
-        return None
-    if any(c in text for c in "\r\n:"):
-        raise Unprocessable(
-            "rrule: give one RRULE (such as FREQ=DAILY) without DTSTART or other lines; start_time is its start.",
-            "invalid_rrule", field="rrule",
-        )
-    return text
-
-
-class Recurrence:
-    """When a schedule runs: its start alone, or an RFC 5545 rule read in local time.
-
-    The rule's DTSTART is the start as local wall time in ``tz``, so dateutil keeps 06:00 at
-    06:00 across daylight-saving changes; results are returned as aware UTC.
-    """
-
-    def __init__(self, start: dt.datetime, rule_text: str | None, tz: ZoneInfo):
-        self.start = start.astimezone(UTC)
-        self.text = normalize_rule(rule_text)
-        self.tz = tz
-        self._rule: du.rrule | None = None
-        self._counted = False
-        if self.text is not None:
-            # dateutil drops a DTSTART's microseconds; the start must be its first occurrence.
-            self.start = self.start.replace(microsecond=0)
-            self._rule = self._build(self.text)
-
-    @classmethod
-    def of(cls, schedule: m.Schedule, tz: ZoneInfo) -> "Recurrence":
-        return cls(from_db(schedule.start_time), schedule.rrule, tz)
-
-    def _build(self, text: str) -> du.rrule:
-        keys = {part.split("=", 1)[0].strip().upper() for part in text.split(";") if part.strip()}
-        try:
-            rule = du.rrulestr(text, dtstart=self.start.astimezone(self.tz))
-        except Exception as exc:  # dateutil reports bad rules with several exception types
-            reason = str(exc) or type(exc).__name__
-            raise Unprocessable(f"rrule: not a valid RFC 5545 rule: {reason}", "invalid_rrule",
-                                field="rrule") from None
-        if not isinstance(rule, du.rrule):
-            raise Unprocessable("rrule: give a single RRULE.", "invalid_rrule", field="rrule")
-        self._counted = "COUNT" in keys
-        if not self._counted and "UNTIL" not in keys:
-            rule = rule.replace(until=self.start.astimezone(self.tz) + HORIZON)
-        return rule
-
-    @property
-    def recurring(self) -> bool:
-        return self._rule is not None
-
-    def _local(self, value: dt.datetime) -> dt.datetime:
-        return value.astimezone(self.tz)
-
-    @staticmethod
-    def _utc(value: dt.datetime | None) -> dt.datetime | None:
-        return None if value is None else value.astimezone(UTC)
-
-    def _from(self, anchor: dt.datetime | None) -> du.rrule:
-        """The rule restarted at ``anchor`` (one of its occurrences), so finding the next run
-        costs O(1) instead of walking every run since the start. A COUNT rule must keep its
-        start: its count runs from there."""
-        if anchor is None or self._counted or self._near_offset_change(anchor):
-            return self._rule
-        try:
-            return self._rule.replace(dtstart=self._local(anchor))
-        except ValueError:  # dateutil refuses some restarted BYxxx combinations; walk from the start
-            return self._rule
-
-    def _near_offset_change(self, when: dt.datetime) -> bool:
-        # A run in a DST gap (02:30 on a spring-forward day) has no wall time of its own: UTC and
-        # back gives 03:30, which is not the rule's. Near a change, walk from the start instead.
-        offset = when.astimezone(self.tz).utcoffset()
-        return any((when + dt.timedelta(hours=h)).astimezone(self.tz).utcoffset() != offset for h in (-3, 3))
-
-    def first(self) -> dt.datetime | None:
-        """The first run: the start itself, or the rule's first occurrence at or after it."""
-        if self._rule is None:
-            return self.start
-        return self._utc(self._rule.after(self._local(self.start), inc=True))
-
-    def after(self, occurrence: dt.datetime) -> dt.datetime | None:
-        """The run after ``occurrence`` (which must be one of this schedule's runs)."""
-        if self._rule is None:
-            return None
-        return self._utc(self._from(occurrence).after(self._local(occurrence), inc=False))
-
-    def at_or_after(self, when: dt.datetime, anchor: dt.datetime | None = None) -> dt.datetime | None:
-        """The first run at or after ``when``; ``anchor`` is a known earlier run to start from."""
-        if self._rule is None:
-            return self.start if self.start >= when else None
-        if anchor is not None and anchor > when:
-            anchor = None
-        return self._utc(self._from(anchor).after(self._local(when), inc=True))
-
-    def upcoming(self, occurrence: dt.datetime | None, count: int = 5) -> list[dt.datetime]:
-        """``occurrence`` (the next run) and the runs after it, ``count`` in all."""
-        if occurrence is None:
-            return []
-        if self._rule is None:
-            return [occurrence]
-        rule = self._from(occurrence)
-        return [self._utc(x) for x in itertools.islice(rule.xafter(self._local(occurrence), inc=True), count)]
-
-    def min_gap_s(self, sample: int = GAP_SAMPLE) -> float | None:
-        """The smallest gap between the first ``sample`` runs (None with fewer than two)."""
-        if self._rule is None:
-            return None
-        runs = list(itertools.islice(self._rule.xafter(self._local(self.start), inc=True), sample))
-        gaps = [(b - a).total_seconds() for a, b in zip(runs, runs[1:])]
-        return min(gaps) if gaps else None
-
-
-def check_new(rec: Recurrence, duration_s: int, now: dt.datetime) -> dt.datetime:
+def check_new(rec: Recurrence, duration_s: float, now: dt.datetime, *, min_gap_s: float = 0.0,
+              min_run_s: float = 0.0) -> dt.datetime:
     """Validate a new schedule; returns its first run."""
+    if duration_s < min_run_s:
+        raise Unprocessable(
+            f"A scheduled run must last at least {min_run_s:g} s (asked: {duration_s:g} s); "
+            "shorter runs only wear the motor.", "duration_below_min_run", min_run_s=min_run_s,
+        )
     if rec.start < now - dt.timedelta(seconds=PAST_TOLERANCE_S):
         raise Unprocessable(
             f"start_time {iso(rec.start)} is in the past (it is now {iso(now)}).", "start_in_past",
             field="start_time",
         )
-    first = rec.first()
-    if first is None:
-        raise Unprocessable(
-            f"rrule {rec.text!r} never fires after start_time {iso(rec.start)}.", "rule_never_fires", field="rrule",
-        )
-    gap = rec.min_gap_s()
-    if gap is not None and gap < duration_s:
-        raise Unprocessable(
-            f"rrule {rec.text!r} starts runs {gap:g} s apart, but each runs {duration_s} s: "
-            "runs of one schedule must not overlap.", "runs_overlap", field="rrule",
-        )
-    return first
+    if rec.start > now + HORIZON:
+        raise out_of_range(f"{iso(rec.start)} (more than 100 years ahead)")
+    if not rec.recurring:
+        return rec.start
+    return check_rule(rec, duration_s, min_gap_s)
 
 
 # --- what to do with a due run ----------------------------------------------------------------
@@ -194,22 +78,38 @@ class Plan:
     fire: bool  # start an activation now (on time, or late within the grace window)
     next_run: dt.datetime | None  # what becomes the schedule's next_run_at
     skipped: int = 0  # later runs that were also too late (recorded with the missed one)
+    next_index: int = 0  # the next run's place in the rule (what a COUNT rule counts from)
+    more: bool = False  # more than ``skipped`` runs were skipped (or are still to skip)
 
 
-def plan(rec: Recurrence, due: dt.datetime, now: dt.datetime, grace_s: float) -> Plan:
-    """Fire a due run, or call it missed when it is later than the grace window.
+def plan(rec: Recurrence, due: dt.datetime, now: dt.datetime, grace_s: float, index: int = 0) -> Plan:
+    """Fire a due run (index ``index`` in its rule), or call it missed when it is later than
+    the grace window.
 
     A missed run's successors that are also past the window are skipped in one go, so a
-    frequent rule after a long outage makes one ``missed`` record, not thousands.
+    frequent rule after a long outage makes one ``missed`` record, not thousands. The skip walks
+    at most SKIP_LIMIT runs: then a rule without COUNT jumps straight to now, and a COUNT rule
+    (which must count every run) goes on from there at its next turn.
     """
-    nxt = rec.after(due)
+    nxt = rec.next_after(due, index)
     if (now - due).total_seconds() <= grace_s:
-        return Plan(True, nxt)
-    skipped = 0
-    while nxt is not None and (now - nxt).total_seconds() > grace_s:
+        return Plan(True, nxt.at, next_index=nxt.index)
+    target = now - dt.timedelta(seconds=grace_s)
+    skipped, more = 0, False
+    runs = rec.runs(nxt.at, True, nxt.at, nxt.index) if nxt.at is not None else iter(())
+    for pos in runs:
+        nxt = pos
+        if pos.at >= target:
+            break
+        if skipped >= SKIP_LIMIT or not pos.reached:
+            more = True
+            if not rec.counted:
+                nxt = rec.at_or_after(target)
+            break
         skipped += 1
-        nxt = rec.after(nxt)
-    return Plan(False, nxt, skipped)
+    else:
+        nxt = Position(None, nxt.index + 1)
+    return Plan(False, nxt.at, skipped, nxt.index, more)
 
 
 def outcome_of(activation: dict | None, error: BaseException | None) -> tuple[str, str | None]:
@@ -366,13 +266,16 @@ def run_view(run: m.ScheduleRun) -> dict:
 
 
 def schedule_view(s: m.Schedule, tz: ZoneInfo, runs: list[m.ScheduleRun] | None = None,
-                  run_count: int | None = None) -> dict:
+                  run_count: int | None = None, expand: bool = True) -> dict:
+    """``expand=False`` shows only the stored next run (a listing past its time budget)."""
     upcoming: list[dt.datetime] = []
     if s.enabled and s.next_run_at is not None:
-        try:
-            upcoming = Recurrence.of(s, tz).upcoming(from_db(s.next_run_at), 5)
-        except PumpLinkError:  # a rule this dateutil no longer reads; the stored next run still holds
-            upcoming = [from_db(s.next_run_at)]
+        upcoming = [from_db(s.next_run_at)]
+        if expand:
+            try:
+                upcoming = Recurrence.of(s, tz).upcoming(from_db(s.next_run_at), 5, s.next_run_index) or upcoming
+            except PumpLinkError:  # a rule this server no longer accepts; the stored next run still holds
+                pass
     runs = runs or []
     status = "disabled" if not s.enabled else ("active" if s.next_run_at is not None else "finished")
     return {

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DEVICE_ANSWER_S = 15.0  # how long a run waits for its device actor to take the request
 RETRY_S = 5.0  # a run that hit a database error is tried again this much later
 LOAD_PAGE = 5000  # schedules read per query when the heap is rebuilt at start-up
+APPROVED_ROLES = ("user", "admin")  # whose schedules may start pumps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,17 +174,26 @@ class SchedulerActor(pykka.ThreadingActor):
         try:
             rec = Recurrence.of(s, self.tz)
         except PumpLinkError as exc:
-            # Retrying cannot help a rule this dateutil no longer reads; the row stays for a fix.
-            log.error("schedule %s has an unreadable rule %r (%s); it does not run", schedule_id, s.rrule, exc)
+            # A rule this server no longer accepts (stored before a limit existed): say so on the
+            # schedule and stop it, instead of failing at every start-up.
+            self._refuse_rule(s, due, now, exc)
             return
-        decision = plan(rec, due, now, self.config.schedule_grace_s)
+        decision = plan(rec, due, now, self.config.schedule_grace_s, s.next_run_index)
+        owner = m.User.get_or_none(m.User.id == s.user_id)
+        approved = owner is not None and owner.role in APPROVED_ROLES
         outcome = "firing" if decision.fire else "missed"
         detail = None
         if not decision.fire:
             detail = (f"due {iso(due)}; the server was not running then, and "
                       f"{(now - due).total_seconds():.0f}s is past the {self.config.schedule_grace_s:g}s grace window")
-            if decision.skipped:
-                detail += f"; {decision.skipped} later run(s) were missed with it"
+            if decision.skipped or decision.more:
+                detail += (f"; {decision.skipped}{' or more' if decision.more else ''} later run(s) "
+                           "were missed with it")
+        elif not approved:
+            # A demoted owner may not start pumps, by hand or by schedule; the schedule stays and
+            # runs again once an admin approves the account.
+            outcome = "skipped"
+            detail = f"the owner's account is not approved (role {owner.role if owner else 'none'}); not run"
         with self.db.atomic():
             try:
                 with self.db.atomic():
@@ -192,11 +202,16 @@ class SchedulerActor(pykka.ThreadingActor):
             except peewee.IntegrityError:
                 run = None  # this due time was handled before a crash; at most once
             s.next_run_at = to_db(decision.next_run)
-            s.save(only=[m.Schedule.next_run_at])
+            s.next_run_index = decision.next_index
+            s.save(only=[m.Schedule.next_run_at, m.Schedule.next_run_index])
         if decision.next_run is not None:
             self.queue.put(schedule_id, decision.next_run)
         if run is None:
             log.info("schedule %s due %s was already handled; not fired again", schedule_id, iso(due))
+            return
+        if outcome == "skipped":
+            log.warning("schedule %s run due %s skipped: %s", schedule_id, iso(due), detail)
+            self._publish(s, "fired", {"run": run_view(run)})
             return
         if not decision.fire:
             log.warning("schedule %s run due %s missed (%.0fs late)", schedule_id, iso(due), (now - due).total_seconds())
@@ -212,6 +227,18 @@ class SchedulerActor(pykka.ThreadingActor):
             self._settle(RunSettled(run.id, schedule_id, None, exc))
             return
         _report_when_done(self.actor_ref, future, run.id, schedule_id)
+
+    def _refuse_rule(self, s: m.Schedule, due: dt.datetime, now: dt.datetime, exc: PumpLinkError) -> None:
+        log.error("schedule %s has a rule this server refuses %r (%s); disabled", s.id, s.rrule, exc)
+        with self.db.atomic():
+            try:
+                with self.db.atomic():
+                    m.ScheduleRun.create(schedule=s.id, due_at=to_db(due), fired_at=to_db(now),
+                                         outcome="rejected: rule", detail=exc.message)
+            except peewee.IntegrityError:
+                pass
+            s.enabled = False
+            s.save(only=[m.Schedule.enabled])
 
     @unit_of_work
     def _settle(self, msg: RunSettled) -> None:
@@ -244,10 +271,10 @@ class SchedulerActor(pykka.ThreadingActor):
     # --- requests (asked by the API through the gateway) -----------------------------------
     @unit_of_work
     def create(self, user_id: int, device_id: int, start: dt.datetime, rule: str | None, duration_s: int) -> dict:
-        rec = Recurrence(start, rule, self.tz)
+        rec = Recurrence(start, rule, self.tz)  # checked by the API (schedules.check_new); bounded anyway
         first = rec.first()
         s = m.Schedule.create(device=device_id, user=user_id, start_time=to_db(rec.start), rrule=rec.text,
-                              duration_s=duration_s, enabled=True, next_run_at=to_db(first),
+                              duration_s=duration_s, enabled=True, next_run_at=to_db(first), next_run_index=0,
                               created_at=to_db(self.clock.now()))
         if first is not None:
             self.queue.put(s.id, first)
@@ -264,14 +291,17 @@ class SchedulerActor(pykka.ThreadingActor):
             s.enabled = enabled
             if enabled:
                 # Runs that passed while it was disabled were not wanted: the next one from now.
+                # (A COUNT rule walks at most WALK_LIMIT runs here; if that is not enough, its
+                # next run stays in the past and the rest are skipped as missed, in steps.)
                 anchor = from_db(s.next_run_at)
-                s.next_run_at = to_db(Recurrence.of(s, self.tz).at_or_after(self.clock.now(), anchor))
+                pos = Recurrence.of(s, self.tz).at_or_after(self.clock.now(), anchor, s.next_run_index)
+                s.next_run_at, s.next_run_index = to_db(pos.at), pos.index
                 if s.next_run_at is not None:
                     self.queue.put(s.id, from_db(s.next_run_at))
             else:
                 # next_run_at stays as the anchor to resume from; the heap forgets the schedule.
                 self.queue.discard(s.id)
-            s.save(only=[m.Schedule.enabled, m.Schedule.next_run_at])
+            s.save(only=[m.Schedule.enabled, m.Schedule.next_run_at, m.Schedule.next_run_index])
             log.info("schedule %s %s", s.id, "enabled" if enabled else "disabled")
         view = self._view(s)
         self._publish(s, "updated", view)
@@ -301,7 +331,7 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def _publish(self, s: m.Schedule, change: str, detail: dict) -> None:
         self.rt.bus.publish(ScheduleChanged(schedule_id=s.id, device_id=s.device_id, change=change, detail=detail,
-                                            at=self.clock.now()))
+                                            at=self.clock.now(), user_id=s.user_id))
 
     def _alert_not_run(self, s: m.Schedule, due: dt.datetime, why: str | None) -> None:
         self.rt.bus.publish(Alert(
