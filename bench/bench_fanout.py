@@ -179,7 +179,7 @@ def worker_pid(master: int) -> int:
 @contextlib.contextmanager
 def pumplink_side(n: int):
     """A real server with ``n`` clients connected; yields (trigger, clients, rss KB per client)."""
-    from pumplink.simulator import SimulatedPump
+    from pumplink.devices.simulator import SimulatedPump
     from tests.support import MQTT_URL, Server, create_database, drop_database, run_id, server_env
 
     name = f"pumplink_bench_fanout_{run_id()}"

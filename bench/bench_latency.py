@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 
 from .common import (BenchServer, Context, CpuMeter, MqttProbe, Profile, approved_user, clear_retained, fmt_row,
                      print_profile, summary_ms, table_header, verdict)

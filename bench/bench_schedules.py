@@ -24,7 +24,7 @@ import time
 import psycopg2
 import psycopg2.extras
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.support import MQTT_URL
 
 from .common import (HERE, UTC, BenchServer, Context, clear_retained, group_cpu_s, group_rss_mb, login, machine,

@@ -4,4 +4,4 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from pumplink.serving import *  # noqa: E402,F401,F403
+from pumplink.server.gunicorn import *  # noqa: E402,F401,F403

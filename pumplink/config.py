@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    database_url: str = "sqlite:///pumplink.db"
+    database_url: str = "sqlite:///pumplink.storage.db"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_prefix: str = "pumplink"
     legacy_base: str = "device"
@@ -174,8 +174,8 @@ def _http_url(name: str, raw: str) -> str:
 def _admin_email(name: str, raw: str) -> str | None:
     if not raw.strip():
         return None
-    from .accounts import normalize_email  # late: accounts needs this module
-    from .errors import PumpLinkError
+    from pumplink.accounts.service import normalize_email  # late: accounts needs this module
+    from pumplink.errors import PumpLinkError
 
     try:
         return normalize_email(raw)
@@ -186,8 +186,8 @@ def _admin_email(name: str, raw: str) -> str | None:
 def _admin_password(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    from .accounts import check_password
-    from .errors import PumpLinkError
+    from pumplink.accounts.service import check_password
+    from pumplink.errors import PumpLinkError
 
     try:
         check_password(raw)

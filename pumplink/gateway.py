@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import peewee as pw
 import pykka
 
-from . import models as m
-from . import usage
-from .clock import to_db
-from .errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
-from .events import UserAccessChanged
+from pumplink.storage import models as m
+from pumplink.quota import usage
+from pumplink.clock import to_db
+from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
+from pumplink.events import UserAccessChanged
 
 if TYPE_CHECKING:
-    from .system import ActorSystem
+    from pumplink.server.startup import ActorSystem
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Callable
 
 import peewee
 
-from .clock import Clock
-from .config import Config
-from .events import EventBus
-from .metrics import Metrics
-from .mqtt_parse import parse_topic
+from pumplink.clock import Clock
+from pumplink.config import Config
+from pumplink.events import EventBus
+from pumplink.metrics import Metrics
+from pumplink.devices.protocol import parse_topic
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from . import models as m
-from .clock import from_db, iso
+from pumplink.storage import models as m
+from pumplink.clock import from_db, iso
 
 
 def activation_view(a: m.Activation, now: dt.datetime) -> dict:

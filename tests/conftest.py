@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.support import MQTT_URL, Server, create_database, drop_database, free_port, run_id, server_env
 
 ADMIN = ("admin@example.org", "admin-password-1")

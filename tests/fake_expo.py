@@ -12,7 +12,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from pumplink.simulator import wait_on
+from pumplink.devices.simulator import wait_on
 
 
 class FakeExpo:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import falcon
 
-from .. import models as m
-from ..accounts import Accounts, user_dict
-from ..views import audit_view
-from . import answers as A
-from .openapi import MessageBody, doc
-from .schemas import Credentials, LogoutBody, PageQuery, RefreshBody, UserPatch
-from .support import Auth, client_address, page_params, path_id, read_json
+from pumplink.storage import models as m
+from pumplink.accounts.service import Accounts, user_dict
+from pumplink.views import audit_view
+from pumplink.api import answers as A
+from pumplink.api.openapi import MessageBody, doc
+from pumplink.api.schemas import Credentials, LogoutBody, PageQuery, RefreshBody, UserPatch
+from pumplink.api.support import Auth, client_address, page_params, path_id, read_json
 
 
 class Register:

@@ -6,15 +6,15 @@ import logging
 
 import falcon
 
-from ..accounts import Accounts
-from ..config import Config
-from ..system import ActorSystem
-from . import accounts as acc
-from . import devices as dev
-from . import errors, ops
-from .openapi import OpenApi
-from .query import QueryMiddleware
-from .support import Auth, DatabaseMiddleware, RequestLogMiddleware
+from pumplink.accounts.service import Accounts
+from pumplink.config import Config
+from pumplink.server.startup import ActorSystem
+from pumplink.api import accounts as acc
+from pumplink.api import devices as dev
+from pumplink.api import errors, ops
+from pumplink.api.openapi import OpenApi
+from pumplink.api.query import QueryMiddleware
+from pumplink.api.support import Auth, DatabaseMiddleware, RequestLogMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
         "/ready": ops.Ready(system.rt.db, system.broker),
     }
     # --- schedules (issue 4) go here ---
-    from . import schedules as sch
+    from pumplink.api import schedules as sch
 
     routes.update(sch.routes(**base))
     # --- push tokens (issue 5) go here ---
-    from . import live
+    from pumplink.api import live
 
     routes.update(live.routes(auth, system.rt.clock, system.rt.bus, config.max_push_tokens_per_user))
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]

@@ -6,15 +6,15 @@ import datetime as dt
 
 import falcon
 
-from .. import models as m
-from ..clock import to_db
-from ..errors import NotFound
-from ..gateway import Gateway
-from ..views import activation_view, log_view, session_view
-from . import answers as A
-from .openapi import MessageBody, doc
-from .schemas import ActivateBody, ActivationQuery, DeviceCreate, DevicePatch, EmptyBody, PageQuery
-from .support import Resource, owned, page_params, path_id, read_json
+from pumplink.storage import models as m
+from pumplink.clock import to_db
+from pumplink.errors import NotFound
+from pumplink.gateway import Gateway
+from pumplink.views import activation_view, log_view, session_view
+from pumplink.api import answers as A
+from pumplink.api.openapi import MessageBody, doc
+from pumplink.api.schemas import ActivateBody, ActivationQuery, DeviceCreate, DevicePatch, EmptyBody, PageQuery
+from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 
 class _Base(Resource):

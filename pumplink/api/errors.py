@@ -10,8 +10,8 @@ import falcon
 import peewee
 import pydantic
 
-from ..db import OPERATIONAL_ERRORS
-from ..errors import BadRequest, PumpLinkError, Unavailable
+from pumplink.storage.db import OPERATIONAL_ERRORS
+from pumplink.errors import BadRequest, PumpLinkError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import pykka
 from geventwebsocket.exceptions import WebSocketError
 from pydantic import BaseModel, Field, StrictStr
 
-from .. import models as m
-from ..accounts import Accounts
-from ..actors.broadcaster import (
+from pumplink.storage import models as m
+from pumplink.accounts.service import Accounts
+from pumplink.live.broadcaster import (
     Connection,
     Register,
     Seen,
@@ -35,13 +35,13 @@ from ..actors.broadcaster import (
     dumps,
     legacy_frame,
 )
-from ..clock import iso, to_db
-from ..config import Config
-from ..db import OPERATIONAL_ERRORS
-from ..errors import NotFound, PumpLinkError, Unauthorized, Unavailable, Unprocessable
-from .openapi import doc
-from .schemas import Body
-from .support import Auth, read_json
+from pumplink.clock import iso, to_db
+from pumplink.config import Config
+from pumplink.storage.db import OPERATIONAL_ERRORS
+from pumplink.errors import NotFound, PumpLinkError, Unauthorized, Unavailable, Unprocessable
+from pumplink.api.openapi import doc
+from pumplink.api.schemas import Body
+from pumplink.api.support import Auth, read_json
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _from_ts(seconds) -> dt.datetime:
 
 
 # --- push tokens ----------------------------------------------------------------------------
-from ..events import Alert  # noqa: E402  (here, with the push-token resources that publish it)
+from pumplink.events import Alert  # noqa: E402  (here, with the push-token resources that publish it)
 
 class PushTokenBody(Body):
     token: StrictStr = Field(min_length=1, max_length=200)

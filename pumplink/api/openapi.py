@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .. import __version__
+from pumplink import __version__
 
 ERROR_TEXT = {
     400: "Malformed JSON or wrong types",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
-from . import answers as A
-from .openapi import doc
+from pumplink.api import answers as A
+from pumplink.api.openapi import doc
 
 
 class Health:
@@ -47,7 +47,7 @@ class Metrics:
 
     @doc("Prometheus metrics", auth=None, content_type="text/plain")
     def on_get(self, req, resp):
-        from ..metrics import CONTENT_TYPE_LATEST
+        from pumplink.metrics import CONTENT_TYPE_LATEST
 
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = self.metrics.render()

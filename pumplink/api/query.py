@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import falcon
 
-from ..errors import BadRequest
-from .schemas import CONTROL_CHARACTERS
+from pumplink.errors import BadRequest
+from pumplink.api.schemas import CONTROL_CHARACTERS
 
 
 def _refuse_controls(name: str, values) -> None:

@@ -9,14 +9,14 @@ import falcon
 import peewee as pw
 from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from .. import models as m
-from ..clock import iso
-from ..errors import NotFound
-from ..gateway import Gateway
-from ..schedules import Recurrence, check_new, parse_start, schedule_view
-from .openapi import MessageBody, doc
-from .schemas import Body, Number, ScheduleQuery
-from .support import Resource, owned, page_params, path_id, read_json
+from pumplink.storage import models as m
+from pumplink.clock import iso
+from pumplink.errors import NotFound
+from pumplink.gateway import Gateway
+from pumplink.schedules.planning import Recurrence, check_new, parse_start, schedule_view
+from pumplink.api.openapi import MessageBody, doc
+from pumplink.api.schemas import Body, Number, ScheduleQuery
+from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
             "status, next_run_at, next_runs (five UTC times), runs (latest 20 with outcome), run_count"}

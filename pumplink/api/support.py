@@ -11,10 +11,10 @@ import time
 import falcon
 import peewee
 
-from .. import models as m
-from ..accounts import Accounts, require_role
-from ..errors import BadRequest, PumpLinkError, Unauthorized
-from .errors import malformed_json
+from pumplink.storage import models as m
+from pumplink.accounts.service import Accounts, require_role
+from pumplink.errors import BadRequest, PumpLinkError, Unauthorized
+from pumplink.api.errors import malformed_json
 
 log = logging.getLogger("pumplink.request")
 
@@ -200,7 +200,7 @@ class RequestLogMiddleware:
 
 
 def page_params(req: falcon.Request):
-    from .schemas import PageQuery
+    from pumplink.api.schemas import PageQuery
 
     return PageQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "offset", "since", "until")})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.conftest import World
 from tests.support import PUMPLINK_BIN, free_port, wait_until
 
@@ -30,7 +30,7 @@ def secured_broker(tmp_path):
     prefix = f"plsec-{secrets.token_hex(4)}"
     passwd, acl = tmp_path / "passwd", tmp_path / "acl"
     server_pw = secrets.token_urlsafe(12)
-    from pumplink import brokerauth
+    from pumplink.devices import broker_credentials as brokerauth
 
     brokerauth.upsert_password(passwd, "pumplink-server", brokerauth.password_line("pumplink-server", server_pw))
     brokerauth.upsert_acl(acl, "pumplink-server", brokerauth.server_acl("pumplink-server", prefix, f"{prefix}-legacy"))

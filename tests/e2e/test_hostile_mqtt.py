@@ -19,8 +19,8 @@ import peewee
 import pytest
 
 from pumplink import config as configuration
-from pumplink.actors.mqtt import MqttActor
-from pumplink.mqtt_parse import Inbound
+from pumplink.devices.link import MqttActor
+from pumplink.devices.protocol import Inbound
 from pumplink.runtime import BrokerStatus, Runtime
 from tests.e2e.test_broker_security import client as secured_client
 from tests.e2e.test_broker_security import secured_broker  # noqa: F401 - a fixture, used below
@@ -370,7 +370,7 @@ from gevent import monkey; monkey.patch_all()  # as the server's worker runs
 import sys, time, peewee
 import paho.mqtt.client as mqtt
 from pumplink import config as configuration
-from pumplink.actors.mqtt import MqttActor
+from pumplink.devices.link import MqttActor
 from pumplink.runtime import BrokerStatus, Runtime
 url, prefix = sys.argv[1], sys.argv[2]
 cfg = configuration.load({"PUMPLINK_MQTT_URL": url, "PUMPLINK_MQTT_PREFIX": prefix,

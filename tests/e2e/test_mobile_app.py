@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.conftest import ADMIN
 from tests.support import MQTT_URL, wait_until
 

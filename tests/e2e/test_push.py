@@ -6,11 +6,11 @@ import secrets
 
 import pytest
 
-from pumplink import migrations
-from pumplink import models as m
-from pumplink.actors.notifier import NotifierActor, expo_endpoint
+from pumplink.storage import migrations
+from pumplink.storage import models as m
+from pumplink.live.notifier import NotifierActor, expo_endpoint
 from pumplink.config import Config
-from pumplink.db import make_database
+from pumplink.storage.db import make_database
 from pumplink.events import Alert
 from pumplink.runtime import Runtime
 from tests.conftest import World

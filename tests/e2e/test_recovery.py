@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.conftest import World
 from tests.support import wait_until
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from pumplink.simulator import SimulatedPump
+from pumplink.devices.simulator import SimulatedPump
 from tests.support import free_port, wait_until
 
 TERMINAL = ("completed", "stopped", "failed", "cancelled")

@@ -1,0 +1,1 @@
+"""Devices: the device actor, its supervisor, the MQTT link and protocol, and simulated controllers."""

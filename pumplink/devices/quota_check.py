@@ -1,0 +1,66 @@
+"""A device actor's quota checks: its device's daily quota and the requesting user's."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pumplink.storage import models as m
+from pumplink.quota import rules as quota
+from pumplink.quota import usage
+from pumplink.clock import from_db
+from pumplink.errors import TooManyRequests
+
+UNKNOWN = object()  # "not given": look it up
+
+
+class Quotas:
+    """Mixin of ``DeviceActor``."""
+
+    def _device_quota_s(self) -> float:
+        minutes = self.device.daily_quota_minutes
+        return (minutes if minutes is not None else self.config.daily_quota_minutes) * 60
+
+    def _used_today_s(self, now: dt.datetime, user_id: int | None = None) -> float:
+        if user_id is not None:
+            return usage.used_today(now, self.config.tz, user_id=user_id)
+        return usage.used_today(now, self.config.tz, device_id=self.device_id)
+
+    def _reserved_s(self, now: dt.datetime, user_id: int | None = None) -> float:
+        """Time promised to queued and running work: this actor's own in memory (it is the only
+        writer of its device), a user's across devices from the database."""
+        if user_id is not None:
+            return usage.reserved(now, user_id=user_id)
+        total = float(sum(a.duration_s for a in self.queue))
+        act = self.current
+        if act is not None:
+            if act.state == "running" and act.ends_at is not None:
+                total += max(0.0, (from_db(act.ends_at) - now).total_seconds())
+            else:
+                total += act.duration_s
+        return total
+
+    def _lock_user(self, user_id: int) -> None:
+        # Each device actor checks in its own transaction: without this, two requests on two
+        # devices at once both missed the other's run (finding 17).
+        usage.lock_user(self.db, user_id)
+
+    def _check_quota(self, user_id: int | None, duration_s: int, user_quota=UNKNOWN) -> None:
+        now = self.clock.now()
+        checks = [("device", self._device_quota_s(), None)]
+        if user_id is not None:
+            if user_quota is UNKNOWN:
+                self._lock_user(user_id)  # before the read: on SQLite a write must come first
+                user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+            elif user_quota is not None:
+                self._lock_user(user_id)
+            if user_quota is not None:
+                checks.append(("user", user_quota * 60, user_id))
+        for kind, quota_s, uid in checks:
+            ok, free = quota.fits(quota_s, self._used_today_s(now, uid), self._reserved_s(now, uid), duration_s)
+            if not ok:
+                whose = f"{self.device.name}'s" if kind == "device" else "your"
+                raise TooManyRequests(
+                    f"This would pass {whose} daily quota: {free / 60:.1f} minutes are left today.",
+                    "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
+                    quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
+                )

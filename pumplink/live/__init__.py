@@ -1,0 +1,1 @@
+"""The live feed: WebSocket connections, the broadcaster and push notifications."""

@@ -1,0 +1,332 @@
+"""BroadcasterActor: fans device, activation and schedule events out to WebSocket clients.
+
+The actor never touches a socket: each client is a ``wsconn.Connection`` with a bounded outbox
+and its own writer greenlet. Every event is authorized for each receiver by the rule REST
+applies (``audience_of``), and a user's sockets follow their account: closed with 1008 on
+deletion or demotion to pending, re-filtered on other role changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import threading
+
+import pykka
+
+from pumplink.storage import models as m
+from pumplink.clock import iso
+from pumplink.storage.db import OPERATIONAL_ERRORS
+from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChanged, UserAccessChanged
+from pumplink.runtime import Runtime
+from pumplink.timers import tell_later
+from pumplink.live.connection import Connection
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BroadcasterActor", "Connection", "Register", "Unregister", "Subscribe", "Seen", "CloseAll",
+           "EVERYONE", "ADMINS", "audience_of", "may_see", "dumps", "event_body", "legacy_frame"]
+
+# Who may see an event: EVERYONE logged in (device state: REST shows devices to every account),
+# ADMINS only, or one user id (the owner, as REST's "own rows, or everyone's for admins").
+EVERYONE, ADMINS = "everyone", "admins"
+# The app reads 1008 as "logged out": used only when the account itself lost access.
+CLOSE_ACCESS = 1008
+# Private-use code (never 1008): this account opened more sockets than allowed; its oldest goes.
+CLOSE_TOO_MANY = 4029
+# Access changes remembered for sockets that authenticated before, and register after, a change.
+RECENT_ACCESS_S = 60.0
+# Backstop re-check of connected users' roles: users per query.
+RECHECK_BATCH = 500
+# Schedule owners remembered (a schedule's owner never changes); forgotten wholesale past this.
+OWNER_CACHE_LIMIT = 100_000
+
+
+def legacy_frame(state: str) -> str:
+    """The legacy app's on/off: ``on`` only once the pump has confirmed it runs."""
+    return "on" if state == "on" else "off"
+
+
+def event_body(event, event_id: int) -> tuple[int | None, dict] | None:
+    """``(device_id, JSON body)`` of an event for JSON clients; None for events they do not get."""
+    if isinstance(event, DeviceStateChanged):
+        return event.device_id, {
+            "type": "device.state", "id": event_id, "device_id": event.device_id, "state": event.state,
+            "previous": event.previous, "available": event.available, "activation_id": event.activation_id,
+            "reason": event.reason, "at": iso(event.at),
+        }
+    if isinstance(event, ActivationChanged):
+        act = event.activation
+        return act.get("device_id"), {
+            "type": "activation", "id": event_id, "device_id": act.get("device_id"),
+            "activation_id": act.get("id"), "state": act.get("state"), "activation": act, "at": iso(event.at),
+        }
+    if isinstance(event, ScheduleChanged):
+        return event.device_id, {
+            "type": "schedule", "id": event_id, "device_id": event.device_id, "schedule_id": event.schedule_id,
+            "change": event.change, "schedule": event.detail, "at": iso(event.at),
+        }
+    return None
+
+
+def dumps(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"), default=str)
+
+
+def audience_of(event, schedule_owner=None):
+    """Who may see ``event``: EVERYONE, ADMINS or a user id. ``schedule_owner(event)`` finds the
+    owner of a schedule event that does not name one."""
+    if isinstance(event, DeviceStateChanged):
+        return EVERYONE
+    if isinstance(event, ActivationChanged):
+        return _owner(event.activation.get("user_id"))
+    if isinstance(event, ScheduleChanged):
+        owner = event.user_id
+        if owner is None and schedule_owner is not None:
+            owner = schedule_owner(event)
+        return _owner(owner)
+    return ADMINS
+
+
+def _owner(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else ADMINS
+
+
+def may_see(role: str | None, user_id: int | None, audience) -> bool:
+    if role == "admin" or audience == EVERYONE:
+        return True
+    return audience != ADMINS and user_id is not None and audience == user_id
+
+
+def lost_access(old_role: str | None, new_role: str | None) -> bool:
+    """Deleted, or demoted to pending: the account's sockets are closed with 1008."""
+    return new_role is None or (new_role == "pending" and old_role != "pending")
+
+
+@dataclasses.dataclass(frozen=True)
+class Register:
+    connection: Connection
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregister:
+    connection: Connection
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscribe:
+    connection: Connection
+    device_ids: frozenset[int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """The endpoint read this connection's account again (a JSON client re-authenticated)."""
+
+    connection: Connection
+    role: str | None
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class CloseAll:
+    code: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Recheck:
+    """The timer's tick: read the roles of every connected account from the database."""
+
+
+class BroadcasterActor(pykka.ThreadingActor):
+    """Keeps the registered clients and their subscriptions; numbers and fans out every event."""
+
+    def __init__(self, rt: Runtime):
+        super().__init__()
+        self.rt = rt
+        self.clock = rt.clock
+        self.legacy_device_id = rt.config.legacy_device_id
+        self.max_per_user = rt.config.max_ws_per_user
+        self.recheck_s = rt.config.ws_role_recheck_s
+        self.clients: dict[int, Connection] = {}
+        self.by_user: dict[int, dict[int, Connection]] = {}
+        self.recent: dict[int, tuple[str | None, dt.datetime]] = {}  # user id -> (role, at)
+        self.owners: dict[int, int | None] = {}  # schedule id -> owner
+        self._ids = itertools.count(1)
+        self.last_event_id = 0
+        self.metrics = getattr(rt, "metrics", None)
+        self._timer: threading.Timer | None = None
+
+    def on_start(self) -> None:
+        self._arm()
+
+    def on_receive(self, message):
+        try:
+            return self._dispatch(message)
+        except Exception:
+            # An exception here would kill the actor and every client's live view with it.
+            log.exception("broadcaster failed handling %r", message)
+            return None
+
+    def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._close_all(1001, "The server is shutting down.")
+
+    def _dispatch(self, message):
+        if isinstance(message, (DeviceStateChanged, ActivationChanged, ScheduleChanged)):
+            self._fan_out(message)
+        elif isinstance(message, UserAccessChanged):
+            self._access_changed(message)
+        elif isinstance(message, Register):
+            self._register(message.connection)
+            return self.last_event_id
+        elif isinstance(message, Unregister):
+            self._forget(message.connection)
+        elif isinstance(message, Subscribe):
+            conn = message.connection
+            conn.device_ids = message.device_ids
+            ids = sorted(message.device_ids) if message.device_ids is not None else None
+            # Everything after this frame in the stream follows the new subscription.
+            conn.offer(dumps({"type": "subscribed", "device_ids": ids, "after_id": self.last_event_id}))
+        elif isinstance(message, Seen):
+            if message.connection.id in self.clients:
+                self._apply(message.connection, message.role, message.at)
+        elif isinstance(message, Recheck):
+            try:
+                self._recheck()
+            finally:
+                self._arm()
+        elif isinstance(message, CloseAll):
+            self._close_all(message.code, message.reason)
+        return None
+
+    # --- clients -------------------------------------------------------------------------------
+    def _register(self, conn: Connection) -> None:
+        self.clients[conn.id] = conn
+        if conn.user_id is not None:
+            mine = self.by_user.setdefault(conn.user_id, {})
+            mine[conn.id] = conn
+            # A change between the endpoint's reading of the account and now is not missed.
+            known = self.recent.get(conn.user_id)
+            if known is not None and (conn.role_at is None or known[1] > conn.role_at):
+                self._apply(conn, known[0], known[1])
+            while len(mine) > self.max_per_user and conn.id in self.clients:
+                oldest = mine[min(mine)]
+                self._drop(oldest, CLOSE_TOO_MANY,
+                           f"This account has more than {self.max_per_user} live connections; "
+                           "this one, the oldest, was closed.")
+        self._count()
+
+    def _forget(self, conn: Connection) -> None:
+        self.clients.pop(conn.id, None)
+        mine = self.by_user.get(conn.user_id)
+        if mine is not None:
+            mine.pop(conn.id, None)
+            if not mine:
+                del self.by_user[conn.user_id]
+        self._count()
+
+    def _drop(self, conn: Connection, code: int, reason: str) -> None:
+        log.info("websocket %s of user %s closed (%s): %s", conn.id, conn.user_id, code, reason)
+        self._forget(conn)
+        conn.close(code, reason)
+
+    # --- access ----------------------------------------------------------------------------------
+    def _access_changed(self, event: UserAccessChanged) -> None:
+        self.recent[event.user_id] = (event.role, event.at)
+        horizon = event.at - dt.timedelta(seconds=RECENT_ACCESS_S)
+        for user_id in [u for u, (_, at) in self.recent.items() if at < horizon]:
+            del self.recent[user_id]
+        for conn in list(self.by_user.get(event.user_id, {}).values()):
+            self._apply(conn, event.role, event.at)
+
+    def _apply(self, conn: Connection, role: str | None, at: dt.datetime) -> None:
+        """The account's role as read at ``at``; an older reading never replaces a newer one."""
+        if conn.role_at is not None and at < conn.role_at:
+            return
+        old, conn.role, conn.role_at = conn.role, role, at
+        if lost_access(old, role):
+            why = "This account was deleted." if role is None else \
+                "This account is waiting for an administrator's approval again."
+            self._drop(conn, CLOSE_ACCESS, why)
+        elif old != role:
+            log.info("websocket %s of user %s now filtered as %s", conn.id, conn.user_id, role)
+
+    def _arm(self) -> None:
+        self._timer = tell_later(self.actor_ref, self.recheck_s, Recheck())
+
+    def _recheck(self) -> None:
+        """Backstop for role changes made outside this process (another server, the CLI, SQL)."""
+        users = sorted(self.by_user)
+        if not users:
+            return
+        at = self.clock.now()
+        roles: dict[int, str] = {}
+        try:
+            with self.rt.db.connection_context():
+                for start in range(0, len(users), RECHECK_BATCH):
+                    chunk = users[start:start + RECHECK_BATCH]
+                    roles.update(m.User.select(m.User.id, m.User.role).where(m.User.id.in_(chunk)).tuples())
+        except OPERATIONAL_ERRORS as exc:
+            # The database being away is not the account losing access.
+            log.warning("re-checking the roles of %d connected accounts failed: %s", len(users), exc)
+            return
+        for user_id in users:
+            for conn in list(self.by_user.get(user_id, {}).values()):
+                self._apply(conn, roles.get(user_id), at)
+
+    def _schedule_owner(self, event: ScheduleChanged) -> int | None:
+        owner = event.detail.get("user_id") if isinstance(event.detail, dict) else None
+        if _owner(owner) == ADMINS:
+            owner = self.owners.get(event.schedule_id)
+        if owner is None and event.change != "deleted":
+            try:
+                with self.rt.db.connection_context():
+                    owner = (m.Schedule.select(m.Schedule.user).where(m.Schedule.id == event.schedule_id)
+                             .scalar())
+            except OPERATIONAL_ERRORS as exc:
+                log.warning("owner of schedule %s unknown (%s); its event goes to admins only",
+                            event.schedule_id, exc)
+                return None
+        if event.change == "deleted":
+            self.owners.pop(event.schedule_id, None)
+        elif owner is not None:
+            if len(self.owners) >= OWNER_CACHE_LIMIT:
+                self.owners.clear()
+            self.owners[event.schedule_id] = owner
+        return owner
+
+    # --- events ----------------------------------------------------------------------------------
+    def _fan_out(self, event) -> None:
+        described = event_body(event, next(self._ids))
+        if described is None:
+            return
+        device_id, body = described
+        self.last_event_id = body["id"]
+        audience = audience_of(event, self._schedule_owner)
+        text = dumps(body)
+        legacy = None
+        if isinstance(event, DeviceStateChanged) and event.device_id == self.legacy_device_id:
+            legacy = legacy_frame(event.state)
+        gone = []
+        for conn in self.clients.values():
+            if conn.legacy:
+                if legacy is not None and not conn.offer(legacy):
+                    gone.append(conn)
+            elif conn.wants(device_id) and may_see(conn.role, conn.user_id, audience) and not conn.offer(text):
+                gone.append(conn)
+        for conn in gone:
+            self._forget(conn)
+
+    def _count(self) -> None:
+        if self.metrics is not None:
+            self.metrics.ws_clients.set(len(self.clients))
+
+    def _close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.clients.values()):
+            conn.close(code, reason)

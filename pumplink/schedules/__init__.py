@@ -1,0 +1,1 @@
+"""Schedules: recurrence rules, the due-time queue and the scheduler actor."""

@@ -1,0 +1,1 @@
+"""Storage: the database connection, the models, migrations and the diagram of them."""

@@ -1,0 +1,69 @@
+"""The database: PostgreSQL through a pooled psycopg2 connection, or SQLite for trying it out."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from urllib.parse import unquote, urlsplit
+
+import peewee
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from pumplink.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def make_database(url: str) -> peewee.Database:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite:///"):] or ":memory:"
+        return peewee.SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"},
+        )
+    return PooledPostgresqlDatabase(
+        unquote(parts.path.lstrip("/")),
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        host=parts.hostname or None,
+        port=parts.port or 5432,
+        # One worker rarely needs more; PostgreSQL's default limit is 100 for every client together.
+        max_connections=16,
+        stale_timeout=60,
+        # Without a timeout a full pool fails at once instead of waiting for a free connection.
+        timeout=10,
+        connect_timeout=3,
+    )
+
+
+# A full pool is a dependency that is not there for us right now, like a database that is down.
+OPERATIONAL_ERRORS = (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded)
+
+
+def unit_of_work(method):
+    """Run an actor method with its own connection, returned to the pool afterwards.
+
+    A lost database connection becomes ``Unavailable`` (503) instead of a crash.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        db = self.db
+        try:
+            with db.connection_context():
+                return method(self, *args, **kwargs)
+        except OPERATIONAL_ERRORS as exc:
+            log.warning("database unavailable in %s: %s", method.__qualname__, exc)
+            _drop_broken_connections(db)
+            raise Unavailable("The database is not reachable right now; try again shortly.", "database_unavailable") from exc
+
+    return wrapper
+
+
+def _drop_broken_connections(db: peewee.Database) -> None:
+    try:
+        if hasattr(db, "close_idle"):
+            db.close_idle()
+    except Exception:  # a pool being emptied after a failure; nothing to save
+        log.debug("closing pooled connections failed", exc_info=True)
