@@ -23,7 +23,7 @@ from pumplink.quota import usage
 from pumplink.clock import from_db, iso, to_db
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.errors import Conflict, NotFound, TooManyRequests, Unavailable
-from pumplink.events import ActivationChanged, Alert, DeviceStateChanged
+from pumplink.events import ActivationChanged, Alert, Audience, DeviceStateChanged
 from pumplink.gateway import Gateway
 from pumplink.runtime import Runtime
 from pumplink.views import activation_view
@@ -374,8 +374,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
                     self.reported = ack.state
                 self._finish(act, "failed", "device_refused", "device", detail=ack.error)
                 self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} did not start",
-                            f"The pump refused to start: {ack.error or 'no reason given'}.", f"user:{act.user_id}",
-                            also_admins=True)
+                            f"The pump refused to start: {ack.error or 'no reason given'}.", Audience.user(act.user_id, also_admins=True))
         else:
             if ack.ok:
                 self.reported = "off"
@@ -406,8 +405,8 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
             act = self.current
             self._finish(act, "failed", "ack_timeout", "system")
             self._alert("ack_timeout", f"ack_timeout:{act.id}", f"{self.device.name} did not answer",
-                        "The pump did not confirm the start command; it was sent OFF for safety.", "admins",
-                        extra_user_id=act.user_id)
+                        "The pump did not confirm the start command; it was sent OFF for safety.",
+                        Audience.user(act.user_id, also_admins=True))
             # For safety: the pump may have switched on without our hearing it. Owed until confirmed.
             self._send_untracked_off()
             self._owe_off()
@@ -440,7 +439,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
                 self._log("on", report.reason, "device")
                 if not self._flapping():
                     self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
-                                f"{self.device.name} was switched on ({report.reason}).", "approved")
+                                f"{self.device.name} was switched on ({report.reason}).", Audience.approved())
             self._pay_off_debt()
         else:
             self.reported = "off"
@@ -460,7 +459,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
                 self._finish(act, state, reason, "device")
                 if reason == "fault":
                     self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} fault",
-                                "The pump reported a fault and switched off.", f"user:{act.user_id}", also_admins=True)
+                                "The pump reported a fault and switched off.", Audience.user(act.user_id, also_admins=True))
         self._refresh_state(report.reason)
         self._advance()
 
@@ -550,7 +549,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
             self._send("off", None, reason="force", actor=by)
         self._refresh_state("force")
         self._alert("force_shutdown", f"force_shutdown:{self.device_id}:{uuid.uuid4().hex}",
-                    f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", "admins")
+                    f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", Audience.admins())
         return {"device_id": self.device_id, "stopped_activation_id": stopped, "cancelled_activation_ids": cancelled}
 
     @transactional
@@ -646,7 +645,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         self.off_timer = tell_later(self.actor_ref, act.duration_s, TimerFired("off", act.id))
         self._changed(act)
         self._alert("device_on", f"device_on:activation:{act.id}", self.device.name,
-                    f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", "approved")
+                    f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", Audience.approved())
 
     def _stop_current(self, state: str, reason: str, by: str) -> None:
         act = self.current
@@ -755,14 +754,9 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     def _changed(self, act: m.Activation) -> None:
         self.rt.bus.publish(ActivationChanged(activation=activation_view(act, self.clock.now()), at=self.clock.now()))
 
-    def _alert(self, kind: str, key: str, title: str, body: str, audience: str, *, also_admins: bool = False,
-               extra_user_id: int | None = None) -> None:
-        if audience == "user:None":
-            audience = "admins"
-        elif also_admins and audience.startswith("user:"):
-            extra_user_id, audience = int(audience[5:]), "admins"
+    def _alert(self, kind: str, key: str, title: str, body: str, audience: Audience) -> None:
         self.rt.bus.publish(Alert(key=key, kind=kind, device_id=self.device_id, title=title, body=body,
-                                  audience=audience, extra_user_id=extra_user_id))
+                                  audience=audience))
 
     @staticmethod
     def _cancel_timer(timer: threading.Timer | None) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
 from pumplink.devices.messages import TimerFired
+from pumplink.events import Audience
 from pumplink.timers import tell_later
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class OwedOff:
                         f"off_unconfirmed:{self.device_id}:{iso(self.device.off_owed_since)}",
                         f"{self.device.name} did not confirm OFF",
                         f"The pump {what}. It is sent again until the pump confirms it; the device takes no "
-                        f"new runs until then. Check it.", "admins")
+                        f"new runs until then. Check it.", Audience.admins())
 
     def _likely_off_time(self, p: Pending) -> dt.datetime:
         """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran:
@@ -138,7 +139,7 @@ class Flapping:
                         f"{self.device.name} is flapping",
                         f"{self.device.name} was switched on at the pump {count} times in the last hour (more "
                         f"than {self.config.manual_runs_per_hour}). Its runs are still recorded, but not pushed "
-                        f"one by one until it calms down. Check the controller.", "admins")
+                        f"one by one until it calms down. Check the controller.", Audience.admins())
         self._arm_flap_timer()
         return True
 

@@ -20,7 +20,7 @@ from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
 from pumplink.storage.db import OPERATIONAL_ERRORS, unit_of_work
 from pumplink.errors import NotFound, PumpLinkError
-from pumplink.events import Alert, ScheduleChanged
+from pumplink.events import Alert, Audience, ScheduleChanged
 from pumplink.runtime import Runtime
 from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan, run_view, schedule_view
 from pumplink.timers import tell_later
@@ -338,5 +338,5 @@ class SchedulerActor(pykka.ThreadingActor):
             key=f"schedule_missed:{s.id}:{iso(due)}", kind="schedule_missed", device_id=s.device_id,
             title="A scheduled run did not happen",
             body=f"Schedule {s.id} (due {iso(due)}) did not run: {why or 'unknown reason'}.",
-            audience=f"user:{s.user_id}", data={"schedule_id": s.id, "due_at": iso(due)},
+            audience=Audience.user(s.user_id), data={"schedule_id": s.id, "due_at": iso(due)},
         ))
