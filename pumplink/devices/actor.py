@@ -33,9 +33,13 @@ from pumplink.devices.messages import (
     BrokerConnected,
     Publish,
     Replay,
+    RunRequest,
+    RunSettled,
     StateReport,
     TimerFired,
 )
+from pumplink.devices import commands, machine, records
+from pumplink.devices.records import DeviceRecords
 from pumplink.devices.quota_check import UNKNOWN, Quotas
 from pumplink.devices.safety import Flapping, OwedOff
 from pumplink.timers import tell_later
@@ -43,42 +47,6 @@ from pumplink.timers import tell_later
 log = logging.getLogger(__name__)
 
 OPEN_STATES = usage.OPEN_STATES
-
-
-@dataclasses.dataclass
-class DeviceRecords:
-    """What a device actor starts from: its row, its open session, its unfinished activations."""
-
-    device: m.Device
-    session: m.Session | None
-    activations: list[m.Activation]
-
-    @classmethod
-    def load(cls, device_id: int) -> "DeviceRecords":
-        return cls(
-            device=m.Device.get_by_id(device_id),
-            session=m.Session.get_or_none((m.Session.device == device_id) & m.Session.ended_at.is_null()),
-            activations=list(m.Activation.select()
-                             .where((m.Activation.device == device_id) & m.Activation.state.in_(OPEN_STATES))
-                             .order_by(m.Activation.created_at, m.Activation.id)),
-        )
-
-    @classmethod
-    def load_all(cls) -> list["DeviceRecords"]:
-        """Every live device's records in three queries, for start-up."""
-        sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null())}
-        activations = collections.defaultdict(list)
-        for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES))
-                    .order_by(m.Activation.created_at, m.Activation.id)):
-            activations[act.device_id].append(act)
-        return [cls(d, sessions.get(d.id), activations.get(d.id, []))
-                for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
-
-    def needs_writes(self, now: dt.datetime) -> bool:
-        """Whether recovery has an activation to close (else it only reads): anything but queued
-        ones and the one run that resumes."""
-        resumed = next((a for a in self.activations if a.state == "running" and from_db(a.ends_at) > now), None)
-        return any(a.state != "queued" and a is not resumed for a in self.activations)
 
 
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
@@ -183,48 +151,45 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("device %s actor failed: %s", self.device_id, exception_value)
 
-    def _recover(self, records: "DeviceRecords") -> None:
-        """Reconcile the database with the clock before any request is accepted (API.md, Crash recovery)."""
-        self.device = records.device
+    def _recover(self, rows: "DeviceRecords") -> None:
+        """Reconcile the database with the clock before any request is accepted (API.md, Crash
+        recovery); machine.recover decides, this carries it out."""
+        self.device = rows.device
         now = self.clock.now()
-        self.session = records.session
-        owe_off = False
-        for act in records.activations:
-            if act.state == "queued":
-                self.queue.append(act)
-                self.rt.metrics.queued.inc()
-            elif act.state == "running" and from_db(act.ends_at) > now and self.current is None:
-                self.current = act
-                remaining = (from_db(act.ends_at) - now).total_seconds()
-                self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
-                log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act.id, remaining)
-            else:
-                if act.state == "starting":
-                    # Its ON may have landed: if the pump reports ON, that time is this run's.
-                    self.unconfirmed_on = act
-                # Should have ended while the server was down, or its ON was never confirmed.
-                state = "completed" if act.state == "running" else "failed"
-                ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
-                self._finish(act, state, "recovered", "system", ended_at=ended_at)
-                if self.session is not None and self.session.activation_id == act.id \
-                        and records.device.protocol != "legacy":
-                    # A pumplink controller's own timer stopped it by then. A legacy one has no
-                    # timer: its session stays open until it confirms the owed OFF.
-                    self._close_session("recovered", ended_at=ended_at)
-                owe_off = True
-                log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, state)
-        if self.session is not None and self.session.activation_id is not None and self.current is None:
-            # A session of an activation that has ended: the pump may still be on.
-            owe_off = True
+        self.session = rows.session
+        by_id = {act.id: act for act in rows.activations}
+        plan = machine.recover(
+            [machine.Run(a.id, a.state, from_db(a.ends_at) if a.ends_at else None) for a in rows.activations],
+            session_activation_id=rows.session.activation_id if rows.session else None,
+            has_session=rows.session is not None, protocol=rows.device.protocol,
+            off_owed_before=rows.device.off_owed_since is not None, now=now)
+        for act_id in plan.queued:
+            self.queue.append(by_id[act_id])
+            self.rt.metrics.queued.inc()
+        if plan.resume is not None:
+            act_id, remaining = plan.resume
+            self.current = by_id[act_id]
+            self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act_id))
+            log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act_id, remaining)
+        for close in plan.close:
+            act = by_id[close.id]
+            if close.unconfirmed_on:
+                self.unconfirmed_on = act  # its ON may have landed: a report of ON is this run's
+            self._finish(act, close.state, "recovered", "system", ended_at=close.ended_at)
+            if close.close_session:
+                self._close_session("recovered", ended_at=close.ended_at)
+            log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, close.state)
         # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
-        # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
-        self.off_owed = owe_off or records.device.off_owed_since is not None
-        if records.device.flapping_since is not None:
+        self.off_owed = plan.off_owed
+        if rows.device.flapping_since is not None:
             self._arm_flap_timer()
         self._refresh_state("start-up")
 
     # --- messages from MQTT and timers -------------------------------------------------------
     def on_receive(self, message):
+        if isinstance(message, RunRequest):
+            self._run_for_schedule(message)
+            return
         if not isinstance(message, Replay):
             self.backlog.append(message)
         else:
@@ -236,6 +201,19 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
             if not self.replay_armed:
                 self.replay_armed = True
                 tell_later(self.actor_ref, REPLAY_S, Replay())
+
+    def _run_for_schedule(self, req: RunRequest) -> None:
+        """A schedule's run, answered as the ask of the API is (the same checks, the same
+        refusals), told back to the scheduler as RunSettled."""
+        activation, error = None, None
+        try:
+            activation = self.activate(req.user_id, req.duration_s, "schedule", req.schedule_id)
+        except Exception as exc:  # the device's refusal is the answer the run records
+            error = exc
+        try:
+            req.reply_to.tell(RunSettled(req.run_id, req.schedule_id, activation, error))
+        except pykka.ActorDeadError:
+            log.warning("schedule %s run %s settled after the scheduler stopped", req.schedule_id, req.run_id)
 
     def _catch_up(self) -> None:
         """Handle the backlog in order, each message in one transaction; DatabaseDown leaves the rest."""
@@ -312,20 +290,22 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     def _safety_without_database(self, message) -> None:
         """An OFF that is due does not wait for the database: send it now, book it later."""
-        if isinstance(message, TimerFired) and message.kind == "off" and self.current is not None \
-                and self.current.id == message.token:
+        what = machine.without_database(
+            message.kind, message.token, current_id=self.current.id if self.current is not None else None,
+            off_owed=self.off_owed, owed_token=self.owed_token,
+            pending_off_id=self.pending.id if self.pending is not None and self.pending.action == "off" else None,
+        ) if isinstance(message, TimerFired) else None
+        if what == "off_now":
             log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
                         self.device_id, message.token)
             self.off_owed = True
             self._send_untracked_off()
-        elif isinstance(message, TimerFired) and message.kind == "owed" and self.off_owed \
-                and message.token == self.owed_token:
+        elif what == "owed_again":
             # An owed OFF keeps being sent while the database is away; it is booked when it returns.
             self.owed_timer = None
             self._send_untracked_off()
             self._arm_owed_timer()
-        elif isinstance(message, TimerFired) and message.kind == "ack" and self.pending is not None \
-                and self.pending.action == "off" and self.pending.id == message.token:
+        elif what == "pending_again":
             # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
             self.off_owed = True
             self._publish(self.pending.topic, self.pending.payload)
@@ -355,7 +335,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     def _on_ack(self, ack: Ack) -> None:
         p = self.pending
-        if p is None or (ack.command_id is not None and ack.command_id != p.id):
+        if not machine.ack_applies(p.id if p is not None else None, ack.command_id):
             log.info("device %s: ack for %s is not awaited (late or repeated); ignored", self.device_id, ack.command_id)
             return
         self._cancel_timer(p.timer)
@@ -393,7 +373,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         p = self.pending
         if p is None or p.id != command_id:
             return
-        if p.attempts <= self.config.ack_retries:
+        if machine.after_ack_timeout(p.attempts, self.config.ack_retries) == "resend":
             p.attempts += 1
             log.warning("device %s: no ack for %s %s, re-sending (attempt %d)", self.device_id, p.action, p.id, p.attempts)
             self._publish(p.topic, p.payload, p.action)
@@ -423,17 +403,19 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         self._stop_current("completed", "completed", "system")
 
     def _on_state(self, report: StateReport) -> None:
+        awaiting_on_ack = self.pending is not None and self.pending.action == "on"
         if report.state == "on":
             self.reported = "on"
-            if self.pending is not None and self.pending.action == "on" and report.reason == "command":
-                pass  # the ack of our ON follows
-            elif self.session is None and self.unconfirmed_on is not None:
+            meaning = machine.on_report(awaiting_on_ack=awaiting_on_ack, reason=report.reason,
+                                        has_session=self.session is not None,
+                                        unconfirmed_on=self.unconfirmed_on is not None)
+            if meaning == "confirm_unconfirmed":
                 # The ON sent before a crash did land: the pump has run since it was sent.
                 act, self.unconfirmed_on = self.unconfirmed_on, None
                 self._open_session(act, "command", started_at=from_db(act.started_at))
                 self._log("on", "command", self._actor_of(act), activation_id=act.id,
                           detail="confirmed by the pump's report after a restart")
-            elif self.session is None:
+            elif meaning == "manual":
                 # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
                 self._open_session(None, report.reason)
                 self._log("on", report.reason, "device")
@@ -450,12 +432,8 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
                 self._log("off", report.reason, "device",
                           activation_id=self.current.id if self.current else None)
             act = self.current
-            if act is not None and act.state == "running" and not (self.pending and self.pending.action == "on"):
-                state, reason = {
-                    # The pump's own timer usually wins the race with ours by a few ms: the run is complete.
-                    "timer": ("completed", "completed"),
-                    "fault": ("failed", "fault"),
-                }.get(report.reason, ("stopped", "device_off"))
+            if act is not None and machine.off_report_ends_run(run_state=act.state, awaiting_on_ack=awaiting_on_ack):
+                state, reason = machine.off_report_outcome(report.reason)
                 self._finish(act, state, reason, "device")
                 if reason == "fault":
                     self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} fault",
@@ -477,17 +455,19 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
         device = self._live_device()
         Gateway.check_run_length(device, duration_s, self.config.min_run_s)
-        if self.available is False:
+        busy = self.current is not None or self.pending is not None or self.off_owed
+        why = machine.refusal(available=self.available, off_stuck=self.off_stuck,
+                              broker_connected=self.rt.broker.connected.is_set(), busy=busy,
+                              queued=len(self.queue), queue_limit=self.config.queue_limit)
+        if why == "device_offline":
             raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
-        if self.off_stuck:
+        if why == "off_unconfirmed":
             raise Conflict(f"{device.name} has not confirmed its last OFF; it takes no new runs until it does.",
                            "off_unconfirmed")
-        if not self.rt.broker.connected.is_set():
-            # Accepting now would only end in ack_timeout: the command could not be sent.
+        if why == "broker_unavailable":
             raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
                               "broker_unavailable", retry_after=5)
-        busy = self.current is not None or self.pending is not None or self.off_owed
-        if busy and len(self.queue) >= self.config.queue_limit:
+        if why == "queue_full":
             raise TooManyRequests(
                 f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
                 retry_after=max(1, int(self._reserved_s(self.clock.now()))),
@@ -614,12 +594,9 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     # --- the machinery -----------------------------------------------------------------------
     def _advance(self) -> None:
-        if self.current is not None or self.pending is not None or not self.queue:
+        if not machine.may_start_next(running=self.current is not None, pending=self.pending is not None,
+                                      queued=len(self.queue), off_owed=self.off_owed, available=self.available):
             return
-        if self.off_owed:
-            return  # a pump that has not confirmed its OFF is not started again (finding 16)
-        if self.available is False:
-            return  # queued work waits until the pump is back
         act = self.queue.popleft()
         self.rt.metrics.queued.dec()
         act.state = "starting"
@@ -673,16 +650,11 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     def _send(self, action: str, act: m.Activation | None, *, reason: str, actor: str,
               activation_id: int | None = None) -> Pending:
-        command_id = str(uuid.uuid4())
+        command_id = commands.new_id()
         activation_id = act.id if act is not None else activation_id
-        if self.device.protocol == "legacy":
-            topic, payload = self.rt.topics.legacy_control, action
-        else:
-            body = {"id": command_id, "action": action, "activation_id": activation_id,
-                    "sent_at": iso(self.clock.now())}
-            if action == "on":
-                body["duration_s"] = act.duration_s
-            topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
+        topic, payload = commands.encode(self.rt.topics, self.device_id, self.device.protocol, action,
+                                         now=self.clock.now(), command_id=command_id, activation_id=activation_id,
+                                         duration_s=act.duration_s if action == "on" else None)
         self._publish(topic, payload, action)
         pending = Pending(command_id, action, topic, payload, activation_id, reason, actor,
                           sent_at=self.clock.monotonic(), sent_wall=self.clock.now())
@@ -691,11 +663,8 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         return pending
 
     def _send_untracked_off(self) -> None:
-        if self.device.protocol == "legacy":
-            self._publish(self.rt.topics.legacy_control, "off")
-        else:
-            body = {"id": str(uuid.uuid4()), "action": "off", "activation_id": None, "sent_at": iso(self.clock.now())}
-            self._publish(self.rt.topics.command(self.device_id), json.dumps(body))
+        self._publish(*commands.encode(self.rt.topics, self.device_id, self.device.protocol, "off",
+                                       now=self.clock.now()))
 
     def _publish(self, topic: str, payload: str, action: str = "off") -> None:
         """An OFF goes at once, always; an ON waits for the transaction that records it to commit."""
@@ -705,36 +674,20 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
             self.mqtt.tell(Publish(topic, payload))
 
     def _open_session(self, act: m.Activation | None, cause: str, started_at: dt.datetime | None = None) -> None:
-        self.session = m.Session.create(
-            device=self.device_id, activation=act.id if act else None, user=act.user_id if act else None,
-            started_at=to_db(started_at or self.clock.now()), intended_s=act.duration_s if act else None,
-            start_cause=cause,
-        )
+        self.session = records.open_session(self.device_id, act, cause, started_at or self.clock.now())
 
     def _close_session(self, reason: str, ended_at: dt.datetime | None = None) -> None:
-        s = self.session
-        if s is None:
-            return
-        end = ended_at or self.clock.now()
-        s.ended_at = to_db(end)
-        s.actual_s = max(0.0, (end - from_db(s.started_at)).total_seconds())
-        s.end_reason = reason
-        s.save()
-        self.session = None
+        if self.session is not None:
+            records.close_session(self.session, reason, ended_at or self.clock.now())
+            self.session = None
 
     def _log(self, event: str, cause: str, actor: str | None, *, activation_id: int | None = None,
              detail: str | None = None) -> None:
-        m.DeviceLog.create(
-            device=self.device_id, session=self.session.id if self.session else None, activation=activation_id,
-            event=event, cause=cause, actor=actor, detail=detail, at=to_db(self.clock.now()),
-        )
+        records.write_log(self.device_id, self.session, event, cause, actor, self.clock.now(),
+                          activation_id=activation_id, detail=detail)
 
     def _derive_state(self) -> str:
-        if self.available is False:
-            return "offline"
-        if self.pending is not None:
-            return "starting" if self.pending.action == "on" else "stopping"
-        return self.reported or "unknown"
+        return machine.derive_state(self.available, self.pending.action if self.pending else None, self.reported)
 
     def _refresh_state(self, reason: str) -> None:
         new = self._derive_state()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 
 import peewee
 import pykka
 
+from pumplink.devices.messages import RunSettled
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
 from pumplink.storage.db import OPERATIONAL_ERRORS, unit_of_work
@@ -27,7 +27,7 @@ from pumplink.timers import tell_later
 
 log = logging.getLogger(__name__)
 
-DEVICE_ANSWER_S = 15.0  # how long a run waits for its device actor to take the request
+DEVICE_ANSWER_S = 15.0  # a run whose device has not answered by then is recorded "failed: no answer"
 RETRY_S = 5.0  # a run that hit a database error is tried again this much later
 LOAD_PAGE = 5000  # schedules read per query when the heap is rebuilt at start-up
 APPROVED_ROLES = ("user", "admin")  # whose schedules may start pumps
@@ -42,35 +42,6 @@ class Wake:
 class Retry:
     schedule_id: int
     due: dt.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSettled:
-    run_id: int
-    schedule_id: int
-    activation: dict | None
-    error: BaseException | None
-
-
-def _report_when_done(ref: pykka.ActorRef, future: pykka.Future, run_id: int, schedule_id: int) -> None:
-    """Wait for a device actor's answer off the scheduler's thread and tell the scheduler.
-
-    pykka futures have no done-callbacks; this waiter (a greenlet under gevent) is the
-    smallest stand-in, and the scheduler itself never blocks on a device.
-    """
-
-    def wait():
-        activation, error = None, None
-        try:
-            activation = future.get(timeout=DEVICE_ANSWER_S)
-        except BaseException as exc:  # the device's refusal is the answer we report
-            error = exc
-        try:
-            ref.tell(RunSettled(run_id, schedule_id, activation, error))
-        except pykka.ActorDeadError:
-            log.warning("schedule %s run %s settled after the scheduler stopped", schedule_id, run_id)
-
-    threading.Thread(target=wait, name=f"schedule-run-{run_id}", daemon=True).start()
 
 
 class SchedulerActor(pykka.ThreadingActor):
@@ -222,11 +193,16 @@ class SchedulerActor(pykka.ThreadingActor):
         log.info("schedule %s fires run %s due %s (%.3fs late) on device %s", schedule_id, run.id, iso(due),
                  (now - due).total_seconds(), s.device_id)
         try:
-            future = self.gateway.activate_for_schedule(s.device_id, s.user_id, s.duration_s, schedule_id)
+            # A message, not an ask: the device tells us RunSettled; nothing here waits on it.
+            self.gateway.activate_for_schedule(s.device_id, s.user_id, s.duration_s, schedule_id,
+                                               run.id, self.actor_ref)
         except PumpLinkError as exc:  # no such device actor, or it is restarting
             self._settle(RunSettled(run.id, schedule_id, None, exc))
             return
-        _report_when_done(self.actor_ref, future, run.id, schedule_id)
+        # A device that never answers: the run is settled as unanswered (at most once: _settle
+        # only updates a run still "firing", so whichever answer comes second is dropped).
+        tell_later(self.actor_ref, DEVICE_ANSWER_S,
+                   RunSettled(run.id, schedule_id, None, pykka.Timeout("no answer from the device")))
 
     def _refuse_rule(self, s: m.Schedule, due: dt.datetime, now: dt.datetime, exc: PumpLinkError) -> None:
         log.error("schedule %s has a rule this server refuses %r (%s); disabled", s.id, s.rrule, exc)
