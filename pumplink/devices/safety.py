@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-from pumplink.devices.machine import FLAP_RECHECK_S, FLAP_WINDOW, OWED_RESEND_MAX_S  # noqa: F401 (kept here)
+from pumplink.devices.machine import FLAP_RECHECK_S, FLAP_WINDOW
 
 
 class OwedOff:
