@@ -8,7 +8,6 @@ sends OFF; its session closes when the pump confirms, so the actual duration is 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -17,6 +16,7 @@ import pykka
 
 from pumplink.clock import from_db, to_db
 from pumplink.devices import commands, machine, records
+from pumplink.devices.commands import Pending
 from pumplink.devices.messages import Publish, TimerFired
 from pumplink.devices.quota_check import Quotas
 from pumplink.devices.records import DeviceRecords
@@ -35,23 +35,6 @@ from pumplink.views import activation_view
 log = logging.getLogger(__name__)
 
 OPEN_STATES = usage.OPEN_STATES
-
-@dataclasses.dataclass
-class Pending:
-    """A command waiting for its ack."""
-
-    id: str
-    action: str  # on | off
-    topic: str
-    payload: str
-    activation_id: int | None
-    reason: str  # why an OFF was sent: completed | force | cancelled | ...
-    actor: str
-    attempts: int = 1
-    timer: threading.Timer | None = None
-    sent_at: float = 0.0  # monotonic, of the first send
-    sent_wall: dt.datetime | None = None
-
 
 class DeviceActor(Transactions, Reports, Requests, OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     # Daemon threads: CPython tracks non-daemon ones in a list walked at every thread start, which

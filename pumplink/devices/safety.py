@@ -19,7 +19,7 @@ from pumplink.events import Audience
 from pumplink.timers import tell_later
 
 if TYPE_CHECKING:
-    from pumplink.devices.actor import Pending
+    from pumplink.devices.commands import Pending
 
 log = logging.getLogger(__name__)
 
