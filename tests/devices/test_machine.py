@@ -7,6 +7,7 @@ what it decides.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -220,3 +221,31 @@ def test_recovery(runs, session, protocol, owed_before, queued, resume, close, o
     plan = machine.recover(runs, session_activation_id=None if session in (None, "manual") else session,
                            has_session=session is not None, protocol=protocol, off_owed_before=owed_before, now=NOW)
     assert (plan.queued, plan.resume, plan.close, plan.off_owed) == (queued, resume, close, owed)
+
+
+# --- the legacy protocol and the one command encoding -------------------------------------------
+@pytest.mark.parametrize("protocol, action, duration, topic, payload", [
+    ("legacy", "on", 60, "legacy/control", "on"),  # a bare word on the one topic, no id, no duration
+    ("legacy", "off", None, "legacy/control", "off"),
+    ("pumplink", "on", 60, "pl/devices/4/command",
+     {"id": "c1", "action": "on", "activation_id": 9, "sent_at": "2026-01-01T12:00:00.000Z", "duration_s": 60}),
+    ("pumplink", "off", None, "pl/devices/4/command",
+     {"id": "c1", "action": "off", "activation_id": 9, "sent_at": "2026-01-01T12:00:00.000Z"}),
+])
+def test_command_encoding(protocol, action, duration, topic, payload):
+    from pumplink.devices import commands
+    from pumplink.runtime import Topics
+
+    got_topic, got = commands.encode(Topics("pl", "legacy"), 4, protocol, action, now=T0, command_id="c1",
+                                     activation_id=9, duration_s=duration)
+    assert got_topic == topic
+    assert (got if protocol == "legacy" else json.loads(got)) == payload
+
+
+def test_untracked_off_has_an_id_of_its_own():
+    from pumplink.devices import commands
+    from pumplink.runtime import Topics
+
+    first, second = (json.loads(commands.encode(Topics("pl", "legacy"), 4, "pumplink", "off", now=T0)[1])
+                     for _ in range(2))
+    assert first["id"] != second["id"] and first["activation_id"] is None
