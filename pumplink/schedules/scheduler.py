@@ -40,6 +40,11 @@ class Wake:
 
 
 @dataclasses.dataclass(frozen=True)
+class Sweep:
+    """Settle the runs whose device has not answered within DEVICE_ANSWER_S."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Retry:
     schedule_id: int
     due: dt.datetime
@@ -55,6 +60,10 @@ class SchedulerActor(pykka.ThreadingActor):
         self.tz = rt.config.tz
         self.gateway = gateway
         self.queue = DueQueue(self.clock, self._arm)
+        # Runs told to their device, not answered yet: run id -> (schedule id, monotonic deadline).
+        # One timer (Sweep) for all of them, not a waiter per run.
+        self.awaiting: dict[int, tuple[int, float]] = {}
+        self.sweep_armed = False
         self.started_in_s: float | None = None
 
     # --- life cycle ------------------------------------------------------------------------
@@ -124,7 +133,10 @@ class SchedulerActor(pykka.ThreadingActor):
             if message.schedule_id not in self.queue:
                 self.queue.put(message.schedule_id, message.due)
         elif isinstance(message, RunSettled):
+            self.awaiting.pop(message.run_id, None)
             self._settle(message)
+        elif isinstance(message, Sweep):
+            self._sweep()
         else:
             log.warning("scheduler ignores unknown message %r", message)
         self.rt.metrics.scheduler_heap.set(len(self.queue))
@@ -200,10 +212,28 @@ class SchedulerActor(pykka.ThreadingActor):
         except PumpLinkError as exc:  # no such device actor, or it is restarting
             self._settle(RunSettled(run.id, schedule_id, None, exc))
             return
-        # A device that never answers: the run is settled as unanswered (at most once: _settle
-        # only updates a run still "firing", so whichever answer comes second is dropped).
-        tell_later(self.actor_ref, DEVICE_ANSWER_S,
-                   RunSettled(run.id, schedule_id, None, pykka.Timeout("no answer from the device")))
+        self.awaiting[run.id] = (schedule_id, self.clock.monotonic() + DEVICE_ANSWER_S)
+        self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        if self.sweep_armed or not self.awaiting:
+            return
+        self.sweep_armed = True
+        first = min(deadline for _, deadline in self.awaiting.values())
+        tell_later(self.actor_ref, max(0.0, first - self.clock.monotonic()) + 0.05, Sweep())
+
+    def _sweep(self) -> None:
+        """A device that never answered: its run is settled as unanswered (at most once: _settle
+        only updates a run still "firing", so an answer that comes later is dropped)."""
+        self.sweep_armed = False
+        now = self.clock.monotonic()
+        try:
+            for run_id, (schedule_id, deadline) in list(self.awaiting.items()):
+                if deadline <= now:
+                    del self.awaiting[run_id]
+                    self._settle(RunSettled(run_id, schedule_id, None, pykka.Timeout("no answer from the device")))
+        finally:
+            self._arm_sweep()
 
     def _refuse_rule(self, s: m.Schedule, due: dt.datetime, now: dt.datetime, exc: PumpLinkError) -> None:
         log.error("schedule %s has a rule this server refuses %r (%s); disabled", s.id, s.rrule, exc)
