@@ -59,11 +59,48 @@ class UserAccessChanged:
 
 
 @dataclasses.dataclass(frozen=True)
+class Audience:
+    """Who an alert is for: every approved user, the admins, or one user (``user_id``), and
+    with ``also_admins`` the admins as well. The notifier resolves it against the accounts as
+    they are when it sends (a pending or deleted account is told nothing)."""
+
+    group: str  # approved | admins | user
+    user_id: int | None = None
+    also_admins: bool = False
+
+    @classmethod
+    def approved(cls) -> "Audience":
+        return cls("approved")
+
+    @classmethod
+    def admins(cls) -> "Audience":
+        return cls("admins")
+
+    @classmethod
+    def user(cls, user_id: int | None, also_admins: bool = False) -> "Audience":
+        """One user; a run without one (a system run, a deleted user) is the admins' to know."""
+        if user_id is None:
+            return cls("admins")
+        return cls("user", user_id, also_admins)
+
+    @classmethod
+    def of(cls, value: "Audience | str") -> "Audience":
+        """Also the older spelling: ``approved``, ``admins``, ``user:<id>``; anything else is nobody."""
+        if isinstance(value, Audience):
+            return value
+        if value in ("approved", "admins"):
+            return cls(value)
+        if isinstance(value, str) and value.startswith("user:") and value[5:].isascii() and value[5:].isdigit():
+            return cls("user", int(value[5:]))
+        return cls("nobody")
+
+
+@dataclasses.dataclass(frozen=True)
 class Alert:
     """Something people should be told about by push.
 
-    ``key`` identifies the event exactly once (the notifier de-duplicates on it);
-    ``audience`` is ``approved`` (every approved user), ``admins``, or ``user:<id>``.
+    ``key`` identifies the event exactly once (the notifier de-duplicates on it); ``audience``
+    an ``Audience`` (the strings ``approved``, ``admins``, ``user:<id>`` are still taken).
     """
 
     key: str
@@ -71,9 +108,13 @@ class Alert:
     device_id: int | None
     title: str
     body: str
-    audience: str
+    audience: Audience
     extra_user_id: int | None = None
     data: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.audience, Audience):
+            object.__setattr__(self, "audience", Audience.of(self.audience))
 
 
 class EventBus:

@@ -12,6 +12,7 @@ import pykka
 from pumplink.storage import models as m
 from pumplink.quota import usage
 from pumplink.clock import to_db
+from pumplink.devices.messages import RunRequest
 from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 from pumplink.events import UserAccessChanged
 
@@ -156,9 +157,13 @@ class Gateway:
     def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
         return self._call(device_id, "activate", user.id, duration_s, "api", None, user.daily_quota_minutes)
 
-    def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int) -> pykka.Future:
-        """For the scheduler: a future, so the scheduler never waits on a device actor."""
-        return self._start(device_id, "activate", user_id, duration_s, "schedule", schedule_id)
+    def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int,
+                              run_id: int, reply_to: pykka.ActorRef) -> None:
+        """For the scheduler: a message; the device tells ``reply_to`` a RunSettled."""
+        try:
+            self.system.supervisor.get(device_id).tell(RunRequest(run_id, schedule_id, user_id, duration_s, reply_to))
+        except pykka.ActorDeadError:
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
     def cancel_activation(self, user: m.User, activation_id: int) -> dict:
         act = m.Activation.get_or_none(m.Activation.id == activation_id)

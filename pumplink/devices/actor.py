@@ -8,119 +8,35 @@ sends OFF; its session closes when the pump confirms, so the actual duration is 
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
-import functools
-import json
 import logging
 import threading
-import uuid
 
 import pykka
 
-from pumplink.storage import models as m
-from pumplink.quota import usage
-from pumplink.clock import from_db, iso, to_db
-from pumplink.storage.db import OPERATIONAL_ERRORS
-from pumplink.errors import Conflict, NotFound, TooManyRequests, Unavailable
-from pumplink.events import ActivationChanged, Alert, DeviceStateChanged
-from pumplink.gateway import Gateway
-from pumplink.runtime import Runtime
-from pumplink.views import activation_view
-from pumplink.devices.messages import (
-    Ack,
-    Availability,
-    BrokerConnected,
-    Publish,
-    Replay,
-    StateReport,
-    TimerFired,
-)
-from pumplink.devices.quota_check import UNKNOWN, Quotas
+from pumplink.clock import from_db, to_db
+from pumplink.devices import commands, machine, records
+from pumplink.devices.commands import Pending
+from pumplink.devices.messages import Publish, TimerFired
+from pumplink.devices.quota_check import Quotas
+from pumplink.devices.records import DeviceRecords
+from pumplink.devices.reports import Reports
+from pumplink.devices.requests import Requests
 from pumplink.devices.safety import Flapping, OwedOff
+from pumplink.devices.transactions import Transactions
+from pumplink.errors import NotFound
+from pumplink.events import ActivationChanged, Alert, Audience, DeviceStateChanged
+from pumplink.quota import usage
+from pumplink.runtime import Runtime
+from pumplink.storage import models as m
 from pumplink.timers import tell_later
+from pumplink.views import activation_view
 
 log = logging.getLogger(__name__)
 
 OPEN_STATES = usage.OPEN_STATES
 
-
-@dataclasses.dataclass
-class DeviceRecords:
-    """What a device actor starts from: its row, its open session, its unfinished activations."""
-
-    device: m.Device
-    session: m.Session | None
-    activations: list[m.Activation]
-
-    @classmethod
-    def load(cls, device_id: int) -> "DeviceRecords":
-        return cls(
-            device=m.Device.get_by_id(device_id),
-            session=m.Session.get_or_none((m.Session.device == device_id) & m.Session.ended_at.is_null()),
-            activations=list(m.Activation.select()
-                             .where((m.Activation.device == device_id) & m.Activation.state.in_(OPEN_STATES))
-                             .order_by(m.Activation.created_at, m.Activation.id)),
-        )
-
-    @classmethod
-    def load_all(cls) -> list["DeviceRecords"]:
-        """Every live device's records in three queries, for start-up."""
-        sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null())}
-        activations = collections.defaultdict(list)
-        for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES))
-                    .order_by(m.Activation.created_at, m.Activation.id)):
-            activations[act.device_id].append(act)
-        return [cls(d, sessions.get(d.id), activations.get(d.id, []))
-                for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
-
-    def needs_writes(self, now: dt.datetime) -> bool:
-        """Whether recovery has an activation to close (else it only reads): anything but queued
-        ones and the one run that resumes."""
-        resumed = next((a for a in self.activations if a.state == "running" and from_db(a.ends_at) > now), None)
-        return any(a.state != "queued" and a is not resumed for a in self.activations)
-
-
-REPLAY_S = 1.0  # while the database is away, try the backlog again this often
-
-
-class DatabaseDown(Unavailable):
-    """The database could not be reached; what was being done is not done."""
-
-    def __init__(self):
-        super().__init__("The database is not reachable right now; try again shortly.", "database_unavailable",
-                         retry_after=5)
-
-
-def transactional(method):
-    """An ask of the API: earlier messages are caught up first, then one transaction."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        self._catch_up()
-        return self._in_transaction(method, self, *args, **kwargs)
-
-    return wrapper
-
-
-@dataclasses.dataclass
-class Pending:
-    """A command waiting for its ack."""
-
-    id: str
-    action: str  # on | off
-    topic: str
-    payload: str
-    activation_id: int | None
-    reason: str  # why an OFF was sent: completed | force | cancelled | ...
-    actor: str
-    attempts: int = 1
-    timer: threading.Timer | None = None
-    sent_at: float = 0.0  # monotonic, of the first send
-    sent_wall: dt.datetime | None = None
-
-
-class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
+class DeviceActor(Transactions, Reports, Requests, OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     # Daemon threads: CPython tracks non-daemon ones in a list walked at every thread start, which
     # made starting 10,000 actors quadratic. Actors are stopped explicitly at shutdown anyway.
     use_daemon_thread = True
@@ -183,444 +99,46 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     def on_failure(self, exception_type, exception_value, traceback) -> None:
         log.error("device %s actor failed: %s", self.device_id, exception_value)
 
-    def _recover(self, records: "DeviceRecords") -> None:
-        """Reconcile the database with the clock before any request is accepted (API.md, Crash recovery)."""
-        self.device = records.device
+    def _recover(self, rows: "DeviceRecords") -> None:
+        """Reconcile the database with the clock before any request is accepted (API.md, Crash
+        recovery); machine.recover decides, this carries it out."""
+        self.device = rows.device
         now = self.clock.now()
-        self.session = records.session
-        owe_off = False
-        for act in records.activations:
-            if act.state == "queued":
-                self.queue.append(act)
-                self.rt.metrics.queued.inc()
-            elif act.state == "running" and from_db(act.ends_at) > now and self.current is None:
-                self.current = act
-                remaining = (from_db(act.ends_at) - now).total_seconds()
-                self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act.id))
-                log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act.id, remaining)
-            else:
-                if act.state == "starting":
-                    # Its ON may have landed: if the pump reports ON, that time is this run's.
-                    self.unconfirmed_on = act
-                # Should have ended while the server was down, or its ON was never confirmed.
-                state = "completed" if act.state == "running" else "failed"
-                ended_at = min(from_db(act.ends_at), now) if act.ends_at else now
-                self._finish(act, state, "recovered", "system", ended_at=ended_at)
-                if self.session is not None and self.session.activation_id == act.id \
-                        and records.device.protocol != "legacy":
-                    # A pumplink controller's own timer stopped it by then. A legacy one has no
-                    # timer: its session stays open until it confirms the owed OFF.
-                    self._close_session("recovered", ended_at=ended_at)
-                owe_off = True
-                log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, state)
-        if self.session is not None and self.session.activation_id is not None and self.current is None:
-            # A session of an activation that has ended: the pump may still be on.
-            owe_off = True
+        self.session = rows.session
+        by_id = {act.id: act for act in rows.activations}
+        plan = machine.recover(
+            [machine.Run(a.id, a.state, from_db(a.ends_at) if a.ends_at else None) for a in rows.activations],
+            session_activation_id=rows.session.activation_id if rows.session else None,
+            has_session=rows.session is not None, protocol=rows.device.protocol,
+            off_owed_before=rows.device.off_owed_since is not None, now=now)
+        for act_id in plan.queued:
+            self.queue.append(by_id[act_id])
+            self.rt.metrics.queued.inc()
+        if plan.resume is not None:
+            act_id, remaining = plan.resume
+            self.current = by_id[act_id]
+            self.off_timer = tell_later(self.actor_ref, remaining, TimerFired("off", act_id))
+            log.info("device %s activation %s resumes after restart: %.1fs left", self.device_id, act_id, remaining)
+        for close in plan.close:
+            act = by_id[close.id]
+            if close.unconfirmed_on:
+                self.unconfirmed_on = act  # its ON may have landed: a report of ON is this run's
+            self._finish(act, close.state, "recovered", "system", ended_at=close.ended_at)
+            if close.close_session:
+                self._close_session("recovered", ended_at=close.ended_at)
+            log.info("device %s activation %s closed by recovery (%s)", self.device_id, act.id, close.state)
         # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
-        # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
-        self.off_owed = owe_off or records.device.off_owed_since is not None
-        if records.device.flapping_since is not None:
+        self.off_owed = plan.off_owed
+        if rows.device.flapping_since is not None:
             self._arm_flap_timer()
         self._refresh_state("start-up")
 
     # --- messages from MQTT and timers -------------------------------------------------------
-    def on_receive(self, message):
-        if not isinstance(message, Replay):
-            self.backlog.append(message)
-        else:
-            self.replay_armed = False
-        try:
-            self._catch_up()
-        except DatabaseDown:
-            self._safety_without_database(message)
-            if not self.replay_armed:
-                self.replay_armed = True
-                tell_later(self.actor_ref, REPLAY_S, Replay())
-
-    def _catch_up(self) -> None:
-        """Handle the backlog in order, each message in one transaction; DatabaseDown leaves the rest."""
-        if self.resync_needed:
-            self._in_transaction(self._resync)
-            self.resync_needed = False
-        while self.backlog:
-            message = self.backlog[0]
-            try:
-                self._in_transaction(self._dispatch, message)
-            except DatabaseDown:
-                raise
-            except Exception:
-                # A bug must not wedge the device behind one message (nor kill the actor).
-                log.exception("device %s failed handling %r", self.device_id, message)
-            self.backlog.popleft()
-
-    def _in_transaction(self, fn, *args, **kwargs):
-        try:
-            # The pool pings a connection on checkout, so one that predates a database restart is
-            # found out here, before memory is touched.
-            self.db.connect(reuse_if_open=True)
-        except OPERATIONAL_ERRORS as exc:
-            log.warning("device %s: database unavailable (%s); %d message(s) wait", self.device_id, exc,
-                        len(self.backlog))
-            self._close_connection(broken=True)
-            raise DatabaseDown() from exc
-        outermost = self._deferred_on is None
-        if outermost:
-            self._deferred_on = []
-        try:
-            with self.db.atomic():
-                result = fn(*args, **kwargs)
-            if outermost:
-                # Committed: only now may the pump be switched on, or a run could go unrecorded.
-                for topic, payload in self._deferred_on:
-                    self.mqtt.tell(Publish(topic, payload))
-            return result
-        except OPERATIONAL_ERRORS as exc:
-            # Memory may have moved ahead of the rolled-back writes: rebuild it from the database.
-            log.error("device %s: database failed mid-way (%s); resynchronising when it returns", self.device_id, exc)
-            self.resync_needed = True
-            self._close_connection(broken=True)
-            raise DatabaseDown() from exc
-        finally:
-            if outermost:
-                self._deferred_on = None
-            self._close_connection()
-
-    def _close_connection(self, broken: bool = False) -> None:
-        try:
-            if not self.db.is_closed() and not self.db.in_transaction():
-                self.db.close()
-            if broken and hasattr(self.db, "close_idle"):
-                self.db.close_idle()
-        except Exception:  # a connection already broken; the pool replaces it
-            log.debug("closing a broken connection failed", exc_info=True)
-
-    def _resync(self) -> None:
-        """Forget memory and rebuild it from the database, as after a crash."""
-        self._cancel_timer(self.off_timer)
-        self._cancel_timer(self.owed_timer)
-        self._cancel_timer(self.flap_timer)
-        self.owed_timer = self.flap_timer = None
-        self.owed_token += 1
-        self.flap_token += 1
-        if self.pending is not None:
-            self._cancel_timer(self.pending.timer)
-        self.rt.metrics.queued.dec(len(self.queue))
-        self.queue.clear()
-        self.current = self.pending = self.off_timer = None
-        self._recover(DeviceRecords.load(self.device_id))
-        self._pay_off_debt()
-
-    def _safety_without_database(self, message) -> None:
-        """An OFF that is due does not wait for the database: send it now, book it later."""
-        if isinstance(message, TimerFired) and message.kind == "off" and self.current is not None \
-                and self.current.id == message.token:
-            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
-                        self.device_id, message.token)
-            self.off_owed = True
-            self._send_untracked_off()
-        elif isinstance(message, TimerFired) and message.kind == "owed" and self.off_owed \
-                and message.token == self.owed_token:
-            # An owed OFF keeps being sent while the database is away; it is booked when it returns.
-            self.owed_timer = None
-            self._send_untracked_off()
-            self._arm_owed_timer()
-        elif isinstance(message, TimerFired) and message.kind == "ack" and self.pending is not None \
-                and self.pending.action == "off" and self.pending.id == message.token:
-            # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
-            self.off_owed = True
-            self._publish(self.pending.topic, self.pending.payload)
-            self._arm_owed_timer()
-
-    def _dispatch(self, message) -> None:
-        if isinstance(message, Ack):
-            self._on_ack(message)
-        elif isinstance(message, StateReport):
-            self._on_state(message)
-        elif isinstance(message, Availability):
-            self._on_availability(message)
-        elif isinstance(message, TimerFired):
-            if message.kind == "ack":
-                self._on_ack_timeout(message.token)
-            elif message.kind == "off":
-                self._on_off_timer(message.token)
-            elif message.kind == "owed":
-                self._on_owed_timer(message.token)
-            elif message.kind == "flap":
-                self._on_flap_timer(message.token)
-        elif isinstance(message, BrokerConnected):
-            self._pay_off_debt()
-            self._advance()
-        else:
-            log.warning("device %s ignores unknown message %r", self.device_id, message)
-
-    def _on_ack(self, ack: Ack) -> None:
-        p = self.pending
-        if p is None or (ack.command_id is not None and ack.command_id != p.id):
-            log.info("device %s: ack for %s is not awaited (late or repeated); ignored", self.device_id, ack.command_id)
-            return
-        self._cancel_timer(p.timer)
-        self.pending = None
-        self.rt.metrics.ack_latency.labels(p.action).observe(self.clock.monotonic() - p.sent_at)
-        if p.action == "on":
-            act = self.current
-            if act is None or act.id != p.activation_id or act.state != "starting":
-                self._refresh_state("ack")
-                self._advance()
-                return
-            if ack.ok:
-                self._start_running(act)
-            else:
-                if ack.state in ("on", "off"):
-                    self.reported = ack.state
-                self._finish(act, "failed", "device_refused", "device", detail=ack.error)
-                self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} did not start",
-                            f"The pump refused to start: {ack.error or 'no reason given'}.", f"user:{act.user_id}",
-                            also_admins=True)
-        else:
-            if ack.ok:
-                self.reported = "off"
-                self._off_confirmed()
-                self._close_session(p.reason)
-                self._log("off", p.reason, p.actor, activation_id=p.activation_id)
-            else:
-                if ack.state in ("on", "off"):
-                    self.reported = ack.state
-                log.error("device %s refused OFF: %s", self.device_id, ack.error)
-                self._off_not_confirmed(p, refused=ack.error or "no reason given")
-        self._refresh_state(p.reason if p.action == "off" else "command")
-        self._advance()
-
-    def _on_ack_timeout(self, command_id: str) -> None:
-        p = self.pending
-        if p is None or p.id != command_id:
-            return
-        if p.attempts <= self.config.ack_retries:
-            p.attempts += 1
-            log.warning("device %s: no ack for %s %s, re-sending (attempt %d)", self.device_id, p.action, p.id, p.attempts)
-            self._publish(p.topic, p.payload, p.action)
-            p.timer = tell_later(self.actor_ref, self.config.ack_timeout_s, TimerFired("ack", p.id))
-            return
-        self.pending = None
-        log.error("device %s: no ack for %s %s after %d attempts", self.device_id, p.action, p.id, p.attempts)
-        if p.action == "on" and self.current is not None and self.current.id == p.activation_id:
-            act = self.current
-            self._finish(act, "failed", "ack_timeout", "system")
-            self._alert("ack_timeout", f"ack_timeout:{act.id}", f"{self.device.name} did not answer",
-                        "The pump did not confirm the start command; it was sent OFF for safety.", "admins",
-                        extra_user_id=act.user_id)
-            # For safety: the pump may have switched on without our hearing it. Owed until confirmed.
-            self._send_untracked_off()
-            self._owe_off()
-        else:
-            self._off_not_confirmed(p, refused=None)
-        self._refresh_state("ack_timeout")
-        self._advance()
-
-    def _on_off_timer(self, activation_id: int) -> None:
-        act = self.current
-        if act is None or act.id != activation_id or act.state != "running":
-            return
-        self.off_timer = None
-        self._stop_current("completed", "completed", "system")
-
-    def _on_state(self, report: StateReport) -> None:
-        if report.state == "on":
-            self.reported = "on"
-            if self.pending is not None and self.pending.action == "on" and report.reason == "command":
-                pass  # the ack of our ON follows
-            elif self.session is None and self.unconfirmed_on is not None:
-                # The ON sent before a crash did land: the pump has run since it was sent.
-                act, self.unconfirmed_on = self.unconfirmed_on, None
-                self._open_session(act, "command", started_at=from_db(act.started_at))
-                self._log("on", "command", self._actor_of(act), activation_id=act.id,
-                          detail="confirmed by the pump's report after a restart")
-            elif self.session is None:
-                # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
-                self._open_session(None, report.reason)
-                self._log("on", report.reason, "device")
-                if not self._flapping():
-                    self._alert("device_on", f"device_on:session:{self.session.id}", self.device.name,
-                                f"{self.device.name} was switched on ({report.reason}).", "approved")
-            self._pay_off_debt()
-        else:
-            self.reported = "off"
-            self._off_confirmed()
-            self.unconfirmed_on = None
-            if self.session is not None:
-                self._close_session(report.reason)
-                self._log("off", report.reason, "device",
-                          activation_id=self.current.id if self.current else None)
-            act = self.current
-            if act is not None and act.state == "running" and not (self.pending and self.pending.action == "on"):
-                state, reason = {
-                    # The pump's own timer usually wins the race with ours by a few ms: the run is complete.
-                    "timer": ("completed", "completed"),
-                    "fault": ("failed", "fault"),
-                }.get(report.reason, ("stopped", "device_off"))
-                self._finish(act, state, reason, "device")
-                if reason == "fault":
-                    self._alert("activation_failed", f"activation_failed:{act.id}", f"{self.device.name} fault",
-                                "The pump reported a fault and switched off.", f"user:{act.user_id}", also_admins=True)
-        self._refresh_state(report.reason)
-        self._advance()
-
-    def _on_availability(self, msg: Availability) -> None:
-        self.available = msg.online
-        self._refresh_state("online" if msg.online else "offline")
-        if msg.online:
-            self._pay_off_debt()
-            self._advance()
-
-    # --- requests from the API and the scheduler ----------------------------------------------
-    @transactional
-    def activate(self, user_id: int | None, duration_s: int, source: str = "api",
-                 schedule_id: int | None = None, user_quota=UNKNOWN) -> dict:
-        """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
-        device = self._live_device()
-        Gateway.check_run_length(device, duration_s, self.config.min_run_s)
-        if self.available is False:
-            raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
-        if self.off_stuck:
-            raise Conflict(f"{device.name} has not confirmed its last OFF; it takes no new runs until it does.",
-                           "off_unconfirmed")
-        if not self.rt.broker.connected.is_set():
-            # Accepting now would only end in ack_timeout: the command could not be sent.
-            raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
-                              "broker_unavailable", retry_after=5)
-        busy = self.current is not None or self.pending is not None or self.off_owed
-        if busy and len(self.queue) >= self.config.queue_limit:
-            raise TooManyRequests(
-                f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
-                retry_after=max(1, int(self._reserved_s(self.clock.now()))),
-            )
-        self._check_quota(user_id, duration_s, user_quota)
-        act = m.Activation.create(
-            device=self.device_id, user=user_id, schedule=schedule_id, duration_s=duration_s,
-            source=source, state="queued", created_at=to_db(self.clock.now()),
-        )
-        self.queue.append(act)
-        self.rt.metrics.queued.inc()
-        self.rt.metrics.activations_accepted.labels(source).inc()
-        log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
-        self._changed(act)
-        self._advance()
-        return activation_view(act, self.clock.now())
-
-    @transactional
-    def cancel(self, activation_id: int, by: str) -> dict:
-        for act in self.queue:
-            if act.id == activation_id:
-                self.queue.remove(act)
-                self.rt.metrics.queued.dec()
-                self._finish(act, "cancelled", "cancelled", by)
-                return activation_view(act, self.clock.now())
-        if self.current is not None and self.current.id == activation_id:
-            act = self.current
-            self._stop_current("stopped", "cancelled", by)
-            return activation_view(act, self.clock.now())
-        raise Conflict("This activation has already ended.", "activation_ended")
-
-    @transactional
-    def cancel_queued_of(self, user_id: int, reason: str = "owner_revoked") -> list[int]:
-        """Cancel a user's queued activations (the user is no longer approved). A run already
-        going is left to end at its time: it was asked for while the user was approved."""
-        mine = [act for act in self.queue if act.user_id == user_id]
-        for act in mine:
-            self.queue.remove(act)
-            self.rt.metrics.queued.dec()
-            self._finish(act, "cancelled", reason, "system")
-        return [act.id for act in mine]
-
-    @transactional
-    def force_shutdown(self, by: str) -> dict:
-        """OFF at once, whatever the state; the queue is cancelled. Works for offline devices too."""
-        cancelled = []
-        while self.queue:
-            act = self.queue.popleft()
-            self.rt.metrics.queued.dec()
-            self._finish(act, "cancelled", "force", by)
-            cancelled.append(act.id)
-        stopped = self.current.id if self.current is not None else None
-        if self.current is not None:
-            self._stop_current("stopped", "force", by)
-        else:
-            if self.pending is not None:
-                self._cancel_timer(self.pending.timer)
-                self.pending = None
-            self._send("off", None, reason="force", actor=by)
-        self._refresh_state("force")
-        self._alert("force_shutdown", f"force_shutdown:{self.device_id}:{uuid.uuid4().hex}",
-                    f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", "admins")
-        return {"device_id": self.device_id, "stopped_activation_id": stopped, "cancelled_activation_ids": cancelled}
-
-    @transactional
-    def reload(self) -> dict:
-        old, self.device = self.device, m.Device.get_by_id(self.device_id)
-        if old is not None and old.protocol != self.device.protocol:
-            # What the old firmware said no longer holds (legacy controllers never say "online").
-            self.available = None
-            self._refresh_state("protocol changed")
-        return self.describe()
-
-    @transactional
-    def describe(self) -> dict:
-        now = self.clock.now()
-        return self.view((self._used_today_s(now), self._reserved_s(now)))
-
-    def view(self, today: tuple[float, float]) -> dict:
-        """The device as the API shows it, given today's (used, reserved) seconds; no database work."""
-        device = self.device
-        now = self.clock.now()
-        used, reserved = today
-        quota_s = self._device_quota_s()
-        running = activation_view(self.current, now) if self.current is not None else None
-        return {
-            "id": device.id,
-            "name": device.name,
-            "protocol": device.protocol,
-            "state": self.state,
-            "available": self.available,
-            "online": self.available is True,
-            "running": running,
-            "queue": [activation_view(a, now) for a in self.queue],
-            "session_id": self.session.id if self.session is not None else None,
-            "off_owed": self.off_owed,
-            "flapping": device.flapping_since is not None,
-            "daily_quota_minutes": quota_s / 60,
-            "max_run_minutes": device.max_run_minutes,
-            "today": {
-                "used_s": round(used, 1),
-                "used_minutes": round(used / 60, 2),
-                "reserved_s": round(reserved, 1),
-                "left_minutes": round(max(0.0, quota_s - used - reserved) / 60, 2),
-            },
-        }
-
-    def go_status(self) -> dict:
-        """The Go server's ``/device/{id}/status`` shape, kept for old clients."""
-        act = self.current
-        return {
-            "device_id": self.device_id,
-            "status": self.state,
-            "active_until": iso(act.ends_at) if act is not None and act.state == "running" else None,
-            "intended_duration": round(act.duration_s / 60, 3) if act is not None else None,
-            "session_id": self.session.id if self.session is not None else None,
-        }
-
-    def summary(self) -> dict:
-        """The little a WebSocket snapshot needs; no database work."""
-        return {"device_id": self.device_id, "name": self.device.name, "state": self.state,
-                "available": self.available,
-                "activation_id": self.current.id if self.current is not None else None}
-
     # --- the machinery -----------------------------------------------------------------------
     def _advance(self) -> None:
-        if self.current is not None or self.pending is not None or not self.queue:
+        if not machine.may_start_next(running=self.current is not None, pending=self.pending is not None,
+                                      queued=len(self.queue), off_owed=self.off_owed, available=self.available):
             return
-        if self.off_owed:
-            return  # a pump that has not confirmed its OFF is not started again (finding 16)
-        if self.available is False:
-            return  # queued work waits until the pump is back
         act = self.queue.popleft()
         self.rt.metrics.queued.dec()
         act.state = "starting"
@@ -646,7 +164,7 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         self.off_timer = tell_later(self.actor_ref, act.duration_s, TimerFired("off", act.id))
         self._changed(act)
         self._alert("device_on", f"device_on:activation:{act.id}", self.device.name,
-                    f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", "approved")
+                    f"{self.device.name} is ON for {act.duration_s / 60:g} minutes.", Audience.approved())
 
     def _stop_current(self, state: str, reason: str, by: str) -> None:
         act = self.current
@@ -674,16 +192,11 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
 
     def _send(self, action: str, act: m.Activation | None, *, reason: str, actor: str,
               activation_id: int | None = None) -> Pending:
-        command_id = str(uuid.uuid4())
+        command_id = commands.new_id()
         activation_id = act.id if act is not None else activation_id
-        if self.device.protocol == "legacy":
-            topic, payload = self.rt.topics.legacy_control, action
-        else:
-            body = {"id": command_id, "action": action, "activation_id": activation_id,
-                    "sent_at": iso(self.clock.now())}
-            if action == "on":
-                body["duration_s"] = act.duration_s
-            topic, payload = self.rt.topics.command(self.device_id), json.dumps(body)
+        topic, payload = commands.encode(self.rt.topics, self.device_id, self.device.protocol, action,
+                                         now=self.clock.now(), command_id=command_id, activation_id=activation_id,
+                                         duration_s=act.duration_s if action == "on" else None)
         self._publish(topic, payload, action)
         pending = Pending(command_id, action, topic, payload, activation_id, reason, actor,
                           sent_at=self.clock.monotonic(), sent_wall=self.clock.now())
@@ -692,11 +205,8 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
         return pending
 
     def _send_untracked_off(self) -> None:
-        if self.device.protocol == "legacy":
-            self._publish(self.rt.topics.legacy_control, "off")
-        else:
-            body = {"id": str(uuid.uuid4()), "action": "off", "activation_id": None, "sent_at": iso(self.clock.now())}
-            self._publish(self.rt.topics.command(self.device_id), json.dumps(body))
+        self._publish(*commands.encode(self.rt.topics, self.device_id, self.device.protocol, "off",
+                                       now=self.clock.now()))
 
     def _publish(self, topic: str, payload: str, action: str = "off") -> None:
         """An OFF goes at once, always; an ON waits for the transaction that records it to commit."""
@@ -706,36 +216,20 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
             self.mqtt.tell(Publish(topic, payload))
 
     def _open_session(self, act: m.Activation | None, cause: str, started_at: dt.datetime | None = None) -> None:
-        self.session = m.Session.create(
-            device=self.device_id, activation=act.id if act else None, user=act.user_id if act else None,
-            started_at=to_db(started_at or self.clock.now()), intended_s=act.duration_s if act else None,
-            start_cause=cause,
-        )
+        self.session = records.open_session(self.device_id, act, cause, started_at or self.clock.now())
 
     def _close_session(self, reason: str, ended_at: dt.datetime | None = None) -> None:
-        s = self.session
-        if s is None:
-            return
-        end = ended_at or self.clock.now()
-        s.ended_at = to_db(end)
-        s.actual_s = max(0.0, (end - from_db(s.started_at)).total_seconds())
-        s.end_reason = reason
-        s.save()
-        self.session = None
+        if self.session is not None:
+            records.close_session(self.session, reason, ended_at or self.clock.now())
+            self.session = None
 
     def _log(self, event: str, cause: str, actor: str | None, *, activation_id: int | None = None,
              detail: str | None = None) -> None:
-        m.DeviceLog.create(
-            device=self.device_id, session=self.session.id if self.session else None, activation=activation_id,
-            event=event, cause=cause, actor=actor, detail=detail, at=to_db(self.clock.now()),
-        )
+        records.write_log(self.device_id, self.session, event, cause, actor, self.clock.now(),
+                          activation_id=activation_id, detail=detail)
 
     def _derive_state(self) -> str:
-        if self.available is False:
-            return "offline"
-        if self.pending is not None:
-            return "starting" if self.pending.action == "on" else "stopping"
-        return self.reported or "unknown"
+        return machine.derive_state(self.available, self.pending.action if self.pending else None, self.reported)
 
     def _refresh_state(self, reason: str) -> None:
         new = self._derive_state()
@@ -755,14 +249,9 @@ class DeviceActor(OwedOff, Flapping, Quotas, pykka.ThreadingActor):
     def _changed(self, act: m.Activation) -> None:
         self.rt.bus.publish(ActivationChanged(activation=activation_view(act, self.clock.now()), at=self.clock.now()))
 
-    def _alert(self, kind: str, key: str, title: str, body: str, audience: str, *, also_admins: bool = False,
-               extra_user_id: int | None = None) -> None:
-        if audience == "user:None":
-            audience = "admins"
-        elif also_admins and audience.startswith("user:"):
-            extra_user_id, audience = int(audience[5:]), "admins"
+    def _alert(self, kind: str, key: str, title: str, body: str, audience: Audience) -> None:
         self.rt.bus.publish(Alert(key=key, kind=kind, device_id=self.device_id, title=title, body=body,
-                                  audience=audience, extra_user_id=extra_user_id))
+                                  audience=audience))
 
     @staticmethod
     def _cancel_timer(timer: threading.Timer | None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pykka
+
 
 @dataclasses.dataclass(frozen=True)
 class Ack:
@@ -48,3 +50,24 @@ class Publish:
 @dataclasses.dataclass(frozen=True)
 class Replay:
     """Try the messages that waited for the database again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """A schedule's run, told to its device; the device tells ``reply_to`` a ``RunSettled``."""
+
+    run_id: int
+    schedule_id: int
+    user_id: int
+    duration_s: int
+    reply_to: pykka.ActorRef
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettled:
+    """A device's answer to a ``RunRequest``: the activation's view, or why there is none."""
+
+    run_id: int
+    schedule_id: int
+    activation: dict | None
+    error: BaseException | None

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING
 
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
+from pumplink.devices import machine
 from pumplink.devices.messages import TimerFired
+from pumplink.events import Audience
 from pumplink.timers import tell_later
 
 if TYPE_CHECKING:
-    from pumplink.devices.actor import Pending
+    from pumplink.devices.commands import Pending
 
 log = logging.getLogger(__name__)
 
-OWED_RESEND_MAX_S = 60.0  # an owed OFF is sent again after ack_timeout_s, doubling up to this
-FLAP_WINDOW = dt.timedelta(hours=1)  # controller-started runs are counted over this trailing window
-FLAP_RECHECK_S = 60.0  # while flagged, whether the window has emptied enough is checked this often
+from pumplink.devices.machine import FLAP_RECHECK_S, FLAP_WINDOW
 
 
 class OwedOff:
@@ -32,7 +32,8 @@ class OwedOff:
     def _pay_off_debt(self) -> None:
         """Send the owed OFF now, unless one is on its way or the pump is known to be offline
         (its coming back online pays the debt)."""
-        if self.off_owed and self.pending is None and self.available is not False:
+        if machine.may_pay_off_debt(off_owed=self.off_owed, pending=self.pending is not None,
+                                    available=self.available):
             self._send("off", None, reason="owed", actor="system")
             self._owe_off()  # booked, if it was not yet (a no-op when it was)
             self._refresh_state("owed")
@@ -51,7 +52,7 @@ class OwedOff:
     def _arm_owed_timer(self) -> None:
         if self.owed_timer is not None:
             return
-        delay = min(OWED_RESEND_MAX_S, self.config.ack_timeout_s * 2 ** min(self.owed_round, 16))
+        delay = machine.owed_delay(self.owed_round, self.config.ack_timeout_s)
         self.owed_round += 1
         self.owed_timer = tell_later(self.actor_ref, delay, TimerFired("owed", self.owed_token))
 
@@ -87,7 +88,7 @@ class OwedOff:
         self.off_stuck = True
         if refused is None:
             session = self.session
-            if session is not None and self.device.protocol != "legacy" and session.intended_s is not None:
+            if session is not None and machine.closes_unacknowledged(self.device.protocol, session.intended_s):
                 # A pumplink controller's own timer ends a timed run: count only that far.
                 self._close_session("off_unacknowledged", ended_at=self._likely_off_time(p))
                 self._log("off", "off_unacknowledged", p.actor, activation_id=p.activation_id,
@@ -102,17 +103,14 @@ class OwedOff:
                         f"off_unconfirmed:{self.device_id}:{iso(self.device.off_owed_since)}",
                         f"{self.device.name} did not confirm OFF",
                         f"The pump {what}. It is sent again until the pump confirms it; the device takes no "
-                        f"new runs until then. Check it.", "admins")
+                        f"new runs until then. Check it.", Audience.admins())
 
     def _likely_off_time(self, p: Pending) -> dt.datetime:
         """When an unconfirmed OFF most likely took effect, so quotas count what the pump ran:
         a pumplink controller with a timed run stopped at the latest when the OFF was first sent
         or when its own timer ran out."""
-        now = self.clock.now()
-        candidates = [now, p.sent_wall or now]
-        if self.session.intended_s is not None:
-            candidates.append(from_db(self.session.started_at) + dt.timedelta(seconds=self.session.intended_s))
-        return max(from_db(self.session.started_at), min(candidates))
+        return machine.likely_off_time(self.clock.now(), p.sent_wall, from_db(self.session.started_at),
+                                       self.session.intended_s)
 
 
 class Flapping:
@@ -127,10 +125,11 @@ class Flapping:
         """
         now = self.clock.now()
         count = self._manual_runs_in_window(now)
-        if count <= self.config.manual_runs_per_hour:
+        decision = machine.flap_decision(count, self.config.manual_runs_per_hour, self.device.flapping_since is not None)
+        if decision in ("clear", "calm"):
             self._clear_flapping()
             return False
-        if self.device.flapping_since is None:
+        if decision == "flag":
             self.device.flapping_since = to_db(now)
             m.Device.update(flapping_since=self.device.flapping_since).where(m.Device.id == self.device_id).execute()
             log.warning("device %s is flapping: %d controller-started runs in the last hour", self.device_id, count)
@@ -138,7 +137,7 @@ class Flapping:
                         f"{self.device.name} is flapping",
                         f"{self.device.name} was switched on at the pump {count} times in the last hour (more "
                         f"than {self.config.manual_runs_per_hour}). Its runs are still recorded, but not pushed "
-                        f"one by one until it calms down. Check the controller.", "admins")
+                        f"one by one until it calms down. Check the controller.", Audience.admins())
         self._arm_flap_timer()
         return True
 
@@ -168,7 +167,8 @@ class Flapping:
         self.flap_timer = None
         if self.device.flapping_since is None:
             return
-        if self._manual_runs_in_window(self.clock.now()) <= self.config.manual_runs_per_hour:
+        if machine.flap_decision(self._manual_runs_in_window(self.clock.now()), self.config.manual_runs_per_hour,
+                                 True) == "clear":
             self._clear_flapping()
         else:
             self._arm_flap_timer()

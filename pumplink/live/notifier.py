@@ -147,12 +147,15 @@ class NotifierActor(pykka.ThreadingActor):
         account is sent nothing, even an alert about its own activation or schedule."""
         audience = alert.audience
         approved = m.User.role.in_(APPROVED)
-        if audience == "approved":
+        admins = m.User.role == "admin"
+        if audience.group == "approved":
             where = approved
-        elif audience == "admins":
-            where = m.User.role == "admin"
-        elif audience.startswith("user:") and audience[5:].isdigit():
-            where = approved & (m.User.id == int(audience[5:]))
+        elif audience.group == "admins":
+            where = admins
+        elif audience.group == "user" and audience.user_id is not None:
+            where = approved & (m.User.id == audience.user_id)
+            if audience.also_admins:
+                where |= admins
         else:
             log.warning("alert %s has an unknown audience %r; only its extra user is told", alert.key, audience)
             where = m.User.id.is_null()

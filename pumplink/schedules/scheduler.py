@@ -16,18 +16,19 @@ import time
 import peewee
 import pykka
 
+from pumplink.devices.messages import RunSettled
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
 from pumplink.storage.db import OPERATIONAL_ERRORS, unit_of_work
 from pumplink.errors import NotFound, PumpLinkError
-from pumplink.events import Alert, ScheduleChanged
+from pumplink.events import Alert, Audience, ScheduleChanged
 from pumplink.runtime import Runtime
 from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan, run_view, schedule_view
 from pumplink.timers import tell_later
 
 log = logging.getLogger(__name__)
 
-DEVICE_ANSWER_S = 15.0  # how long a run waits for its device actor to take the request
+DEVICE_ANSWER_S = 15.0  # a run whose device has not answered by then is recorded "failed: no answer"
 RETRY_S = 5.0  # a run that hit a database error is tried again this much later
 LOAD_PAGE = 5000  # schedules read per query when the heap is rebuilt at start-up
 APPROVED_ROLES = ("user", "admin")  # whose schedules may start pumps
@@ -39,38 +40,14 @@ class Wake:
 
 
 @dataclasses.dataclass(frozen=True)
-class Retry:
-    schedule_id: int
-    due: dt.datetime
+class Sweep:
+    """Settle the runs whose device has not answered within DEVICE_ANSWER_S."""
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSettled:
-    run_id: int
+class Retry:
     schedule_id: int
-    activation: dict | None
-    error: BaseException | None
-
-
-def _report_when_done(ref: pykka.ActorRef, future: pykka.Future, run_id: int, schedule_id: int) -> None:
-    """Wait for a device actor's answer off the scheduler's thread and tell the scheduler.
-
-    pykka futures have no done-callbacks; this waiter (a greenlet under gevent) is the
-    smallest stand-in, and the scheduler itself never blocks on a device.
-    """
-
-    def wait():
-        activation, error = None, None
-        try:
-            activation = future.get(timeout=DEVICE_ANSWER_S)
-        except BaseException as exc:  # the device's refusal is the answer we report
-            error = exc
-        try:
-            ref.tell(RunSettled(run_id, schedule_id, activation, error))
-        except pykka.ActorDeadError:
-            log.warning("schedule %s run %s settled after the scheduler stopped", schedule_id, run_id)
-
-    threading.Thread(target=wait, name=f"schedule-run-{run_id}", daemon=True).start()
+    due: dt.datetime
 
 
 class SchedulerActor(pykka.ThreadingActor):
@@ -83,6 +60,10 @@ class SchedulerActor(pykka.ThreadingActor):
         self.tz = rt.config.tz
         self.gateway = gateway
         self.queue = DueQueue(self.clock, self._arm)
+        # Runs told to their device, not answered yet: run id -> (schedule id, monotonic deadline).
+        # One timer (Sweep) for all of them, not a waiter per run.
+        self.awaiting: dict[int, tuple[int, float]] = {}
+        self.sweep_armed = False
         self.started_in_s: float | None = None
 
     # --- life cycle ------------------------------------------------------------------------
@@ -152,7 +133,10 @@ class SchedulerActor(pykka.ThreadingActor):
             if message.schedule_id not in self.queue:
                 self.queue.put(message.schedule_id, message.due)
         elif isinstance(message, RunSettled):
+            self.awaiting.pop(message.run_id, None)
             self._settle(message)
+        elif isinstance(message, Sweep):
+            self._sweep()
         else:
             log.warning("scheduler ignores unknown message %r", message)
         self.rt.metrics.scheduler_heap.set(len(self.queue))
@@ -222,11 +206,34 @@ class SchedulerActor(pykka.ThreadingActor):
         log.info("schedule %s fires run %s due %s (%.3fs late) on device %s", schedule_id, run.id, iso(due),
                  (now - due).total_seconds(), s.device_id)
         try:
-            future = self.gateway.activate_for_schedule(s.device_id, s.user_id, s.duration_s, schedule_id)
+            # A message, not an ask: the device tells us RunSettled; nothing here waits on it.
+            self.gateway.activate_for_schedule(s.device_id, s.user_id, s.duration_s, schedule_id,
+                                               run.id, self.actor_ref)
         except PumpLinkError as exc:  # no such device actor, or it is restarting
             self._settle(RunSettled(run.id, schedule_id, None, exc))
             return
-        _report_when_done(self.actor_ref, future, run.id, schedule_id)
+        self.awaiting[run.id] = (schedule_id, self.clock.monotonic() + DEVICE_ANSWER_S)
+        self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        if self.sweep_armed or not self.awaiting:
+            return
+        self.sweep_armed = True
+        first = min(deadline for _, deadline in self.awaiting.values())
+        tell_later(self.actor_ref, max(0.0, first - self.clock.monotonic()) + 0.05, Sweep())
+
+    def _sweep(self) -> None:
+        """A device that never answered: its run is settled as unanswered (at most once: _settle
+        only updates a run still "firing", so an answer that comes later is dropped)."""
+        self.sweep_armed = False
+        now = self.clock.monotonic()
+        try:
+            for run_id, (schedule_id, deadline) in list(self.awaiting.items()):
+                if deadline <= now:
+                    del self.awaiting[run_id]
+                    self._settle(RunSettled(run_id, schedule_id, None, pykka.Timeout("no answer from the device")))
+        finally:
+            self._arm_sweep()
 
     def _refuse_rule(self, s: m.Schedule, due: dt.datetime, now: dt.datetime, exc: PumpLinkError) -> None:
         log.error("schedule %s has a rule this server refuses %r (%s); disabled", s.id, s.rrule, exc)
@@ -338,5 +345,5 @@ class SchedulerActor(pykka.ThreadingActor):
             key=f"schedule_missed:{s.id}:{iso(due)}", kind="schedule_missed", device_id=s.device_id,
             title="A scheduled run did not happen",
             body=f"Schedule {s.id} (due {iso(due)}) did not run: {why or 'unknown reason'}.",
-            audience=f"user:{s.user_id}", data={"schedule_id": s.id, "due_at": iso(due)},
+            audience=Audience.user(s.user_id), data={"schedule_id": s.id, "due_at": iso(due)},
         ))

@@ -1,0 +1,44 @@
+"""The one place a command to a controller is encoded (MQTT.md, Commands)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+import uuid
+
+from pumplink.clock import iso
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode(topics, device_id: int, protocol: str, action: str, *, now: dt.datetime, command_id: str | None = None,
+           activation_id: int | None = None, duration_s: int | None = None) -> tuple[str, str]:
+    """``(topic, payload)`` of an ON/OFF: a legacy controller takes a bare word on its one
+    topic; a pumplink controller a JSON command carrying its id (acks name it)."""
+    if protocol == "legacy":
+        return topics.legacy_control, action
+    body = {"id": command_id or new_id(), "action": action, "activation_id": activation_id, "sent_at": iso(now)}
+    if action == "on":
+        body["duration_s"] = duration_s
+    return topics.command(device_id), json.dumps(body)
+
+
+@dataclasses.dataclass
+class Pending:
+    """A command waiting for its ack."""
+
+    id: str
+    action: str  # on | off
+    topic: str
+    payload: str
+    activation_id: int | None
+    reason: str  # why an OFF was sent: completed | force | cancelled | ...
+    actor: str
+    attempts: int = 1
+    timer: threading.Timer | None = None
+    sent_at: float = 0.0  # monotonic, of the first send
+    sent_wall: dt.datetime | None = None

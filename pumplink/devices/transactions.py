@@ -1,0 +1,175 @@
+"""The shell's transactions: each message in one transaction, in order; while the database is
+away, messages wait in a backlog (a due OFF does not: machine.without_database) and are
+replayed when it returns; an ON is published only once the rows recording it committed.
+
+A mixin of ``DeviceActor``: it runs on its thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import pykka
+
+from pumplink.devices import machine
+from pumplink.devices.messages import Replay, RunRequest, RunSettled, TimerFired, Publish
+from pumplink.devices.records import DeviceRecords
+from pumplink.errors import Unavailable
+from pumplink.storage.db import OPERATIONAL_ERRORS
+from pumplink.timers import tell_later
+
+log = logging.getLogger(__name__)
+
+REPLAY_S = 1.0  # while the database is away, try the backlog again this often
+
+
+class DatabaseDown(Unavailable):
+    """The database could not be reached; what was being done is not done."""
+
+    def __init__(self):
+        super().__init__("The database is not reachable right now; try again shortly.", "database_unavailable",
+                         retry_after=5)
+
+
+def transactional(method):
+    """An ask of the API: earlier messages are caught up first, then one transaction."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self._catch_up()
+        return self._in_transaction(method, self, *args, **kwargs)
+
+    return wrapper
+
+
+
+
+class Transactions:
+    """Mixin of ``DeviceActor``."""
+
+    def on_receive(self, message):
+        if isinstance(message, RunRequest):
+            self._run_for_schedule(message)
+            return
+        if not isinstance(message, Replay):
+            self.backlog.append(message)
+        else:
+            self.replay_armed = False
+        try:
+            self._catch_up()
+        except DatabaseDown:
+            self._safety_without_database(message)
+            if not self.replay_armed:
+                self.replay_armed = True
+                tell_later(self.actor_ref, REPLAY_S, Replay())
+
+    def _run_for_schedule(self, req: RunRequest) -> None:
+        """A schedule's run, answered as the ask of the API is (the same checks, the same
+        refusals), told back to the scheduler as RunSettled."""
+        activation, error = None, None
+        try:
+            activation = self.activate(req.user_id, req.duration_s, "schedule", req.schedule_id)
+        except Exception as exc:  # the device's refusal is the answer the run records
+            error = exc
+        try:
+            req.reply_to.tell(RunSettled(req.run_id, req.schedule_id, activation, error))
+        except pykka.ActorDeadError:
+            log.warning("schedule %s run %s settled after the scheduler stopped", req.schedule_id, req.run_id)
+
+    def _catch_up(self) -> None:
+        """Handle the backlog in order, each message in one transaction; DatabaseDown leaves the rest."""
+        if self.resync_needed:
+            self._in_transaction(self._resync)
+            self.resync_needed = False
+        while self.backlog:
+            message = self.backlog[0]
+            try:
+                self._in_transaction(self._dispatch, message)
+            except DatabaseDown:
+                raise
+            except Exception:
+                # A bug must not wedge the device behind one message (nor kill the actor).
+                log.exception("device %s failed handling %r", self.device_id, message)
+            self.backlog.popleft()
+
+    def _in_transaction(self, fn, *args, **kwargs):
+        try:
+            # The pool pings a connection on checkout, so one that predates a database restart is
+            # found out here, before memory is touched.
+            self.db.connect(reuse_if_open=True)
+        except OPERATIONAL_ERRORS as exc:
+            log.warning("device %s: database unavailable (%s); %d message(s) wait", self.device_id, exc,
+                        len(self.backlog))
+            self._close_connection(broken=True)
+            raise DatabaseDown() from exc
+        outermost = self._deferred_on is None
+        if outermost:
+            self._deferred_on = []
+        try:
+            with self.db.atomic():
+                result = fn(*args, **kwargs)
+            if outermost:
+                # Committed: only now may the pump be switched on, or a run could go unrecorded.
+                for topic, payload in self._deferred_on:
+                    self.mqtt.tell(Publish(topic, payload))
+            return result
+        except OPERATIONAL_ERRORS as exc:
+            # Memory may have moved ahead of the rolled-back writes: rebuild it from the database.
+            log.error("device %s: database failed mid-way (%s); resynchronising when it returns", self.device_id, exc)
+            self.resync_needed = True
+            self._close_connection(broken=True)
+            raise DatabaseDown() from exc
+        finally:
+            if outermost:
+                self._deferred_on = None
+            self._close_connection()
+
+    def _close_connection(self, broken: bool = False) -> None:
+        try:
+            if not self.db.is_closed() and not self.db.in_transaction():
+                self.db.close()
+            if broken and hasattr(self.db, "close_idle"):
+                self.db.close_idle()
+        except Exception:  # a connection already broken; the pool replaces it
+            log.debug("closing a broken connection failed", exc_info=True)
+
+    def _resync(self) -> None:
+        """Forget memory and rebuild it from the database, as after a crash."""
+        self._cancel_timer(self.off_timer)
+        self._cancel_timer(self.owed_timer)
+        self._cancel_timer(self.flap_timer)
+        self.owed_timer = self.flap_timer = None
+        self.owed_token += 1
+        self.flap_token += 1
+        if self.pending is not None:
+            self._cancel_timer(self.pending.timer)
+        self.rt.metrics.queued.dec(len(self.queue))
+        self.queue.clear()
+        self.current = self.pending = self.off_timer = None
+        self._recover(DeviceRecords.load(self.device_id))
+        self._pay_off_debt()
+
+    def _safety_without_database(self, message) -> None:
+        """An OFF that is due does not wait for the database: send it now, book it later."""
+        what = machine.without_database(
+            message.kind, message.token, current_id=self.current.id if self.current is not None else None,
+            off_owed=self.off_owed, owed_token=self.owed_token,
+            pending_off_id=self.pending.id if self.pending is not None and self.pending.action == "off" else None,
+        ) if isinstance(message, TimerFired) else None
+        if what == "off_now":
+            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
+                        self.device_id, message.token)
+            self.off_owed = True
+            self._send_untracked_off()
+        elif what == "owed_again":
+            # An owed OFF keeps being sent while the database is away; it is booked when it returns.
+            self.owed_timer = None
+            self._send_untracked_off()
+            self._arm_owed_timer()
+        elif what == "pending_again":
+            # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
+            self.off_owed = True
+            self._publish(self.pending.topic, self.pending.payload)
+            self._arm_owed_timer()
+
