@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import peewee as pw
 import pykka
@@ -25,10 +25,11 @@ from pumplink.events import EventBus, UserAccessChanged
 if TYPE_CHECKING:
     # Types only: the device actor imports this module (check_run_length).
     from pumplink.devices.supervisor import Supervisor
+    from pumplink.proxies import DeviceProxy, SchedulerProxy
     from pumplink.runtime import Topics
 
-DeviceCall = Callable[[Any], pykka.Future]  # given a DeviceActor proxy
-SchedulerCall = Callable[[Any], pykka.Future]  # given a SchedulerActor proxy
+DeviceCall = Callable[["DeviceProxy"], pykka.Future]
+SchedulerCall = Callable[["SchedulerProxy"], pykka.Future]
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,18 @@ class Gateway:
         self.topics = topics
         # Set by the actor system once the scheduler runs: the scheduler fires through this gateway.
         self.scheduler = scheduler
-        self._proxies: dict[int, tuple] = {}
+        self._proxies: dict[int, tuple[pykka.ActorRef, DeviceProxy]] = {}
 
     # --- plumbing ----------------------------------------------------------------------------
     def _call(self, device_id: int, call: DeviceCall, *, timeout: float = ASK_TIMEOUT_S) -> Any:
         return self._wait(self._start(device_id, call), timeout)
 
-    def _proxy(self, device_id: int):
+    def _proxy(self, device_id: int) -> "DeviceProxy":
         # Building a pykka proxy introspects the actor; one per actor is enough.
         ref = self.supervisor.get(device_id)
         cached = self._proxies.get(device_id)
         if cached is None or cached[0] is not ref:
-            cached = self._proxies[device_id] = (ref, ref.proxy())
+            cached = self._proxies[device_id] = (ref, cast("DeviceProxy", ref.proxy()))
         return cached[1]
 
     def _start(self, device_id: int, call: DeviceCall) -> pykka.Future:
@@ -104,7 +105,7 @@ class Gateway:
     def devices(self) -> list[dict]:
         # Today's use of every device in two queries here, not two per device in each actor.
         today = usage.by_device(self.clock.now(), self.config.tz)
-        futures = [self._start(i, lambda d, i=i: d.view(today.get(i, (0.0, 0.0)))) for i in self.supervisor.ids()]
+        futures = [self._start(i, lambda d: d.view(today.get(i, (0.0, 0.0)))) for i in self.supervisor.ids()]
         return [self._wait(f) for f in futures]
 
     def device(self, device_id: int) -> dict:
@@ -242,7 +243,7 @@ class Gateway:
         try:
             if ref is None:
                 raise pykka.ActorDeadError("no scheduler")
-            future = call(ref.proxy())
+            future = call(cast("SchedulerProxy", ref.proxy()))
             self._release_connection()
             return future.get(timeout=timeout)
         except pykka.Timeout:
