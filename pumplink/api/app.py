@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import falcon
 import peewee
@@ -36,7 +37,7 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     auth = Auth(accounts)
-    base = dict(auth=auth, gateway=gateway, tz=config.tz, clock=clock)
+    base: dict[str, Any] = dict(auth=auth, gateway=gateway, tz=config.tz, clock=clock)
     routes = {
         "/register": acc.Register(accounts),
         "/login": acc.Login(accounts),

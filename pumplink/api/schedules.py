@@ -15,7 +15,7 @@ from pumplink.errors import NotFound
 from pumplink.gateway import Gateway
 from pumplink.schedules.planning import Recurrence, check_new, parse_start, schedule_view
 from pumplink.api.openapi import MessageBody, doc
-from pumplink.api.schemas import DURATION_MIN, DURATION_S, Body, Number, ScheduleQuery, Timed
+from pumplink.api.schemas import Body, Number, ScheduleQuery, Timed, minutes_field, seconds_field
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
@@ -33,8 +33,8 @@ class ScheduleBody(Timed):
     device_id: StrictInt = Field(default=1, ge=1)
     # A string, parsed by the resource: a bare number must not pass as a Unix time.
     start_time: StrictStr = Field(min_length=1, max_length=64)
-    duration: Number | None = Field(**DURATION_MIN)
-    duration_s: Number | None = Field(**DURATION_S)
+    duration: Number | None = minutes_field()
+    duration_s: Number | None = seconds_field()
     rrule: StrictStr | None = Field(default=None, max_length=500)
 
 

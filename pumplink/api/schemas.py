@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
@@ -58,14 +58,20 @@ class Timed(Body):
         return max(1, round(seconds))
 
 
-DURATION_MIN = dict(default=None, gt=0, le=24 * 60, description="minutes")
-DURATION_S = dict(default=None, gt=0, le=24 * 3600, description="seconds; wins over duration")
+def minutes_field() -> Any:
+    """The ``duration`` field: minutes, the app's unit (zero, the dial at rest, is 422)."""
+    return Field(default=None, gt=0, le=24 * 60, description="minutes")
+
+
+def seconds_field() -> Any:
+    """The ``duration_s`` field: seconds; it wins over ``duration``."""
+    return Field(default=None, gt=0, le=24 * 3600, description="seconds; wins over duration")
 
 
 class ActivateBody(Timed):
     device_id: StrictInt = Field(default=1, ge=1)
-    duration: Number | None = Field(**DURATION_MIN)
-    duration_s: Number | None = Field(**DURATION_S)
+    duration: Number | None = minutes_field()
+    duration_s: Number | None = seconds_field()
 
 
 class DeviceCreate(Body):
