@@ -118,25 +118,43 @@ class Alert:
 
 
 class EventBus:
-    """Fans events out to listener actors by ``tell``."""
+    """Routes each event by its type, with ``tell``, to the listeners subscribed to that type.
+
+    A listener names the events it handles when it subscribes, so it is never woken (nor opens a
+    transaction or checks out a connection) for an event it would only ignore.
+    """
 
     def __init__(self):
-        self._listeners: list[pykka.ActorRef] = []
+        self._listeners: dict[type, list[pykka.ActorRef]] = {}
         self._lock = threading.Lock()
 
-    def subscribe(self, ref: pykka.ActorRef) -> None:
+    def subscribe(self, ref: pykka.ActorRef, *event_types: type) -> None:
+        if not event_types:
+            raise ValueError("a listener names the event types it handles")
         with self._lock:
-            self._listeners.append(ref)
+            for event_type in event_types:
+                refs = self._listeners.setdefault(event_type, [])
+                if ref not in refs:
+                    refs.append(ref)
 
     def unsubscribe(self, ref: pykka.ActorRef) -> None:
         with self._lock:
-            if ref in self._listeners:
-                self._listeners.remove(ref)
+            for refs in self._listeners.values():
+                if ref in refs:
+                    refs.remove(ref)
+
+    def listeners(self, event_type: type) -> list[pykka.ActorRef]:
+        """Who hears ``event_type`` (a subscription to a base class covers its subclasses)."""
+        with self._lock:
+            found: list[pykka.ActorRef] = []
+            for cls in event_type.__mro__:
+                for ref in self._listeners.get(cls, ()):
+                    if ref not in found:
+                        found.append(ref)
+            return found
 
     def publish(self, event) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for ref in listeners:
+        for ref in self.listeners(type(event)):
             try:
                 ref.tell(event)
             except pykka.ActorDeadError:

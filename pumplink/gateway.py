@@ -1,23 +1,36 @@
-"""DeviceGateway: the small facade the API calls; every call to an actor has a timeout."""
+"""DeviceGateway: the small facade the API calls; every call to an actor has a timeout.
+
+It is built from the parts it uses (the supervisor's device refs, the scheduler, the database,
+clock, bus, config and topics), not from the whole actor system. Calls reach an actor through
+a callable on its proxy (``lambda d: d.activate(...)``), so a renamed method is an attribute
+error tools can see, not a string nobody checks.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import peewee as pw
 import pykka
 
 from pumplink.storage import models as m
 from pumplink.quota import usage
-from pumplink.clock import to_db
+from pumplink.clock import Clock, to_db
+from pumplink.config import Config
 from pumplink.devices.messages import RunRequest
 from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
-from pumplink.events import UserAccessChanged
+from pumplink.events import EventBus, UserAccessChanged
 
 if TYPE_CHECKING:
-    from pumplink.server.startup import ActorSystem
+    # Types only: the device actor imports this module (check_run_length).
+    from pumplink.devices.supervisor import Supervisor
+    from pumplink.proxies import DeviceProxy, SchedulerProxy
+    from pumplink.runtime import Topics
+
+DeviceCall = Callable[["DeviceProxy"], pykka.Future]
+SchedulerCall = Callable[["SchedulerProxy"], pykka.Future]
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +42,33 @@ def actor_name(user: m.User) -> str:
 
 
 class Gateway:
-    def __init__(self, system: "ActorSystem"):
-        self.system = system
-        self.rt = system.rt
-        self._proxies: dict[int, tuple] = {}
+    def __init__(self, *, supervisor: "Supervisor", db: pw.Database, clock: Clock, bus: EventBus, config: Config,
+                 topics: "Topics", scheduler: pykka.ActorRef | None = None):
+        self.supervisor = supervisor
+        self.db = db
+        self.clock = clock
+        self.bus = bus
+        self.config = config
+        self.topics = topics
+        # Set by the actor system once the scheduler runs: the scheduler fires through this gateway.
+        self.scheduler = scheduler
+        self._proxies: dict[int, tuple[pykka.ActorRef, DeviceProxy]] = {}
 
     # --- plumbing ----------------------------------------------------------------------------
-    def _call(self, device_id: int, method: str, *args, timeout: float = ASK_TIMEOUT_S, **kwargs):
-        return self._wait(self._start(device_id, method, *args, **kwargs), timeout)
+    def _call(self, device_id: int, call: DeviceCall, *, timeout: float = ASK_TIMEOUT_S) -> Any:
+        return self._wait(self._start(device_id, call), timeout)
 
-    def _proxy(self, device_id: int):
+    def _proxy(self, device_id: int) -> "DeviceProxy":
         # Building a pykka proxy introspects the actor; one per actor is enough.
-        ref = self.system.supervisor.get(device_id)
+        ref = self.supervisor.get(device_id)
         cached = self._proxies.get(device_id)
         if cached is None or cached[0] is not ref:
-            cached = self._proxies[device_id] = (ref, ref.proxy())
+            cached = self._proxies[device_id] = (ref, cast("DeviceProxy", ref.proxy()))
         return cached[1]
 
-    def _start(self, device_id: int, method: str, *args, **kwargs) -> pykka.Future:
+    def _start(self, device_id: int, call: DeviceCall) -> pykka.Future:
         try:
-            return getattr(self._proxy(device_id), method)(*args, **kwargs)
+            return call(self._proxy(device_id))
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
@@ -59,7 +79,7 @@ class Gateway:
         wait exhausted the pool under load (every request waiting for an actor waiting for a
         connection). peewee reconnects by itself if the request queries again afterwards.
         """
-        db = self.rt.db
+        db = self.db
         if not db.is_closed() and not db.in_transaction():
             db.close()
 
@@ -72,51 +92,51 @@ class Gateway:
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
-    def _all(self, method: str, *args) -> list:
-        futures = [(i, self._start(i, method, *args)) for i in self.system.supervisor.ids()]
-        return [self._wait(f) for _, f in futures]
+    def _all(self, call: DeviceCall) -> list:
+        """Ask every device at once, then wait for each answer."""
+        futures = [self._start(i, call) for i in self.supervisor.ids()]
+        return [self._wait(f) for f in futures]
 
     def audit(self, actor: m.User | None, action: str, target: str | None, detail: dict | None = None) -> None:
         m.AuditLog.create(actor=actor.id if actor else None, action=action, target=target,
                           detail=json.dumps(detail) if detail is not None else None,
-                          at=to_db(self.rt.clock.now()))
+                          at=to_db(self.clock.now()))
 
     # --- devices -----------------------------------------------------------------------------
     def devices(self) -> list[dict]:
         # Today's use of every device in two queries here, not two per device in each actor.
-        today = usage.by_device(self.rt.clock.now(), self.rt.config.tz)
-        ids = self.system.supervisor.ids()
-        futures = [self._start(i, "view", today.get(i, (0.0, 0.0))) for i in ids]
+        today = usage.by_device(self.clock.now(), self.config.tz)
+        futures = [self._start(i, lambda d: d.view(today.get(i, (0.0, 0.0)))) for i in self.supervisor.ids()]
         return [self._wait(f) for f in futures]
 
     def device(self, device_id: int) -> dict:
-        return self._call(device_id, "describe")
+        return self._call(device_id, lambda d: d.describe())
 
     def go_status(self, device_id: int) -> dict:
-        return self._call(device_id, "go_status")
+        return self._call(device_id, lambda d: d.go_status())
 
     def snapshot(self) -> list[dict]:
-        return self._all("summary")
+        return self._all(lambda d: d.summary())
 
     def create_device(self, admin: m.User, **fields) -> dict:
-        with self.rt.db.atomic():
+        with self.db.atomic():
             self._one_legacy_device(fields.get("protocol"))
             device = m.Device.create(**fields)
         # Committed first: the actor loads its device on a connection of its own.
-        self.system.supervisor.start_device(device.id)
+        self.supervisor.start_device(device.id)
         self.audit(admin, "device.create", f"device:{device.id}", fields)
         return self.device(device.id)
 
     def update_device(self, admin: m.User, device_id: int, **fields) -> dict:
         self._existing(device_id)
         if fields:
-            with self.rt.db.atomic():
+            with self.db.atomic():
                 self._one_legacy_device(fields.get("protocol"), device_id)
                 m.Device.update(**fields).where(m.Device.id == device_id).execute()
             if "protocol" in fields:
-                self.system.supervisor.set_protocol(device_id, fields["protocol"])
+                self.supervisor.set_protocol(device_id, fields["protocol"])
         self.audit(admin, "device.update", f"device:{device_id}", fields)
-        return self._call(device_id, "reload")
+        return self._call(device_id, lambda d: d.reload())
 
     def _one_legacy_device(self, protocol: str | None, device_id: int | None = None) -> None:
         """At most one live legacy device (docs/decisions.md): every legacy controller listens on
@@ -124,9 +144,9 @@ class Gateway:
         commands. Called in the transaction that writes the device."""
         if protocol != "legacy":
             return
-        if isinstance(self.rt.db, pw.PostgresqlDatabase):
+        if isinstance(self.db, pw.PostgresqlDatabase):
             # Two admins creating legacy devices at once take turns (SQLite writes serialise anyway).
-            self.rt.db.execute_sql("SELECT pg_advisory_xact_lock(4242010)")
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(4242010)")
         other = (m.Device.select(m.Device.id, m.Device.name)
                  .where((m.Device.protocol == "legacy") & m.Device.deleted_at.is_null()
                         & (m.Device.id != (device_id or 0)))
@@ -134,7 +154,7 @@ class Gateway:
         if other is not None:
             raise Conflict(
                 f"Device {other.id} ({other.name}) already speaks the legacy protocol. Legacy controllers all "
-                f"listen on the one topic {self.rt.topics.legacy_control}, so a second one would be switched by "
+                f"listen on the one topic {self.topics.legacy_control}, so a second one would be switched by "
                 f"the other's commands. Delete device {other.id} or change its protocol first.",
                 "legacy_device_exists", device_id=other.id,
             )
@@ -142,9 +162,9 @@ class Gateway:
     def delete_device(self, admin: m.User, device_id: int) -> None:
         self._existing(device_id)
         # OFF first: a deleted device must not be left running.
-        self._call(device_id, "force_shutdown", actor_name(admin))
-        m.Device.update(deleted_at=to_db(self.rt.clock.now())).where(m.Device.id == device_id).execute()
-        self.system.supervisor.stop_device(device_id)
+        self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
+        m.Device.update(deleted_at=to_db(self.clock.now())).where(m.Device.id == device_id).execute()
+        self.supervisor.stop_device(device_id)
         self.audit(admin, "device.delete", f"device:{device_id}")
 
     def _existing(self, device_id: int) -> m.Device:
@@ -155,13 +175,14 @@ class Gateway:
 
     # --- activations -------------------------------------------------------------------------
     def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
-        return self._call(device_id, "activate", user.id, duration_s, "api", None, user.daily_quota_minutes)
+        return self._call(device_id, lambda d: d.activate(user.id, duration_s, source="api",
+                                                           user_quota=user.daily_quota_minutes))
 
     def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int,
                               run_id: int, reply_to: pykka.ActorRef) -> None:
         """For the scheduler: a message; the device tells ``reply_to`` a RunSettled."""
         try:
-            self.system.supervisor.get(device_id).tell(RunRequest(run_id, schedule_id, user_id, duration_s, reply_to))
+            self.supervisor.get(device_id).tell(RunRequest(run_id, schedule_id, user_id, duration_s, reply_to))
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
@@ -171,7 +192,7 @@ class Gateway:
             raise NotFound(f"There is no activation {activation_id}.", "activation_not_found")
         if user.role != "admin" and act.user_id != user.id:
             raise Forbidden("Only the owner of an activation or an admin may cancel it.", "not_owner")
-        result = self._call(act.device_id, "cancel", activation_id, actor_name(user))
+        result = self._call(act.device_id, lambda d: d.cancel(activation_id, by=actor_name(user)))
         if user.role == "admin" and act.user_id != user.id:
             self.audit(user, "activation.cancel", f"activation:{activation_id}")
         return result
@@ -183,24 +204,25 @@ class Gateway:
         user who lost approval has their queued activations cancelled with reason
         ``owner_revoked`` on every device (issue 10, finding 7); a run already going finishes.
         Returns the cancelled activation ids."""
-        self.rt.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=self.rt.clock.now()))
+        self.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=self.clock.now()))
         if role in ("user", "admin"):
             return []
         cancelled: list[int] = []
-        for future in [self._start(i, "cancel_queued_of", user_id, "owner_revoked") for i in self.system.supervisor.ids()]:
-            cancelled.extend(self._wait(future))
+        for ids in self._all(lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")):
+            cancelled.extend(ids)
         if cancelled:
             log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)
         return cancelled
 
     def force_shutdown(self, admin: m.User, device_id: int) -> dict:
         self._existing(device_id)
-        result = self._call(device_id, "force_shutdown", actor_name(admin))
+        result = self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
         self.audit(admin, "device.force_shutdown", f"device:{device_id}", result)
         return result
 
     def emergency_stop(self, admin: m.User) -> list[dict]:
-        results = self._all("force_shutdown", actor_name(admin))
+        by = actor_name(admin)
+        results = self._all(lambda d: d.force_shutdown(by=by))
         self.audit(admin, "emergency_stop", "devices:all", {"devices": [r["device_id"] for r in results]})
         return results
 
@@ -219,23 +241,13 @@ class Gateway:
                 max_run_minutes=device.max_run_minutes,
             )
 
-    @staticmethod
-    def duration_s(duration_min: float | None, duration_s: float | None) -> int:
-        """``duration_s`` wins over ``duration`` (minutes), as API.md says."""
-        if duration_s is None and duration_min is None:
-            raise Unprocessable("Give duration (minutes) or duration_s (seconds).", "duration_missing")
-        seconds = duration_s if duration_s is not None else duration_min * 60
-        if seconds <= 0:
-            raise Unprocessable("The duration must be greater than zero.", "invalid_duration")
-        return max(1, round(seconds))
-
-    # --- schedules (issue 4) -----------------------------------------------------------------
-    def _scheduler_call(self, method: str, *args, timeout: float = ASK_TIMEOUT_S):
-        ref = self.system.scheduler
+    # --- schedules ----------------------------------------------------------------------------
+    def _scheduler_call(self, call: SchedulerCall, *, timeout: float = ASK_TIMEOUT_S) -> Any:
+        ref = self.scheduler
         try:
             if ref is None:
                 raise pykka.ActorDeadError("no scheduler")
-            future = getattr(ref.proxy(), method)(*args)
+            future = call(cast("SchedulerProxy", ref.proxy()))
             self._release_connection()
             return future.get(timeout=timeout)
         except pykka.Timeout:
@@ -244,20 +256,20 @@ class Gateway:
             raise Unavailable("The scheduler is not running; try again in a moment.", "scheduler_unavailable") from None
 
     def create_schedule(self, user: m.User, device_id: int, start, rrule: str | None, duration_s: int) -> dict:
-        return self._scheduler_call("create", user.id, device_id, start, rrule, duration_s)
+        return self._scheduler_call(lambda s: s.create(user.id, device_id, start, rrule, duration_s))
 
     def set_schedule_enabled(self, user: m.User, schedule: m.Schedule, enabled: bool) -> dict:
-        result = self._scheduler_call("set_enabled", schedule.id, enabled)
+        result = self._scheduler_call(lambda s: s.set_enabled(schedule.id, enabled))
         if user.role == "admin" and schedule.user_id != user.id:
             self.audit(user, "schedule.enable" if enabled else "schedule.disable", f"schedule:{schedule.id}")
         return result
 
     def delete_schedule(self, user: m.User, schedule: m.Schedule) -> None:
-        self._scheduler_call("delete", schedule.id)
+        self._scheduler_call(lambda s: s.delete(schedule.id))
         if user.role == "admin" and schedule.user_id != user.id:
             self.audit(user, "schedule.delete", f"schedule:{schedule.id}")
 
-    # --- live view (issue 5) -----------------------------------------------------------------
+    # --- live view -----------------------------------------------------------------
     def summary(self, device_id: int) -> dict:
         """One device's live summary (state, availability, running activation); no database work."""
-        return self._call(device_id, "summary")
+        return self._call(device_id, lambda d: d.summary())

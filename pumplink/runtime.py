@@ -23,15 +23,9 @@ class Topics:
     def command(self, device_id: int) -> str:
         return f"{self.prefix}/devices/{device_id}/command"
 
-    def device(self, device_id: int, kind: str) -> str:
-        return f"{self.prefix}/devices/{device_id}/{kind}"
-
     @property
     def legacy_control(self) -> str:
         return f"{self.legacy_base}/control"
-
-    def legacy(self, device_id: int, kind: str) -> str:
-        return f"{self.legacy_base}/{device_id}/{kind}"
 
     def subscriptions(self) -> list[str]:
         return [

@@ -88,8 +88,8 @@ class Users:
 
 
 class User:
-    def __init__(self, accounts: Accounts, auth: Auth, gateway_of):
-        self.accounts, self.auth, self.gateway_of = accounts, auth, gateway_of
+    def __init__(self, accounts: Accounts, auth: Auth, gateway):
+        self.accounts, self.auth, self.gateway = accounts, auth, gateway
 
     @doc("Change an account's role or quota (admin)", body=UserPatch, answer=A.UserOut, auth="admin", errors=(409, 422))
     def on_patch(self, req, resp, user_id):
@@ -98,7 +98,7 @@ class User:
         body = UserPatch.model_validate(raw)
         user = self.accounts.update_user(path_id(user_id), body.role, body.daily_quota_minutes,
                                          "daily_quota_minutes" in raw)
-        self.gateway_of().audit(admin, "user.update", f"user:{user.id}",
+        self.gateway.audit(admin, "user.update", f"user:{user.id}",
                                 {k: raw[k] for k in ("role", "daily_quota_minutes") if k in raw})
         if body.role is not None:
             self._access_changed(user.id, user.role)
@@ -109,12 +109,12 @@ class User:
         admin = self.auth.user(req, "admin")
         uid = path_id(user_id)
         self.accounts.delete_user(uid, admin)
-        self.gateway_of().audit(admin, "user.delete", f"user:{uid}")
+        self.gateway.audit(admin, "user.delete", f"user:{uid}")
         self._access_changed(uid, None)
         resp.media = {"message": f"User {uid} deleted."}
 
     def _access_changed(self, user_id: int, role: str | None) -> None:
-        self.gateway_of().user_access_changed(user_id, role)
+        self.gateway.user_access_changed(user_id, role)
 
 
 class Audit:

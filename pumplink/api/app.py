@@ -1,17 +1,24 @@
-"""The app factory: builds the Falcon app around an actor system, and the WSGI entry point."""
+"""The app factory: builds the Falcon app from the parts its resources use."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import falcon
+import peewee
 
 from pumplink.accounts.service import Accounts
+from pumplink.clock import Clock
 from pumplink.config import Config
-from pumplink.server.startup import ActorSystem
+from pumplink.events import EventBus
+from pumplink.gateway import Gateway
+from pumplink.metrics import Metrics
+from pumplink.runtime import BrokerStatus
 from pumplink.api import accounts as acc
 from pumplink.api import devices as dev
-from pumplink.api import errors, ops
+from pumplink.api import errors, live, ops
+from pumplink.api import schedules as sch
 from pumplink.api.openapi import OpenApi
 from pumplink.api.query import QueryMiddleware
 from pumplink.api.support import Auth, DatabaseMiddleware, RequestLogMiddleware
@@ -21,18 +28,16 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/v1"
 
 
-def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falcon.App:
+def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peewee.Database, clock: Clock,
+               bus: EventBus, metrics: Metrics, broker: BrokerStatus) -> falcon.App:
+    """The API around ``gateway`` (started actors, or a fake one in tests/api)."""
     # QueryMiddleware: no query value reaches a resource unchecked (NUL, control characters,
     # the responder's declared query model).
-    app = falcon.App(middleware=[RequestLogMiddleware(), QueryMiddleware(), DatabaseMiddleware(system.rt.db)])
+    app = falcon.App(middleware=[RequestLogMiddleware(), QueryMiddleware(), DatabaseMiddleware(db)])
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     auth = Auth(accounts)
-
-    def gateway():
-        return system.gateway
-
-    base = dict(auth=auth, gateway_of=gateway, tz=config.tz, clock=system.rt.clock)
+    base: dict[str, Any] = dict(auth=auth, gateway=gateway, tz=config.tz, clock=clock)
     routes = {
         "/register": acc.Register(accounts),
         "/login": acc.Login(accounts),
@@ -56,16 +61,10 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
         "/activations": dev.Activations(**base),
         "/activations/{activation_id}": dev.Activation(**base),
         "/health": ops.Health(),
-        "/ready": ops.Ready(system.rt.db, system.broker),
+        "/ready": ops.Ready(db, broker),
+        **sch.routes(**base),
+        **live.routes(auth, clock, bus, config.max_push_tokens_per_user),
     }
-    # --- schedules (issue 4) go here ---
-    from pumplink.api import schedules as sch
-
-    routes.update(sch.routes(**base))
-    # --- push tokens (issue 5) go here ---
-    from pumplink.api import live
-
-    routes.update(live.routes(auth, system.rt.clock, system.rt.bus, config.max_push_tokens_per_user))
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]
     # Paths older clients use (the seed's activation name, the app's WebSocket at the root),
     # probes at the root, and Prometheus's conventional path (keep it off the public proxy).
@@ -74,7 +73,7 @@ def create_app(config: Config, system: ActorSystem, accounts: Accounts) -> falco
         ("/ws", routes["/ws"]),
         ("/health", routes["/health"]),
         ("/ready", routes["/ready"]),
-        ("/metrics", ops.Metrics(system.rt.metrics)),
+        ("/metrics", ops.Metrics(metrics)),
     ]
     registered.append((PREFIX + "/openapi.json", OpenApi(registered)))
     for path, resource in registered:

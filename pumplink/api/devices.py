@@ -9,7 +9,6 @@ import falcon
 from pumplink.storage import models as m
 from pumplink.clock import to_db
 from pumplink.errors import NotFound
-from pumplink.gateway import Gateway
 from pumplink.views import activation_view, log_view, session_view
 from pumplink.api import answers as A
 from pumplink.api.openapi import MessageBody, doc
@@ -17,11 +16,7 @@ from pumplink.api.schemas import ActivateBody, ActivationQuery, DeviceCreate, De
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 
-class _Base(Resource):
-    pass
-
-
-class Devices(_Base):
+class Devices(Resource):
     @doc("Every device with its state, running activation, queue and today's use", answer=A.DeviceList, errors=(503,))
     def on_get(self, req, resp):
         self.auth.user(req)
@@ -35,7 +30,7 @@ class Devices(_Base):
         resp.media = self.gateway.create_device(admin, **body.model_dump())
 
 
-class Device(_Base):
+class Device(Resource):
     @doc("One device", answer=A.DeviceOut, errors=(503,))
     def on_get(self, req, resp, device_id):
         self.auth.user(req)
@@ -55,7 +50,7 @@ class Device(_Base):
         resp.media = {"message": f"Device {did} deleted; it was sent OFF first."}
 
 
-class DeviceStatus(_Base):
+class DeviceStatus(Resource):
     """The Go server's shape, kept for old clients."""
 
     @doc("The Go server's status shape", answer=A.GoStatus, errors=(503,))
@@ -64,7 +59,7 @@ class DeviceStatus(_Base):
         resp.media = self.gateway.go_status(path_id(device_id))
 
 
-class ForceShutdown(_Base):
+class ForceShutdown(Resource):
     @doc("Send OFF now, end the running activation, cancel the queue (admin)", body=EmptyBody, answer=A.ShutdownAnswer, auth="admin", errors=(503,))
     def on_post(self, req, resp, device_id):
         admin = self.auth.user(req, "admin")
@@ -73,7 +68,7 @@ class ForceShutdown(_Base):
         resp.media = {"message": f"OFF sent to device {result['device_id']}; its queue was cancelled.", **result}
 
 
-class EmergencyStop(_Base):
+class EmergencyStop(Resource):
     @doc("Force shutdown of every device (admin)", body=EmptyBody, answer=A.EmergencyAnswer, auth="admin", errors=(503,))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
@@ -83,12 +78,12 @@ class EmergencyStop(_Base):
                       "devices": results}
 
 
-class Activate(_Base):
+class Activate(Resource):
     @doc("Run a pump for a duration (queued behind a running one)", body=ActivateBody, status=202, answer=A.ActivationAnswer, auth="approved", errors=(409, 422, 429, 503))
     def on_post(self, req, resp):
         user = self.auth.user(req, "user")
         body = read_json(req, ActivateBody)
-        seconds = Gateway.duration_s(body.duration, body.duration_s)
+        seconds = body.seconds
         activation = self.gateway.activate(user, body.device_id, seconds)
         resp.status = falcon.HTTP_202
         where = "started" if activation["state"] != "queued" else "queued"
@@ -106,7 +101,7 @@ def _window(query, field, page, tz):
     return query
 
 
-class Activations(_Base):
+class Activations(Resource):
     @doc("Activations (own; admins see all)", query=ActivationQuery, answer=A.ActivationPage, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
@@ -121,7 +116,7 @@ class Activations(_Base):
                       "limit": page.limit, "offset": page.offset}
 
 
-class Activation(_Base):
+class Activation(Resource):
     def _load(self, req, activation_id):
         user = self.auth.user(req)
         act = m.Activation.get_or_none(m.Activation.id == path_id(activation_id))
@@ -141,7 +136,7 @@ class Activation(_Base):
         resp.media = {"message": f"Activation {act.id} {result['state']}.", "activation": result}
 
 
-class _DeviceHistory(_Base):
+class _DeviceHistory(Resource):
     model = None
     view = None
 

@@ -15,7 +15,7 @@ from pumplink.errors import NotFound
 from pumplink.gateway import Gateway
 from pumplink.schedules.planning import Recurrence, check_new, parse_start, schedule_view
 from pumplink.api.openapi import MessageBody, doc
-from pumplink.api.schemas import Body, Number, ScheduleQuery
+from pumplink.api.schemas import Body, Number, ScheduleQuery, Timed, minutes_field, seconds_field
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
@@ -29,12 +29,12 @@ RUNS_SHOWN = 20
 LIST_BUDGET_S = 0.05  # CPU time one listing may spend on next runs
 
 
-class ScheduleBody(Body):
+class ScheduleBody(Timed):
     device_id: StrictInt = Field(default=1, ge=1)
     # A string, parsed by the resource: a bare number must not pass as a Unix time.
     start_time: StrictStr = Field(min_length=1, max_length=64)
-    duration: Number | None = Field(default=None, gt=0, le=24 * 60)
-    duration_s: Number | None = Field(default=None, gt=0, le=24 * 3600)
+    duration: Number | None = minutes_field()
+    duration_s: Number | None = seconds_field()
     rrule: StrictStr | None = Field(default=None, max_length=500)
 
 
@@ -76,12 +76,12 @@ class _Base(Resource):
     def _create(self, req, resp) -> None:
         user = self.auth.user(req, "user")
         body = read_json(req, ScheduleBody)
-        seconds = Gateway.duration_s(body.duration, body.duration_s)
+        seconds = body.seconds
         start = parse_start(body.start_time, self.tz)
         device = m.Device.get_or_none((m.Device.id == body.device_id) & m.Device.deleted_at.is_null())
         if device is None:
             raise NotFound(f"There is no device {body.device_id}.", "device_not_found")
-        config = self.gateway.rt.config
+        config = self.gateway.config
         Gateway.check_run_length(device, seconds, config.min_run_s)
         first = check_new(Recurrence(start, body.rrule, self.tz), seconds, self.clock.now(),
                           min_gap_s=config.schedule_min_gap_s, min_run_s=config.min_run_s)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+
+from pumplink.errors import Unprocessable
 
 Number = StrictInt | StrictFloat
 # Quotas and max runs below ~a second mean nothing to a pump (and underflow the column).
@@ -34,10 +36,42 @@ class UserPatch(Body):
     daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
 
 
-class ActivateBody(Body):
+class Timed(Body):
+    """A body with a run length: ``duration`` (minutes, the app's) or ``duration_s`` (seconds).
+
+    Subclasses declare both fields (in their own order: the first wrong field is the one
+    reported). Zero or less is 422 from the fields' bounds; neither given is 422
+    ``duration_missing``.
+    """
+
+    @model_validator(mode="after")
+    def _one_duration(self):
+        if self.duration is None and self.duration_s is None:
+            # A domain error, not a ValueError: pydantic lets it through with its code intact.
+            raise Unprocessable("Give duration (minutes) or duration_s (seconds).", "duration_missing")
+        return self
+
+    @property
+    def seconds(self) -> int:
+        """The run length in whole seconds; ``duration_s`` wins over ``duration``, as API.md says."""
+        seconds = self.duration_s if self.duration_s is not None else self.duration * 60
+        return max(1, round(seconds))
+
+
+def minutes_field() -> Any:
+    """The ``duration`` field: minutes, the app's unit (zero, the dial at rest, is 422)."""
+    return Field(default=None, gt=0, le=24 * 60, description="minutes")
+
+
+def seconds_field() -> Any:
+    """The ``duration_s`` field: seconds; it wins over ``duration``."""
+    return Field(default=None, gt=0, le=24 * 3600, description="seconds; wins over duration")
+
+
+class ActivateBody(Timed):
     device_id: StrictInt = Field(default=1, ge=1)
-    duration: Number | None = Field(default=None, gt=0, le=24 * 60)
-    duration_s: Number | None = Field(default=None, gt=0, le=24 * 3600)
+    duration: Number | None = minutes_field()
+    duration_s: Number | None = seconds_field()
 
 
 class DeviceCreate(Body):

@@ -155,18 +155,13 @@ class Auth:
 
 
 class Resource:
-    """What resources share: authentication, the gateway (reached late: actors start after the app
-    is built), the configured time zone and the clock."""
+    """What resources share: authentication, the gateway, the configured time zone and the clock."""
 
-    def __init__(self, auth: Auth, gateway_of, tz=None, clock=None):
+    def __init__(self, auth: Auth, gateway, tz=None, clock=None):
         self.auth = auth
-        self.gateway_of = gateway_of
+        self.gateway = gateway
         self.tz = tz
         self.clock = clock
-
-    @property
-    def gateway(self):
-        return self.gateway_of()
 
 
 class DatabaseMiddleware:

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pykka
+from pykka.messages import ProxyCall
 
 from pumplink.storage import models as m
 from pumplink.errors import NotFound
@@ -21,10 +22,6 @@ from pumplink.devices.messages import BrokerConnected
 log = logging.getLogger(__name__)
 
 RECHECK_S = 10.0  # a device's protocol is re-read on a mismatch at most this often
-
-
-class _Ping:
-    """Answered once an actor has started."""
 
 
 class Supervisor:
@@ -44,7 +41,10 @@ class Supervisor:
         for r in records:
             self.start_device(r.device.id, r)
         # An ask is answered only after on_start: when these return, every device has recovered.
-        for future in [self._refs[r.device.id].ask(_Ping(), block=False) for r in records]:
+        # ``summary`` touches no database and goes past on_receive (pykka calls it directly), so
+        # waiting costs no transaction; ProxyCall spares building 10,000 proxies.
+        ready = ProxyCall(attr_path=(DeviceActor.summary.__name__,), args=(), kwargs={})
+        for future in [self._refs[r.device.id].ask(ready, block=False) for r in records]:
             future.get(timeout=60)
         log.info("%d device actors started", len(records))
 

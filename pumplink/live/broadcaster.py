@@ -145,6 +145,9 @@ class Recheck:
 class BroadcasterActor(pykka.ThreadingActor):
     """Keeps the registered clients and their subscriptions; numbers and fans out every event."""
 
+    # The bus events it handles (the actor system subscribes it to these and no others).
+    EVENTS = (DeviceStateChanged, ActivationChanged, ScheduleChanged, UserAccessChanged)
+
     def __init__(self, rt: Runtime):
         super().__init__()
         self.rt = rt

@@ -39,8 +39,11 @@ class PumpLinkService:
         self.accounts = Accounts(config, clock)
         with self.db.connection_context():
             bootstrap_admin(config, self.accounts)
+        # Actors first: the app is built around the started gateway (no late binding).
         self.system = ActorSystem(config, self.db, clock).start()
-        self.app = create_app(config, self.system, self.accounts)
+        rt = self.system.rt
+        self.app = create_app(config=config, gateway=self.system.gateway, accounts=self.accounts, db=self.db,
+                              clock=rt.clock, bus=rt.bus, metrics=rt.metrics, broker=rt.broker)
         self.ws = LiveSocket(config, self.system, self.accounts)  # upgraded requests (/api/v1/ws, /ws)
         log.info("PumpLink is serving on %s", config.bind)
 

@@ -1,4 +1,10 @@
-"""Starts the actors in order and stops them in reverse (the Mopidy way)."""
+"""ActorSystem: starts the actors in dependency order and stops them in reverse (the Mopidy way).
+
+Order: the bus listeners (broadcaster, notifier), the MQTT link, the device actors (their crash
+recovery runs here, before any request), the broker connection, the gateway, the scheduler.
+If a step fails, what was already started is stopped again, newest first, and the error is
+raised: a half-started system never lingers with pumps under its control.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +18,16 @@ from pumplink.devices.link import MqttActor
 from pumplink.devices.supervisor import Supervisor
 from pumplink.clock import Clock
 from pumplink.config import Config
+from pumplink.events import Alert
 from pumplink.gateway import Gateway
+from pumplink.live.broadcaster import BroadcasterActor
+from pumplink.live.notifier import NotifierActor
 from pumplink.runtime import Runtime
+from pumplink.schedules.scheduler import SchedulerActor
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 5
 
 
 class ActorSystem:
@@ -36,60 +48,52 @@ class ActorSystem:
         return self.rt.config
 
     def start(self, broker_wait_s: float = 5.0) -> "ActorSystem":
-        for listener in self._listener_factories():
-            ref = listener()
-            self.listeners.append(ref)
-            self.rt.bus.subscribe(ref)
-        self.mqtt = MqttActor.start(self.rt, self._route, self._on_broker_connect, self.broker)
-        self.supervisor = Supervisor(self.rt, self.mqtt)
+        try:
+            self._start(broker_wait_s)
+        except BaseException:
+            log.error("the actor system failed to start; stopping what was started")
+            self.stop()
+            raise
+        return self
+
+    def _start(self, broker_wait_s: float) -> None:
+        rt = self.rt
+        self.broadcaster = self._listen(BroadcasterActor.start(rt), *BroadcasterActor.EVENTS)
+        if rt.config.push_enabled:
+            self.notifier = self._listen(NotifierActor.start(rt), Alert)
+        self.mqtt = MqttActor.start(rt, self._route, self._on_broker_connect, self.broker)
+        self.supervisor = Supervisor(rt, self.mqtt)
         self.supervisor.start_all()  # crash recovery runs here, before any request
         self.mqtt.proxy().connect().get(timeout=10)
         if not self.broker.connected.wait(broker_wait_s):
             log.warning("the broker is not reachable yet; paho keeps trying in the background")
-        self.gateway = Gateway(self)
-        self.scheduler = self._start_scheduler()
-        return self
+        self.gateway = Gateway(supervisor=self.supervisor, db=rt.db, clock=rt.clock, bus=rt.bus, config=rt.config,
+                               topics=rt.topics)
+        self.scheduler = SchedulerActor.start(rt, self.gateway)
+        self.gateway.scheduler = self.scheduler
+
+    def _listen(self, ref: pykka.ActorRef, *event_types: type) -> pykka.ActorRef:
+        self.listeners.append(ref)
+        self.rt.bus.subscribe(ref, *event_types)
+        return ref
 
     def stop(self) -> None:
+        """Stop in reverse order of starting; safe after a partial start and when called twice."""
+        if self.gateway is not None:
+            self.gateway.scheduler = None
         if self.scheduler is not None:
-            self.scheduler.stop(block=True, timeout=5)
+            _stop(self.scheduler, "scheduler")
+            self.scheduler = None
         if self.supervisor is not None:
             self.supervisor.stop_all()
         if self.mqtt is not None:
-            self.mqtt.stop(block=True, timeout=5)
+            _stop(self.mqtt, "MQTT link")
+            self.mqtt = None
         for ref in reversed(self.listeners):
             self.rt.bus.unsubscribe(ref)
-            try:
-                ref.stop(block=True, timeout=5)
-            except pykka.ActorDeadError:
-                pass
+            _stop(ref, "listener")
+        self.listeners.clear()
         log.info("actor system stopped")
-
-    # Hooks the scheduler and the live listeners plug into.
-    def _listener_factories(self):
-        factories = []
-        # --- broadcaster and notifier (issue 5) go here: callables returning started ActorRefs ---
-        from pumplink.live.broadcaster import BroadcasterActor
-        from pumplink.live.notifier import NotifierActor
-
-        def broadcaster():
-            self.broadcaster = BroadcasterActor.start(self.rt)
-            return self.broadcaster
-
-        def notifier():
-            self.notifier = NotifierActor.start(self.rt)
-            return self.notifier
-
-        factories.append(broadcaster)
-        if self.rt.config.push_enabled:
-            factories.append(notifier)
-        return factories
-
-    def _start_scheduler(self) -> pykka.ActorRef | None:
-        # --- the scheduler (issue 4) starts here ---
-        from pumplink.schedules.scheduler import SchedulerActor
-
-        return SchedulerActor.start(self.rt, self.gateway)
 
     def _route(self, inbound) -> str:
         if self.supervisor is None:
@@ -99,3 +103,12 @@ class ActorSystem:
     def _on_broker_connect(self) -> None:
         if self.supervisor is not None:
             self.supervisor.broker_connected()
+
+
+def _stop(ref: pykka.ActorRef, what: str) -> None:
+    try:
+        ref.stop(block=True, timeout=STOP_TIMEOUT_S)
+    except pykka.ActorDeadError:
+        pass
+    except pykka.Timeout:
+        log.warning("the %s did not stop within %s s", what, STOP_TIMEOUT_S)

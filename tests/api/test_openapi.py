@@ -3,19 +3,12 @@
 import falcon.inspect
 import falcon.testing
 
-from pumplink.accounts.service import Accounts
-from pumplink.api.app import create_app
-from pumplink.clock import Clock
-from pumplink.config import Config
-from pumplink.storage.db import make_database
-from pumplink.server.startup import ActorSystem
+from tests.api.fakes import build
 
 
 def build_app():
-    config = Config(jwt_secret="x" * 40, database_url="sqlite:///:memory:")
-    # The system is built but not started: only its routes are inspected.
-    system = ActorSystem(config, make_database(config.database_url))
-    return create_app(config, system, Accounts(config, Clock()))
+    # No actors: only the routes are inspected.
+    return build()[0]
 
 
 def test_every_route_and_method_is_in_the_openapi_document():
