@@ -25,6 +25,9 @@ from pumplink.errors import (
     Unprocessable,
 )
 from pumplink.accounts.limits import LoginLimiter, RegisterLimiter
+from pumplink.views import user_view
+
+user_dict = user_view  # the old name, still used by api/accounts.py
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +71,6 @@ def verify_password(password: str, hashed: str | None) -> bool:
     return ok and hashed is not None
 
 
-def user_dict(user: m.User) -> dict:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "role": user.role,
-        "approved": user.role in ("user", "admin"),
-        "daily_quota_minutes": user.daily_quota_minutes,
-        "created_at": from_db(user.created_at).isoformat().replace("+00:00", "Z"),
-    }
-
-
 def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -88,7 +80,7 @@ PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
 
 def pending_approval(user: m.User) -> Forbidden:
     """The answer to a pending account's login or refresh; ``user`` tells a client its status."""
-    return Forbidden(PENDING_MESSAGE, "approval_required", user=user_dict(user))
+    return Forbidden(PENDING_MESSAGE, "approval_required", user=user_view(user))
 
 
 class Accounts:
@@ -234,7 +226,7 @@ class Accounts:
             "refresh_token": refresh,
             "token_type": "Bearer",
             "expires_in": self.config.access_token_ttl_s,
-            "user": user_dict(user),
+            "user": user_view(user),
         }
 
     def access_token(self, user: m.User, now: dt.datetime | None = None, sid: str | None = None) -> str:
