@@ -2,7 +2,7 @@
 its one alarm. Rules themselves (bounded expansion) are in recurrence.py.
 
 Everything here takes its time from arguments or an injected clock, so it is tested without
-sleeping (tests/schedules/test_schedules.py). The SchedulerActor (actors/scheduler.py) wires it to
+sleeping (tests/schedules/test_schedules.py). The SchedulerActor (scheduler.py) wires it to
 the database, timers and device actors.
 """
 
