@@ -84,9 +84,6 @@ class Api:
     def delete(self, path, **kw):
         return self.request("DELETE", path, **kw)
 
-    def as_(self, token: str) -> "Api":
-        return Api(self.base, token)
-
 
 class Server:
     """``pumplink serve`` in its own process group, so a test can SIGKILL all of it."""
