@@ -180,7 +180,7 @@ def worker_pid(master: int) -> int:
 def pumplink_side(n: int):
     """A real server with ``n`` clients connected; yields (trigger, clients, rss KB per client)."""
     from pumplink.devices.simulator import SimulatedPump
-    from tests.support import MQTT_URL, Server, create_database, drop_database, run_id, server_env
+    from harness import MQTT_URL, Server, create_database, drop_database, run_id, server_env
 
     name = f"pumplink_bench_fanout_{run_id()}"
     url = create_database(name)
@@ -218,7 +218,7 @@ def pumplink_side(n: int):
 @contextlib.contextmanager
 def bare_side(n: int):
     """The bare gevent-websocket server with ``n`` clients; yields (trigger, clients, rss KB per client)."""
-    from tests.support import free_port
+    from harness import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_fanout", "--bare-server", str(port)],

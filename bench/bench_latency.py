@@ -19,7 +19,7 @@ from pumplink.devices.simulator import SimulatedPump
 
 from .common import (BenchServer, Context, CpuMeter, MqttProbe, Profile, approved_user, clear_retained, fmt_row,
                      print_profile, summary_ms, table_header, verdict)
-from tests.support import MQTT_URL
+from harness import MQTT_URL
 
 DEVICES = 4  # rotated, so each device is idle again long before its next sample
 RUN_S = 600  # long enough that no run ends on its own during the benchmark

@@ -25,7 +25,7 @@ import psycopg2
 import psycopg2.extras
 
 from pumplink.devices.simulator import SimulatedPump
-from tests.support import MQTT_URL
+from harness import MQTT_URL
 
 from .common import (HERE, UTC, BenchServer, Context, clear_retained, group_cpu_s, group_rss_mb, login, machine,
                      wait_for_log)

@@ -32,7 +32,7 @@ import websocket
 
 from .common import (ROOT, BenchServer, Context, CpuMeter, Profile, clear_retained, fmt_row, insert_devices,
                      print_profile, sql_scalar, table_header)
-from tests.support import MQTT_URL
+from harness import MQTT_URL
 
 
 def _messages(prefix: str, devices: list[int], rounds: int) -> list[tuple[str, bytes]]:

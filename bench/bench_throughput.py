@@ -17,7 +17,7 @@ import time
 
 from .common import (BenchServer, Context, CpuMeter, Profile, PumpFleet, approved_user, fmt_row, http_load,
                      insert_devices, print_profile, sql_rows, table_header, verdict, wait_device_states)
-from tests.support import MQTT_URL
+from harness import MQTT_URL
 
 CONCURRENCY = 32
 # As many clients as the database pool has connections (16) deadlock the worker: each request holds

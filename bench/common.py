@@ -30,7 +30,7 @@ import psycopg2
 import psycopg2.extras
 import requests
 
-from tests.support import (MQTT_URL, PG_ADMIN_DSN, PUMPLINK_BIN, Api, Server, create_database, drop_database,
+from harness import (MQTT_URL, PG_ADMIN_DSN, PUMPLINK_BIN, Api, Server, create_database, drop_database,
                            run_id, server_env)
 
 log = logging.getLogger(__name__)

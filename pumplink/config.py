@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    database_url: str = "sqlite:///pumplink.storage.db"
+    database_url: str = "sqlite:///pumplink.db"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_prefix: str = "pumplink"
     legacy_base: str = "device"
@@ -66,10 +66,6 @@ class Config:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @property
     def bind_host_port(self) -> tuple[str, int]:
@@ -174,7 +170,8 @@ def _http_url(name: str, raw: str) -> str:
 def _admin_email(name: str, raw: str) -> str | None:
     if not raw.strip():
         return None
-    from pumplink.accounts.service import normalize_email  # late: accounts needs this module
+    # Late: a plain config load need not import bcrypt and email_validator.
+    from pumplink.accounts.credentials import normalize_email
     from pumplink.errors import PumpLinkError
 
     try:
@@ -186,7 +183,7 @@ def _admin_email(name: str, raw: str) -> str | None:
 def _admin_password(name: str, raw: str) -> str | None:
     if not raw:
         return None
-    from pumplink.accounts.service import check_password
+    from pumplink.accounts.credentials import check_password
     from pumplink.errors import PumpLinkError
 
     try:

@@ -58,3 +58,13 @@ class TooManyRequests(PumpLinkError):
 class Unavailable(PumpLinkError):
     status = 503
     code = "unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The one "database is down" answer (503, ``database_unavailable``), wherever it is noticed."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "The database is not reachable right now; try again shortly.", **kw):
+        kw.setdefault("retry_after", 5)
+        super().__init__(message, **kw)

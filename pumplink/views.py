@@ -1,12 +1,16 @@
-"""How records look in API answers and events."""
+"""How records look in API answers and events: one place, and every time through ``clock.iso``
+(UTC, milliseconds, ``Z``)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
-from pumplink.storage import models as m
 from pumplink.clock import from_db, iso
+from pumplink.errors import PumpLinkError
+from pumplink.schedules.recurrence import Recurrence
+from pumplink.storage import models as m
 
 
 def activation_view(a: m.Activation, now: dt.datetime) -> dict:
@@ -70,4 +74,59 @@ def audit_view(entry: m.AuditLog) -> dict:
         "action": entry.action,
         "target": entry.target,
         "detail": json.loads(entry.detail) if entry.detail else None,
+    }
+
+
+def user_view(user: m.User) -> dict:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "role": user.role,
+        "approved": user.role in ("user", "admin"),
+        "daily_quota_minutes": user.daily_quota_minutes,
+        "created_at": iso(user.created_at),
+    }
+
+
+def run_view(run: m.ScheduleRun) -> dict:
+    return {
+        "id": run.id,
+        "due_at": iso(run.due_at),
+        "fired_at": iso(run.fired_at),
+        "late_s": round((from_db(run.fired_at) - from_db(run.due_at)).total_seconds(), 3),
+        "outcome": run.outcome,
+        "detail": run.detail,
+        "activation_id": run.activation_id,
+    }
+
+
+def schedule_view(s: m.Schedule, tz: ZoneInfo, runs: list[m.ScheduleRun] | None = None,
+                  run_count: int | None = None, expand: bool = True) -> dict:
+    """``expand=False`` shows only the stored next run (a listing past its time budget)."""
+    upcoming: list[dt.datetime] = []
+    if s.enabled and s.next_run_at is not None:
+        upcoming = [from_db(s.next_run_at)]
+        if expand:
+            try:
+                upcoming = Recurrence.of(s, tz).upcoming(from_db(s.next_run_at), 5, s.next_run_index) or upcoming
+            except PumpLinkError:  # a rule this server no longer accepts; the stored next run still holds
+                pass
+    runs = runs or []
+    status = "disabled" if not s.enabled else ("active" if s.next_run_at is not None else "finished")
+    return {
+        "id": s.id,
+        "device_id": s.device_id,
+        "user_id": s.user_id,
+        "start_time": iso(s.start_time),
+        "rrule": s.rrule,
+        "timezone": tz.key,
+        "duration_s": s.duration_s,
+        "duration_minutes": round(s.duration_s / 60, 3),
+        "enabled": s.enabled,
+        "status": status,
+        "next_run_at": iso(upcoming[0]) if upcoming else None,
+        "next_runs": [iso(x) for x in upcoming],
+        "runs": [run_view(r) for r in runs],
+        "run_count": run_count if run_count is not None else len(runs),
+        "created_at": iso(s.created_at),
     }

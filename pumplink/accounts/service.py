@@ -1,4 +1,5 @@
-"""Accounts: passwords, access tokens (JWT), refresh tokens (kept or rotated) and the limits on logins."""
+"""The account service: users, logins, refresh tokens (kept or rotated), roles. The stateless rules
+(passwords, JWT, Bearer) are in credentials.py, the limits on guessing in limits.py."""
 
 from __future__ import annotations
 
@@ -8,13 +9,9 @@ import logging
 import secrets
 import uuid
 
-import bcrypt
-import jwt
 import peewee as pw
-from email_validator import EmailNotValidError, validate_email
 
 from pumplink.storage import models as m
-from pumplink.blocking import offload
 from pumplink.clock import Clock, from_db, to_db
 from pumplink.config import Config
 from pumplink.errors import (
@@ -24,59 +21,22 @@ from pumplink.errors import (
     Unauthorized,
     Unprocessable,
 )
+from pumplink.accounts.credentials import (
+    check_password,
+    decode_access,
+    encode_access,
+    hash_password,
+    normalize_email,
+    verify_password,
+)
 from pumplink.accounts.limits import LoginLimiter, RegisterLimiter
+from pumplink.views import user_view
+
+user_dict = user_view  # the old name, still used by api/accounts.py
 
 log = logging.getLogger(__name__)
 
 ROLES = ("pending", "user", "admin")
-PASSWORD_MIN = 8
-PASSWORD_MAX_BYTES = 72  # bcrypt ignores everything past 72 bytes
-
-
-def normalize_email(raw: str) -> str:
-    try:
-        info = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise Unprocessable(f"The email address is not valid: {exc}", "invalid_email") from None
-    return info.normalized.lower()
-
-
-def check_password(password: str) -> None:
-    if len(password) < PASSWORD_MIN:
-        raise Unprocessable(f"The password must be at least {PASSWORD_MIN} characters long.", "password_too_short")
-    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
-        raise Unprocessable(f"The password must be at most {PASSWORD_MAX_BYTES} bytes long.", "password_too_long")
-
-
-def hash_password(password: str) -> str:
-    return offload(lambda: bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode())
-
-
-_dummy_hash: list[bytes] = []
-
-
-def verify_password(password: str, hashed: str | None) -> bool:
-    candidate = password.encode()
-    if len(candidate) > PASSWORD_MAX_BYTES:
-        # No stored password is that long (bcrypt 5 raises on it); fail like a wrong one, same cost.
-        candidate, hashed = candidate[:PASSWORD_MAX_BYTES], None
-    # An unknown email still costs one bcrypt check, so timing does not reveal which accounts exist.
-    if not hashed and not _dummy_hash:
-        _dummy_hash.append(hash_password("not-a-real-password").encode())
-    target = hashed.encode() if hashed else _dummy_hash[0]
-    ok = offload(lambda: bcrypt.checkpw(candidate, target))
-    return ok and hashed is not None
-
-
-def user_dict(user: m.User) -> dict:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "role": user.role,
-        "approved": user.role in ("user", "admin"),
-        "daily_quota_minutes": user.daily_quota_minutes,
-        "created_at": from_db(user.created_at).isoformat().replace("+00:00", "Z"),
-    }
 
 
 def _sha256(token: str) -> str:
@@ -88,7 +48,7 @@ PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
 
 def pending_approval(user: m.User) -> Forbidden:
     """The answer to a pending account's login or refresh; ``user`` tells a client its status."""
-    return Forbidden(PENDING_MESSAGE, "approval_required", user=user_dict(user))
+    return Forbidden(PENDING_MESSAGE, "approval_required", user=user_view(user))
 
 
 class Accounts:
@@ -234,7 +194,7 @@ class Accounts:
             "refresh_token": refresh,
             "token_type": "Bearer",
             "expires_in": self.config.access_token_ttl_s,
-            "user": user_dict(user),
+            "user": user_view(user),
         }
 
     def access_token(self, user: m.User, now: dt.datetime | None = None, sid: str | None = None) -> str:
@@ -248,19 +208,11 @@ class Accounts:
         }
         if sid:
             claims["sid"] = sid  # the login (refresh family) it belongs to: logout by access token
-        return jwt.encode(claims, self.secret, algorithm="HS256")
+        return encode_access(claims, self.secret)
 
     # --- requests ----------------------------------------------------------------------------
     def decode(self, token: str) -> dict:
-        try:
-            return jwt.decode(
-                token, self.secret, algorithms=["HS256"],
-                options={"require": ["exp", "iat", "sub", "jti"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The access token has expired; refresh it or log in again.", "token_expired") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The access token is not valid; log in again.", "invalid_token") from None
+        return decode_access(token, self.secret)
 
     def user_for_token(self, token: str) -> tuple[m.User, dict]:
         """The user as the database has it now: a role change or deletion applies at once."""

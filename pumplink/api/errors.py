@@ -11,7 +11,7 @@ import peewee
 import pydantic
 
 from pumplink.storage.db import OPERATIONAL_ERRORS
-from pumplink.errors import BadRequest, PumpLinkError, Unavailable
+from pumplink.errors import BadRequest, DatabaseUnavailable, PumpLinkError
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def handle_validation_error(req, resp, exc: pydantic.ValidationError, params) ->
 
 def handle_database_error(req, resp, exc, params) -> None:
     log.warning("database unavailable during %s %s: %s", req.method, req.path, exc)
-    handle_domain_error(req, resp, Unavailable("The database is not reachable right now; try again shortly.",
-                                               "database_unavailable", retry_after=5), params)
+    handle_domain_error(req, resp, DatabaseUnavailable(), params)
 
 
 def handle_data_error(req, resp, exc, params) -> None:

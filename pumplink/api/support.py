@@ -12,6 +12,7 @@ import falcon
 import peewee
 
 from pumplink.storage import models as m
+from pumplink.accounts.credentials import bearer_token, well_formed
 from pumplink.accounts.service import Accounts, require_role
 from pumplink.errors import BadRequest, PumpLinkError, Unauthorized
 from pumplink.api.errors import malformed_json
@@ -19,10 +20,9 @@ from pumplink.api.errors import malformed_json
 log = logging.getLogger("pumplink.request")
 
 MAX_BODY = 1024 * 1024
-MAX_TOKEN = 4096  # our access tokens are ~250 characters
 
 
-def read_json(req: falcon.Request, schema=None, *, required: bool = True):
+def read_json(req: falcon.Request, schema=None):
     """The body as a dict (validated by ``schema`` when given); content type is not insisted on."""
     raw = _read_body(req)
     if not raw.strip():
@@ -137,13 +137,10 @@ class Auth:
 
     @staticmethod
     def bearer(req: falcon.Request) -> str:
-        header = (req.get_header("Authorization") or "").strip()
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(req.get_header("Authorization"))
+        if token is None:
             raise Unauthorized("Log in first: send Authorization: Bearer <access token>.", "missing_token")
-        if len(token) > MAX_TOKEN or any(c.isspace() for c in token):
-            # No token we issue looks like this; refuse before the JWT library parses it.
+        if not well_formed(token):
             raise Unauthorized("The access token is not valid; log in again.", "invalid_token")
         return token
 

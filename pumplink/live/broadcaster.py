@@ -1,6 +1,6 @@
 """BroadcasterActor: fans device, activation and schedule events out to WebSocket clients.
 
-The actor never touches a socket: each client is a ``wsconn.Connection`` with a bounded outbox
+The actor never touches a socket: each client is a ``live.connection.Connection`` with a bounded outbox
 and its own writer greenlet. Every event is authorized for each receiver by the rule REST
 applies (``audience_of``), and a user's sockets follow their account: closed with 1008 on
 deletion or demotion to pending, re-filtered on other role changes.

@@ -2,7 +2,7 @@
 its one alarm. Rules themselves (bounded expansion) are in recurrence.py.
 
 Everything here takes its time from arguments or an injected clock, so it is tested without
-sleeping (tests/schedules/test_schedules.py). The SchedulerActor (actors/scheduler.py) wires it to
+sleeping (tests/schedules/test_schedules.py). The SchedulerActor (scheduler.py) wires it to
 the database, timers and device actors.
 """
 
@@ -16,10 +16,11 @@ import logging
 from typing import Callable, Iterable, Protocol
 from zoneinfo import ZoneInfo
 
-from pumplink.storage import models as m
-from pumplink.clock import Clock, from_db, iso
+from pumplink.clock import Clock, iso
 from pumplink.errors import BadRequest, Conflict, NotFound, PumpLinkError, TooManyRequests, Unavailable, Unprocessable
 from pumplink.schedules.recurrence import HORIZON, Position, Recurrence, check_rule, normalize_rule, out_of_range
+# Their home is views.py; still importable from here for scheduler.py and api/schedules.py.
+from pumplink.views import run_view, schedule_view
 
 __all__ = ["DueQueue", "Plan", "Position", "Recurrence", "check_new", "normalize_rule", "outcome_of",
            "parse_start", "plan", "run_view", "schedule_view"]
@@ -251,47 +252,3 @@ class DueQueue:
             self._heap = [(due, seq, sid) for sid, (seq, due) in self._live.items()]
             heapq.heapify(self._heap)
 
-
-# --- how schedules look in answers and events -------------------------------------------------
-def run_view(run: m.ScheduleRun) -> dict:
-    return {
-        "id": run.id,
-        "due_at": iso(run.due_at),
-        "fired_at": iso(run.fired_at),
-        "late_s": round((from_db(run.fired_at) - from_db(run.due_at)).total_seconds(), 3),
-        "outcome": run.outcome,
-        "detail": run.detail,
-        "activation_id": run.activation_id,
-    }
-
-
-def schedule_view(s: m.Schedule, tz: ZoneInfo, runs: list[m.ScheduleRun] | None = None,
-                  run_count: int | None = None, expand: bool = True) -> dict:
-    """``expand=False`` shows only the stored next run (a listing past its time budget)."""
-    upcoming: list[dt.datetime] = []
-    if s.enabled and s.next_run_at is not None:
-        upcoming = [from_db(s.next_run_at)]
-        if expand:
-            try:
-                upcoming = Recurrence.of(s, tz).upcoming(from_db(s.next_run_at), 5, s.next_run_index) or upcoming
-            except PumpLinkError:  # a rule this server no longer accepts; the stored next run still holds
-                pass
-    runs = runs or []
-    status = "disabled" if not s.enabled else ("active" if s.next_run_at is not None else "finished")
-    return {
-        "id": s.id,
-        "device_id": s.device_id,
-        "user_id": s.user_id,
-        "start_time": iso(s.start_time),
-        "rrule": s.rrule,
-        "timezone": tz.key,
-        "duration_s": s.duration_s,
-        "duration_minutes": round(s.duration_s / 60, 3),
-        "enabled": s.enabled,
-        "status": status,
-        "next_run_at": iso(upcoming[0]) if upcoming else None,
-        "next_runs": [iso(x) for x in upcoming],
-        "runs": [run_view(r) for r in runs],
-        "run_count": run_count if run_count is not None else len(runs),
-        "created_at": iso(s.created_at),
-    }

@@ -2,7 +2,7 @@
 
 from gevent import monkey
 
-# First, before peewee, psycopg2, paho or pykka are imported (ARCHITECTURE.md, "Patch first").
+# First, before peewee, psycopg2, paho or pykka are imported (docs/architecture.md, "Patch first").
 monkey.patch_all()
 
 import argparse  # noqa: E402

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
-from pumplink.errors import Unavailable
+from pumplink.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ OPERATIONAL_ERRORS = (peewee.OperationalError, peewee.InterfaceError, MaxConnect
 def unit_of_work(method):
     """Run an actor method with its own connection, returned to the pool afterwards.
 
-    A lost database connection becomes ``Unavailable`` (503) instead of a crash.
+    A lost database connection becomes ``DatabaseUnavailable`` (503) instead of a crash.
     """
 
     @functools.wraps(method)
@@ -56,7 +56,7 @@ def unit_of_work(method):
         except OPERATIONAL_ERRORS as exc:
             log.warning("database unavailable in %s: %s", method.__qualname__, exc)
             _drop_broken_connections(db)
-            raise Unavailable("The database is not reachable right now; try again shortly.", "database_unavailable") from exc
+            raise DatabaseUnavailable() from exc
 
     return wrapper
 

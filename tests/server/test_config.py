@@ -19,7 +19,7 @@ def parse(**env) -> Config:
 
 def test_defaults_match_the_documented_table():
     config = load({}, env_file=None)
-    assert config.database_url == "sqlite:///pumplink.storage.db"
+    assert config.database_url == "sqlite:///pumplink.db"
     assert config.mqtt_url == "mqtt://127.0.0.1:1883"
     assert config.mqtt_prefix == "pumplink"
     assert config.bind == "127.0.0.1:8080"
@@ -39,7 +39,7 @@ def test_defaults_match_the_documented_table():
 GOOD = [
     ("database_url", "postgresql://pl:pw@db.example:5432/pumplink", "database_url",
      "postgresql://pl:pw@db.example:5432/pumplink"),
-    ("database_url", "sqlite:////var/lib/pumplink.storage.db", "database_url", "sqlite:////var/lib/pumplink.storage.db"),
+    ("database_url", "sqlite:////var/lib/pumplink.db", "database_url", "sqlite:////var/lib/pumplink.db"),
     ("mqtt_url", "mqtts://dev:secret@broker.example:8883", "mqtt_url", "mqtts://dev:secret@broker.example:8883"),
     ("mqtt_prefix", "/farm/pumps/", "mqtt_prefix", "farm/pumps"),
     ("legacy_base", "device", "legacy_base", "device"),

@@ -18,7 +18,7 @@ T0 = dt.datetime(2026, 3, 29, 10, 0)
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
     if request.param == "sqlite":
-        database = make_database(f"sqlite:///{tmp_path / 'pumplink.storage.db'}")
+        database = make_database(f"sqlite:///{tmp_path / 'pumplink.db'}")
         yield database
         database.close()
         return
