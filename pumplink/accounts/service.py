@@ -32,7 +32,6 @@ from pumplink.accounts.credentials import (
 from pumplink.accounts.limits import LoginLimiter, RegisterLimiter
 from pumplink.views import user_view
 
-user_dict = user_view  # the old name, still used by api/accounts.py
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import falcon
 
 from pumplink.storage import models as m
-from pumplink.accounts.service import Accounts, user_dict
+from pumplink.accounts.service import Accounts
+from pumplink.views import user_view
 from pumplink.views import audit_view
 from pumplink.api import answers as A
 from pumplink.api.openapi import MessageBody, doc
@@ -25,7 +26,7 @@ class Register:
         resp.status = falcon.HTTP_201
         message = ("Account created." if user.role != "pending"
                    else "Account created; an admin must approve it before it can control pumps.")
-        resp.media = {"message": message, "user": user_dict(user)}
+        resp.media = {"message": message, "user": user_view(user)}
 
 
 class Login:
@@ -71,7 +72,7 @@ class Me:
 
     @doc("The logged-in account", answer=A.UserOut)
     def on_get(self, req, resp):
-        resp.media = user_dict(self.auth.user(req))
+        resp.media = user_view(self.auth.user(req))
 
 
 class Users:
@@ -84,7 +85,7 @@ class Users:
         page = page_params(req)
         query = m.User.select().order_by(m.User.id)
         rows = list(query.offset(page.offset).limit(page.limit))
-        resp.media = {"items": [user_dict(u) for u in rows], "limit": page.limit, "offset": page.offset}
+        resp.media = {"items": [user_view(u) for u in rows], "limit": page.limit, "offset": page.offset}
 
 
 class User:
@@ -102,7 +103,7 @@ class User:
                                 {k: raw[k] for k in ("role", "daily_quota_minutes") if k in raw})
         if body.role is not None:
             self._access_changed(user.id, user.role)
-        resp.media = user_dict(user)
+        resp.media = user_view(user)
 
     @doc("Delete an account (admin)", answer=MessageBody, auth="admin", errors=(409,))
     def on_delete(self, req, resp, user_id):

@@ -1,7 +1,6 @@
 """Live over HTTP: the Expo push-token API, and ``GET /ws`` without an upgrade (426).
 
-The WebSocket itself (``LiveSocket``) is in live/socket.py; it is re-exported here for
-server/process.py until that import moves.
+The WebSocket itself (``LiveSocket``) is in live/socket.py.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pumplink.api.support import Auth, read_json
 from pumplink.clock import to_db
 from pumplink.errors import NotFound, PumpLinkError, Unprocessable
 from pumplink.events import Alert
-from pumplink.live.socket import LiveSocket  # noqa: F401  (re-exported: server/process.py imports it here)
 from pumplink.storage import models as m
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from pumplink.storage import models as m
 from pumplink.clock import iso
 from pumplink.errors import NotFound
 from pumplink.gateway import Gateway
-from pumplink.schedules.planning import Recurrence, check_new, parse_start, schedule_view
+from pumplink.schedules.planning import Recurrence, check_new, parse_start
+from pumplink.views import schedule_view
 from pumplink.api.openapi import MessageBody, doc
 from pumplink.api.schemas import Body, Number, ScheduleQuery, Timed, minutes_field, seconds_field
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json

@@ -13,7 +13,7 @@ from pumplink.storage import migrations
 from pumplink.storage import models as m
 from pumplink.accounts.service import Accounts
 from pumplink.api.app import create_app
-from pumplink.api.live import LiveSocket
+from pumplink.live.socket import LiveSocket
 from pumplink.clock import Clock
 from pumplink.config import Config, load
 from pumplink.storage.db import make_database
