@@ -15,7 +15,7 @@ import pykka
 from pumplink.devices import machine
 from pumplink.devices.messages import Replay, RunRequest, RunSettled, TimerFired, Publish
 from pumplink.devices.records import DeviceRecords
-from pumplink.errors import Unavailable
+from pumplink.errors import DatabaseUnavailable
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.timers import tell_later
 
@@ -24,12 +24,8 @@ log = logging.getLogger(__name__)
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
 
 
-class DatabaseDown(Unavailable):
-    """The database could not be reached; what was being done is not done."""
-
-    def __init__(self):
-        super().__init__("The database is not reachable right now; try again shortly.", "database_unavailable",
-                         retry_after=5)
+# The database could not be reached; what was being done is not done.
+DatabaseDown = DatabaseUnavailable
 
 
 def transactional(method):

@@ -19,11 +19,9 @@ from zoneinfo import ZoneInfo
 from pumplink.clock import Clock, iso
 from pumplink.errors import BadRequest, Conflict, NotFound, PumpLinkError, TooManyRequests, Unavailable, Unprocessable
 from pumplink.schedules.recurrence import HORIZON, Position, Recurrence, check_rule, normalize_rule, out_of_range
-# Their home is views.py; still importable from here for scheduler.py and api/schedules.py.
-from pumplink.views import run_view, schedule_view
 
 __all__ = ["DueQueue", "Plan", "Position", "Recurrence", "check_new", "normalize_rule", "outcome_of",
-           "parse_start", "plan", "run_view", "schedule_view"]
+           "parse_start", "plan"]
 
 log = logging.getLogger(__name__)
 

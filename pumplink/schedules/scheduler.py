@@ -23,7 +23,8 @@ from pumplink.storage.db import OPERATIONAL_ERRORS, unit_of_work
 from pumplink.errors import NotFound, PumpLinkError
 from pumplink.events import Alert, Audience, ScheduleChanged
 from pumplink.runtime import Runtime
-from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan, run_view, schedule_view
+from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan
+from pumplink.views import run_view, schedule_view
 from pumplink.timers import tell_later
 
 log = logging.getLogger(__name__)
@@ -321,9 +322,6 @@ class SchedulerActor(pykka.ThreadingActor):
         s.delete_instance()
         log.info("schedule %s deleted", schedule_id)
         self._publish(s, "deleted", {"id": schedule_id})
-
-    def stats(self) -> dict:
-        return {"pending": len(self.queue), "armed_for": iso(self.queue.armed_for), "loaded_in_s": self.started_in_s}
 
     # --- helpers ---------------------------------------------------------------------------
     def _load(self, schedule_id: int) -> m.Schedule:
