@@ -55,7 +55,8 @@ class Drop:
 
 class _Invalid(Exception):
     def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
+        # A repr of 80 odd characters can be 800 long: logs get a bounded line whatever came in.
+        super().__init__(detail if len(detail) <= 240 else detail[:237] + "...")
         self.reason = reason
 
 

@@ -7,7 +7,6 @@ import datetime as dt
 from pumplink.storage import models as m
 from pumplink.quota import rules as quota
 from pumplink.quota import usage
-from pumplink.clock import from_db
 from pumplink.errors import TooManyRequests
 
 UNKNOWN = object()  # "not given": look it up
@@ -30,14 +29,8 @@ class Quotas:
         writer of its device), a user's across devices from the database."""
         if user_id is not None:
             return usage.reserved(now, user_id=user_id)
-        total = float(sum(a.duration_s for a in self.queue))
-        act = self.current
-        if act is not None:
-            if act.state == "running" and act.ends_at is not None:
-                total += max(0.0, (from_db(act.ends_at) - now).total_seconds())
-            else:
-                total += act.duration_s
-        return total
+        open_acts = [*self.queue, *([self.current] if self.current is not None else [])]
+        return sum(usage.promised(a.state, a.duration_s, a.ends_at, now) for a in open_acts)
 
     def _lock_user(self, user_id: int) -> None:
         # Each device actor checks in its own transaction: without this, two requests on two

@@ -43,7 +43,8 @@ def lock_user(db: pw.Database, user_id: int) -> None:
         m.User.update(id=m.User.id).where(m.User.id == user_id).execute()
 
 
-def _promised(state: str, duration_s: int, ends_at, now: dt.datetime) -> float:
+def promised(state: str, duration_s: int, ends_at, now: dt.datetime) -> float:
+    """What one open activation still reserves: the rest of a running one, all of any other."""
     if state == "running" and ends_at is not None:
         return max(0.0, (from_db(ends_at) - now).total_seconds())
     return float(duration_s)
@@ -54,7 +55,7 @@ def reserved(now: dt.datetime, *, device_id: int | None = None, user_id: int | N
     where = m.Activation.state.in_(OPEN_STATES)
     where &= (m.Activation.user == user_id) if user_id is not None else (m.Activation.device == device_id)
     rows = m.Activation.select(m.Activation.state, m.Activation.duration_s, m.Activation.ends_at).where(where).tuples()
-    return sum(_promised(state, duration, ends_at, now) for state, duration, ends_at in rows)
+    return sum(promised(state, duration, ends_at, now) for state, duration, ends_at in rows)
 
 
 def by_device(now: dt.datetime, tz: ZoneInfo) -> dict[int, tuple[float, float]]:
@@ -67,6 +68,6 @@ def by_device(now: dt.datetime, tz: ZoneInfo) -> dict[int, tuple[float, float]]:
     for device_id, state, duration, ends_at in m.Activation.select(
             m.Activation.device, m.Activation.state, m.Activation.duration_s, m.Activation.ends_at
     ).where(m.Activation.state.in_(OPEN_STATES)).tuples():
-        promised[device_id] += _promised(state, duration, ends_at, now)
+        promised[device_id] += promised(state, duration, ends_at, now)
     return {d: (quota.used_seconds(spans.get(d, ()), start, end, now), promised.get(d, 0.0))
             for d in set(spans) | set(promised)}
