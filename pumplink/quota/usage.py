@@ -64,10 +64,10 @@ def by_device(now: dt.datetime, tz: ZoneInfo) -> dict[int, tuple[float, float]]:
     spans = collections.defaultdict(list)
     for device_id, a, b in m.Session.select(m.Session.device, m.Session.started_at, m.Session.ended_at).where(where).tuples():
         spans[device_id].append((from_db(a), from_db(b)))
-    promised = collections.defaultdict(float)
+    reserved_s = collections.defaultdict(float)
     for device_id, state, duration, ends_at in m.Activation.select(
             m.Activation.device, m.Activation.state, m.Activation.duration_s, m.Activation.ends_at
     ).where(m.Activation.state.in_(OPEN_STATES)).tuples():
-        promised[device_id] += promised(state, duration, ends_at, now)
-    return {d: (quota.used_seconds(spans.get(d, ()), start, end, now), promised.get(d, 0.0))
-            for d in set(spans) | set(promised)}
+        reserved_s[device_id] += promised(state, duration, ends_at, now)
+    return {d: (quota.used_seconds(spans.get(d, ()), start, end, now), reserved_s.get(d, 0.0))
+            for d in set(spans) | set(reserved_s)}

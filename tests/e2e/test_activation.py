@@ -18,6 +18,11 @@ def test_activation_runs_for_its_duration_and_is_recorded(world):
     assert cmd["action"] == "on" and cmd["duration_s"] == 2
     pump.wait_for(lambda p: p.state == "on", what="pump on")
     on_at = time.monotonic()
+    # The list shows the run's time as reserved while it goes (one query for every device).
+    listed = user.get("devices")
+    assert listed.status_code == 200, listed.text
+    mine = next(d for d in listed.json()["devices"] if d["id"] == device_id)
+    assert 0 < mine["today"]["reserved_s"] <= 2
     pump.wait_for(lambda p: p.state == "off", timeout=6, what="pump off")
     ran = time.monotonic() - on_at
     assert 1.5 < ran < 3.0
