@@ -22,6 +22,7 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 from pumplink.devices.simulator import SimulatedPump
+from tests.fake_expo import FakeExpo
 from tests.support import MQTT_URL, Server, create_database, drop_database, free_port, run_id, server_env
 
 ADMIN = ("admin@example.org", "admin-password-1")
@@ -169,6 +170,14 @@ def world(server):
     w = World(server)
     yield w
     w.close()
+
+
+@pytest.fixture(scope="module")
+def expo():
+    """The stand-in for Expo's push service: a local HTTP server that records what it receives."""
+    fake = FakeExpo().start()
+    yield fake
+    fake.stop()
 
 
 class PrivateBroker:

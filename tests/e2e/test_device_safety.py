@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import World
 from tests.e2e.test_pumps import activation, ended, ready_pump, state_of
-from tests.fake_expo import FakeExpo
 from tests.support import wait_until
 
 LEGACY_SLACK_S = 2.0  # a legacy pump never runs longer than this past its end
@@ -165,13 +164,6 @@ def test_simultaneous_requests_on_two_devices_never_overshoot_a_users_quota(worl
 
 
 # --- minimum run length, the one run-length check ----------------------------------------------
-@pytest.fixture(scope="module")
-def expo():
-    fake = FakeExpo().start()
-    yield fake
-    fake.stop()
-
-
 @pytest.fixture(scope="module")
 def strict_world(server_factory, expo):
     server = server_factory(PUMPLINK_MIN_RUN_S="5", PUMPLINK_MANUAL_RUNS_PER_HOUR="3",

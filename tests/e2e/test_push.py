@@ -14,7 +14,6 @@ from pumplink.storage.db import make_database
 from pumplink.events import Alert
 from pumplink.runtime import Runtime
 from tests.conftest import World
-from tests.fake_expo import FakeExpo
 from tests.support import wait_until
 
 
@@ -38,13 +37,6 @@ def activate(api, device_id: int, seconds: int = 30) -> str:
 def force_shutdown(admin, device_id: int) -> None:
     r = admin.post(f"device/{device_id}/force-shutdown", {})
     assert r.status_code == 200, r.text
-
-
-@pytest.fixture(scope="module")
-def expo():
-    fake = FakeExpo().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,8 @@ import pytest
 
 from tests.conftest import World
 from tests.e2e.test_push import expo_token, register
-from tests.fake_expo import FakeExpo
 
 LIMIT = 3
-
-
-@pytest.fixture(scope="module")
-def expo():
-    fake = FakeExpo().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")
