@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import peewee as pw
 import pykka
 
+from pumplink.accounts import roles
 from pumplink.storage import models as m
 from pumplink.quota import usage
 from pumplink.clock import Clock, to_db
@@ -205,7 +206,7 @@ class Gateway:
         ``owner_revoked`` on every device (issue 10, finding 7); a run already going finishes.
         Returns the cancelled activation ids."""
         self.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=self.clock.now()))
-        if role in ("user", "admin"):
+        if roles.approved(role):
             return []
         cancelled: list[int] = []
         for ids in self._all(lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")):

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from zoneinfo import ZoneInfo
 
+from pumplink.accounts import roles
 from pumplink.clock import from_db, iso
 from pumplink.errors import PumpLinkError
 from pumplink.schedules.recurrence import Recurrence
@@ -82,7 +83,7 @@ def user_view(user: m.User) -> dict:
         "id": user.id,
         "email": user.email,
         "role": user.role,
-        "approved": user.role in ("user", "admin"),
+        "approved": roles.approved(user.role),
         "daily_quota_minutes": user.daily_quota_minutes,
         "created_at": iso(user.created_at),
     }

@@ -11,6 +11,7 @@ import uuid
 
 import peewee as pw
 
+from pumplink.accounts import roles
 from pumplink.storage import models as m
 from pumplink.clock import Clock, from_db, to_db
 from pumplink.config import Config
@@ -35,7 +36,6 @@ from pumplink.views import user_view
 
 log = logging.getLogger(__name__)
 
-ROLES = ("pending", "user", "admin")
 
 
 def _sha256(token: str) -> str:
@@ -232,8 +232,8 @@ class Accounts:
             raise NotFound(f"There is no user {user_id}.", "user_not_found")
         demoted = False
         if role is not None:
-            if role not in ROLES:
-                raise Unprocessable(f"role must be one of {', '.join(ROLES)}.", "invalid_role")
+            if role not in roles.ROLES:
+                raise Unprocessable(f"role must be one of {', '.join(roles.ROLES)}.", "invalid_role")
             if user.role == "admin" and role != "admin" and _admin_count() <= 1:
                 raise Conflict("This is the only admin; make another account an admin first.", "last_admin")
             demoted = role == "pending" and user.role != "pending"
@@ -263,5 +263,5 @@ def _admin_count() -> int:
 def require_role(user: m.User, role: str) -> None:
     if role == "admin" and user.role != "admin":
         raise Forbidden("Only an admin may do this.", "admin_required")
-    if role == "user" and user.role not in ("user", "admin"):
+    if role == "user" and not roles.approved(user.role):
         raise Forbidden(PENDING_MESSAGE, "approval_required")

@@ -19,6 +19,7 @@ import requests
 import urllib3
 from exponent_server_sdk import PushClient, PushMessage, PushServerError, PushTicket
 
+from pumplink.accounts import roles
 from pumplink.storage import models as m
 from pumplink.clock import to_db
 from pumplink.events import Alert
@@ -35,7 +36,6 @@ BACKOFF_MAX_S = 60.0
 RECEIPT_DELAY_S = 15 * 60.0
 HTTP_TIMEOUT_S = 10.0
 _SDK_SAFE_TOKEN = "ExponentPushToken[pumplink]"
-APPROVED = ("user", "admin")  # the roles that may be told anything
 
 
 def expo_endpoint(url: str) -> tuple[str, str]:
@@ -146,7 +146,7 @@ class NotifierActor(pykka.ThreadingActor):
         """The tokens of the alert's audience as the accounts are NOW: a pending or deleted
         account is sent nothing, even an alert about its own activation or schedule."""
         audience = alert.audience
-        approved = m.User.role.in_(APPROVED)
+        approved = m.User.role.in_(roles.APPROVED_ROLES)
         admins = m.User.role == "admin"
         if audience.group == "approved":
             where = approved

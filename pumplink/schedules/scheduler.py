@@ -16,6 +16,7 @@ import time
 import peewee
 import pykka
 
+from pumplink.accounts import roles
 from pumplink.devices.messages import RunSettled
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 DEVICE_ANSWER_S = 15.0  # a run whose device has not answered by then is recorded "failed: no answer"
 RETRY_S = 5.0  # a run that hit a database error is tried again this much later
 LOAD_PAGE = 5000  # schedules read per query when the heap is rebuilt at start-up
-APPROVED_ROLES = ("user", "admin")  # whose schedules may start pumps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ class SchedulerActor(pykka.ThreadingActor):
             return
         decision = plan(rec, due, now, self.config.schedule_grace_s, s.next_run_index)
         owner = m.User.get_or_none(m.User.id == s.user_id)
-        approved = owner is not None and owner.role in APPROVED_ROLES
+        approved = owner is not None and roles.approved(owner.role)
         outcome = "firing" if decision.fire else "missed"
         detail = None
         if not decision.fire:

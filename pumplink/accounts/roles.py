@@ -1,0 +1,8 @@
+"""The roles of an account, and which of them are approved (may run pumps and be told things)."""
+
+ROLES = ("pending", "user", "admin")
+APPROVED_ROLES = ("user", "admin")
+
+
+def approved(role: str | None) -> bool:
+    return role in APPROVED_ROLES
