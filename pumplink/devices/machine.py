@@ -1,199 +1,198 @@
-"""A device's decisions, pure: what happens next given what it knows and the time.
+"""A device as a pure state machine: events and the current time in, effects out.
 
-No peewee, no pykka, no MQTT, no threads and no clock: everything comes in as arguments
-(the current time too) and the answer is a value the actor (the shell) carries out. That is
-what lets tests/devices/test_machine.py walk every decision with an explicit clock.
+``Machine`` owns one device's ``DeviceState`` (state.py) and applies rules.py to it. Each
+step takes what happened (an ack, a report, a timer: reactions.py; a request or a restart:
+here) and ``now``, changes the state and returns the effects the shell (actor.py) carries
+out in order: commands to publish, rows to write, events to emit, timers to arm or cancel.
+No database, broker, thread or clock: the shell reads what a quota check needs and passes
+it in (``Usage``).
+
+States people see (rules.derive_state): unknown, off, starting, on, stopping, offline.
+Beside them a run is queued, starting or running; an OFF may be owed (and stuck); the device
+may be flagged flapping. The transitions, each covered by tests/devices/test_machine.py
+(which fails when one in this list has no test):
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
+import logging
 
-OWED_RESEND_MAX_S = 60.0  # an owed OFF is sent again after ack_timeout_s, doubling up to this
-FLAP_WINDOW = dt.timedelta(hours=1)  # controller-started runs are counted over this trailing window
-FLAP_RECHECK_S = 60.0  # while flagged, whether the window has emptied enough is checked this often
+from pumplink.clock import from_db, to_db
+from pumplink.devices import rules
+from pumplink.devices.reactions import Reactions, actor_of
+from pumplink.devices.state import Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Refusal, RunChanged, Usage
+from pumplink.events import Audience
+from pumplink.quota import rules as quota_rules
+from pumplink.quota.usage import promised
 
-# The pump's own reason for an OFF, as the run it ends: (activation state, reason).
-# Its own timer usually wins the race with ours by a few ms: the run is complete.
-OFF_REPORT_OUTCOME = {"timer": ("completed", "completed"), "fault": ("failed", "fault")}
-OFF_REPORT_DEFAULT = ("stopped", "device_off")
+log = logging.getLogger(__name__)
 
-
-# --- the state shown to people --------------------------------------------------------------
-def derive_state(available: bool | None, pending_action: str | None, reported: str | None) -> str:
-    """offline | starting | stopping | on | off | unknown."""
-    if available is False:
-        return "offline"
-    if pending_action is not None:
-        return "starting" if pending_action == "on" else "stopping"
-    return reported or "unknown"
-
-
-# --- requests -------------------------------------------------------------------------------
-def refusal(*, available: bool | None, off_stuck: bool, broker_connected: bool, busy: bool, queued: int,
-            queue_limit: int) -> str | None:
-    """Why a new run is refused before its quota is checked (an error code), or None."""
-    if available is False:
-        return "device_offline"
-    if off_stuck:
-        return "off_unconfirmed"  # a whole round of an OFF failed: no new runs until it is confirmed
-    if not broker_connected:
-        return "broker_unavailable"  # accepting now would only end in ack_timeout
-    if busy and queued >= queue_limit:
-        return "queue_full"
-    return None
+TRANSITIONS = (
+    "request queued", "request refused: offline", "request refused: off unconfirmed",
+    "request refused: broker down", "request refused: queue full",
+    "quota fits", "quota refused for the device", "quota refused for the user",
+    "ON sent", "ON acked: running", "ON refused", "ON ack timeout: resend", "ON ack timeout: give up, OFF owed",
+    "run ends at its time", "cancel queued", "cancel running", "cancel ended", "cancel a user's queue",
+    "OFF acked", "OFF refused: owed, stuck", "OFF ack timeout: owed, session closed at likely time",
+    "OFF ack timeout on legacy: session stays open", "owed OFF resent in rounds", "owed OFF paid by ack",
+    "owed OFF paid by an OFF report", "owed OFF waits while offline, sent when back online",
+    "late or repeated ack ignored", "legacy id-less ack", "manual ON reported", "manual OFF reported",
+    "OFF report ends the run", "pump fault ends the run", "report of ON for our command", "force stop",
+    "force stop when idle", "flapping flagged", "flapping cleared", "recovery: run past its end",
+    "recovery: run still due", "recovery: pending ON at crash", "recovery: legacy session stays open",
+    "recovery: queued wait again", "database away: due OFF sent", "database away: owed OFF resent",
+    "database away: pending OFF resent", "broker back: owed OFF paid, queue moves", "protocol changed on reload",
+)
+__doc__ += "".join(f"\n- {t}" for t in TRANSITIONS)
 
 
-def may_start_next(*, running: bool, pending: bool, queued: int, off_owed: bool, available: bool | None) -> bool:
-    """Whether the head of the queue is sent its ON now: not while a run or a command is under
-    way, not while an OFF is owed (finding 16), not while the pump is known to be offline."""
-    return not running and not pending and queued > 0 and not off_owed and available is not False
+class Machine(Reactions):
+    # --- requests -----------------------------------------------------------------------------
+    def refusal(self, now: dt.datetime, *, broker_connected: bool) -> Refusal | None:
+        """Why a new run is refused before its quota is read (the shell reads it after), or None."""
+        st = self.st
+        busy = st.current is not None or st.pending is not None or st.off_owed
+        why = rules.refusal(available=st.available, off_stuck=st.off_stuck, broker_connected=broker_connected,
+                            busy=busy, queued=len(st.queue), queue_limit=self.cfg.queue_limit)
+        if why is None:
+            return None
+        return Refusal(why, queued=len(st.queue), reserved_s=self.reserved_s(now))
 
+    def activate(self, now: dt.datetime, *, user_id: int | None, duration_s: int, source: str,
+                 schedule_id: int | None, usage: Usage, broker_connected: bool) -> Refusal | tuple[Activation, list]:
+        """A run asked for: refused (before or by its quota), or queued and, when it may, started."""
+        self._step(now)
+        why = self.refusal(now, broker_connected=broker_connected) or self.quota_refusal(duration_s, usage)
+        if why is not None:
+            return why
+        act = Activation(self.st.device.id, user_id, schedule_id, duration_s, source, to_db(now))
+        self.st.queue.append(act)
+        self.fx += [Insert(act), Count("accepted", (source,)), RunChanged(act)]
+        log.info("device %s activation queued for %ss (%s)", self.st.device.id, duration_s, source)
+        self._advance()
+        return act, self._done()
 
-# --- commands and their acks ----------------------------------------------------------------
-def after_ack_timeout(attempts: int, retries: int) -> str:
-    """``resend`` the same command, or ``give_up`` (an ON fails; an OFF becomes owed)."""
-    return "resend" if attempts <= retries else "give_up"
+    def quota_refusal(self, duration_s: int, usage: Usage) -> Refusal | None:
+        checks = [("device", self.quota_s(), usage.device_used_s, self.reserved_s(self.now))]
+        if usage.user_quota_minutes is not None:
+            checks.append(("user", usage.user_quota_minutes * 60, usage.user_used_s, usage.user_reserved_s))
+        for kind, quota_s, used_s, reserved_s in checks:
+            ok, free = quota_rules.fits(quota_s, used_s, reserved_s, duration_s)
+            if not ok:
+                return Refusal("quota_exhausted", quota=kind, free_s=free)
+        return None
 
+    def quota_s(self) -> float:
+        minutes = self.st.device.daily_quota_minutes
+        return (minutes if minutes is not None else self.cfg.daily_quota_minutes) * 60
 
-def ack_applies(pending_id: str | None, ack_id: str | None) -> bool:
-    """A legacy ack carries no id and answers whatever is awaited; a late or repeated one is ignored."""
-    return pending_id is not None and (ack_id is None or ack_id == pending_id)
+    def reserved_s(self, now: dt.datetime) -> float:
+        """Time promised to this device's queued and running work (the machine is its only writer)."""
+        open_acts = [*self.st.queue, *([self.st.current] if self.st.current is not None else [])]
+        return sum(promised(a.state, a.duration_s, a.ends_at, now) for a in open_acts)
 
+    def cancel(self, now: dt.datetime, activation_id: int, by: str) -> tuple[Activation | None, list]:
+        """Cancel a queued run or stop the running one; (None, []) when it has already ended."""
+        self._step(now)
+        st = self.st
+        for act in st.queue:
+            if act.id == activation_id:
+                st.queue.remove(act)
+                self._finish(act, "cancelled", "cancelled", by)
+                return act, self._done()
+        if st.current is not None and st.current.id == activation_id:
+            act = st.current
+            self._stop_current("stopped", "cancelled", by)
+            return act, self._done()
+        return None, []
 
-def on_ack_outcome(ok: bool) -> tuple[str, str] | None:
-    """An awaited ON's ack: None starts the run; a refusal fails it as (state, reason)."""
-    return None if ok else ("failed", "device_refused")
+    def cancel_queued_of(self, now: dt.datetime, user_id: int, reason: str) -> tuple[list[Activation], list]:
+        """A user's queued runs (the user is no longer approved); a run going ends at its time."""
+        self._step(now)
+        mine = [act for act in self.st.queue if act.user_id == user_id]
+        for act in mine:
+            self.st.queue.remove(act)
+            self._finish(act, "cancelled", reason, "system")
+        return mine, self._done()
 
-
-def owed_delay(round_: int, ack_timeout_s: float) -> float:
-    """The owed OFF is sent again after ack_timeout_s, doubling each round up to a minute."""
-    return min(OWED_RESEND_MAX_S, ack_timeout_s * 2 ** min(round_, 16))
-
-
-def may_pay_off_debt(*, off_owed: bool, pending: bool, available: bool | None) -> bool:
-    """An owed OFF goes now unless one is on its way or the pump is known offline (its coming
-    back online pays the debt)."""
-    return off_owed and not pending and available is not False
-
-
-def likely_off_time(now: dt.datetime, sent_at: dt.datetime | None, started_at: dt.datetime,
-                    intended_s: float | None) -> dt.datetime:
-    """When an unconfirmed OFF most likely took effect: at the latest when it was first sent or
-    when a pumplink controller's own timer ran out; never before the session began."""
-    candidates = [now, sent_at or now]
-    if intended_s is not None:
-        candidates.append(started_at + dt.timedelta(seconds=intended_s))
-    return max(started_at, min(candidates))
-
-
-def closes_unacknowledged(protocol: str, intended_s: float | None) -> bool:
-    """An unanswered OFF closes a timed session of a pumplink controller (its own timer stops
-    it); a legacy pump has no timer, so its session stays open: it may still run."""
-    return protocol != "legacy" and intended_s is not None
-
-
-# --- the pump's own reports -----------------------------------------------------------------
-def on_report(*, awaiting_on_ack: bool, reason: str, has_session: bool, unconfirmed_on: bool) -> str:
-    """What a report of ON means: ``await_ack`` (our ON landed; its ack follows),
-    ``confirm_unconfirmed`` (an ON sent before a crash did land), ``manual`` (a new session
-    the pump started itself), or ``nothing`` (a session is already open)."""
-    if awaiting_on_ack and reason == "command":
-        return "await_ack"
-    if not has_session and unconfirmed_on:
-        return "confirm_unconfirmed"
-    if not has_session:
-        return "manual"
-    return "nothing"
-
-
-def off_report_ends_run(*, run_state: str | None, awaiting_on_ack: bool) -> bool:
-    """A report of OFF ends the run only once it is running and no ON of ours is on its way."""
-    return run_state == "running" and not awaiting_on_ack
-
-
-def off_report_outcome(reason: str) -> tuple[str, str]:
-    return OFF_REPORT_OUTCOME.get(reason, OFF_REPORT_DEFAULT)
-
-
-# --- flapping (finding 15) --------------------------------------------------------------------
-def flap_decision(count: int, limit: int, flagged: bool) -> str:
-    """``clear`` (or ``calm`` when it was not flagged) once the trailing hour holds no more than
-    the limit; else ``flag`` the first time (one alert), ``keep`` while it lasts."""
-    if count <= limit:
-        return "clear" if flagged else "calm"
-    return "keep" if flagged else "flag"
-
-
-# --- the database outage ----------------------------------------------------------------------
-def without_database(kind: str, token, *, current_id: int | None, off_owed: bool, owed_token: int,
-                     pending_off_id: str | None) -> str | None:
-    """What a timer does while the database is away: a due OFF is not kept waiting.
-
-    ``off_now`` (the run is due to end: send an untracked OFF, owe it), ``owed_again`` (send
-    the owed OFF again, arm the next round), ``pending_again`` (an OFF not acked yet is sent
-    again and owed), or None (waits for the database)."""
-    if kind == "off" and current_id is not None and current_id == token:
-        return "off_now"
-    if kind == "owed" and off_owed and token == owed_token:
-        return "owed_again"
-    if kind == "ack" and pending_off_id is not None and pending_off_id == token:
-        return "pending_again"
-    return None
-
-
-# --- recovery at start-up (API.md, Crash recovery) --------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """What recovery needs of an unfinished activation."""
-
-    id: int
-    state: str  # queued | starting | running
-    ends_at: dt.datetime | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Close:
-    id: int
-    state: str  # completed | failed
-    ended_at: dt.datetime
-    close_session: bool  # its open session closes too, as "recovered"
-    unconfirmed_on: bool  # its ON may have landed: a report of ON is this run's
-
-
-@dataclasses.dataclass
-class Recovery:
-    queued: list[int] = dataclasses.field(default_factory=list)
-    resume: tuple[int, float] | None = None  # (activation id, seconds left)
-    close: list[Close] = dataclasses.field(default_factory=list)
-    off_owed: bool = False
-
-
-def recover(runs: list[Run], *, session_activation_id: int | None, has_session: bool, protocol: str,
-            off_owed_before: bool, now: dt.datetime) -> Recovery:
-    """Each unfinished activation's fate after a restart: queued ones wait again; the first
-    running one with time left resumes; the rest are closed as recovered (a running one
-    completed at its end, a starting one failed) and an OFF is owed."""
-    plan = Recovery()
-    session_run_open = has_session and session_activation_id is not None
-    for run in runs:
-        if run.state == "queued":
-            plan.queued.append(run.id)
-        elif run.state == "running" and run.ends_at is not None and run.ends_at > now and plan.resume is None:
-            plan.resume = (run.id, (run.ends_at - now).total_seconds())
+    def force_shutdown(self, now: dt.datetime, by: str) -> tuple[Activation | None, list[Activation], list]:
+        """OFF at once, whatever the state; the queue is cancelled. Offline devices too."""
+        self._step(now)
+        st = self.st
+        cancelled = []
+        while st.queue:
+            act = st.queue.popleft()
+            self._finish(act, "cancelled", "force", by)
+            cancelled.append(act)
+        stopped = st.current
+        if stopped is not None:
+            self._stop_current("stopped", "force", by)
         else:
-            state = "completed" if run.state == "running" else "failed"
-            ended_at = min(run.ends_at, now) if run.ends_at else now
-            # A pumplink controller's own timer stopped it by then. A legacy one has no timer:
-            # its session stays open until it confirms the owed OFF.
-            closes = session_run_open and session_activation_id == run.id and protocol != "legacy"
-            if closes:
-                session_run_open = False
-            plan.close.append(Close(run.id, state, ended_at, closes, run.state == "starting"))
-            plan.off_owed = True
-    if session_run_open and plan.resume is None:
-        plan.off_owed = True  # a session of an activation that has ended: the pump may still be on
-    # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
-    plan.off_owed = plan.off_owed or off_owed_before
-    return plan
+            if st.pending is not None:
+                self.fx.append(Cancel("ack"))
+                st.pending = None
+            self._send("off", None, reason="force", actor=by)
+        self._refresh("force")
+        self.fx.append(Alert("force_shutdown", ("force_shutdown", st.device.id, self.new_id()),
+                             f"{st.device.name} force shutdown", f"{st.device.name} was shut down by an admin.",
+                             Audience.admins()))
+        return stopped, cancelled, self._done()
+
+    def reload(self, now: dt.datetime, *, name: str, protocol: str, daily_quota_minutes: float | None) -> list:
+        self._step(now)
+        d = self.st.device
+        changed = protocol != d.protocol
+        d.name, d.protocol, d.daily_quota_minutes = name, protocol, daily_quota_minutes
+        if changed:
+            # What the old firmware said no longer holds (legacy controllers never say "online").
+            self.st.available = None
+            self._refresh("protocol changed")
+        return self._done()
+
+    # --- recovery (API.md, Crash recovery) ------------------------------------------------------
+    def recover(self, loaded: Loaded, now: dt.datetime, *, resync: bool = False) -> list:
+        """Reconcile the records with the clock before any request is accepted. ``resync``: the
+        database failed mid-way, memory is forgotten and rebuilt (timers too), then the owed OFF
+        is paid."""
+        self._step(now)
+        st = self.st
+        if resync:
+            self.fx += [Cancel(kind) for kind in ("off", "owed", "flap", "ack")]
+            st.owed_armed = st.flap_armed = False
+            st.owed_token += 1
+            st.flap_token += 1
+            st.queue.clear()
+            st.current = st.pending = None
+        st.device, st.session = loaded.device, loaded.session
+        st.manual_starts = list(loaded.manual_starts)
+        by_id = {act.id: act for act in loaded.activations}
+        plan = rules.recover(
+            [rules.Run(a.id, a.state, from_db(a.ends_at) if a.ends_at else None) for a in loaded.activations],
+            session_activation_id=loaded.session.run_id if loaded.session else None,
+            has_session=loaded.session is not None, protocol=loaded.device.protocol,
+            off_owed_before=loaded.device.off_owed_since is not None, now=now)
+        st.queue.extend(by_id[act_id] for act_id in plan.queued)
+        if plan.resume is not None:
+            act_id, remaining = plan.resume
+            st.current = by_id[act_id]
+            self.fx.append(Arm("off", act_id, remaining))
+            log.info("device %s activation %s resumes after restart: %.1fs left", st.device.id, act_id, remaining)
+        for close in plan.close:
+            act = by_id[close.id]
+            if close.unconfirmed_on:
+                st.unconfirmed_on = act  # its ON may have landed: a report of ON is this run's
+            self._finish(act, close.state, "recovered", "system", ended_at=close.ended_at)
+            if close.close_session:
+                self._close_session("recovered", ended_at=close.ended_at)
+        # Sent once the broker link is up (BrokerConnected), not into a link that is not there yet.
+        st.off_owed = plan.off_owed
+        if st.device.flapping_since is not None:
+            self._arm_flap()
+        self._refresh("start-up")
+        if resync:
+            self._pay_off_debt()
+        return self._done()
+
+
+__all__ = ["Machine", "actor_of"]

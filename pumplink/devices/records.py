@@ -1,4 +1,6 @@
-"""A device's rows: what its actor starts from (DeviceRecords), its sessions and its log."""
+"""A device's rows: what its actor starts from (DeviceRecords) and how the machine's row
+effects (state.Insert, Update, UpdateDevice, WriteLog) are written. The only module of a
+device that speaks peewee besides the shell's quota reads."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import dataclasses
 import datetime as dt
 
 from pumplink.clock import from_db, to_db
+from pumplink.devices import rules, state
 from pumplink.quota import usage
 from pumplink.storage import models as m
 
@@ -20,27 +23,36 @@ class DeviceRecords:
     device: m.Device
     session: m.Session | None
     activations: list[m.Activation]
+    manual_starts: list[dt.datetime] = dataclasses.field(default_factory=list)  # for flapping
 
     @classmethod
-    def load(cls, device_id: int) -> "DeviceRecords":
+    def load(cls, device_id: int, now: dt.datetime) -> "DeviceRecords":
+        manual = _manual_starts(now, m.Session.device == device_id)
         return cls(
             device=m.Device.get_by_id(device_id),
             session=m.Session.get_or_none((m.Session.device == device_id) & m.Session.ended_at.is_null()),
             activations=list(m.Activation.select()
                              .where((m.Activation.device == device_id) & m.Activation.state.in_(OPEN_STATES))
                              .order_by(m.Activation.created_at, m.Activation.id)),
+            manual_starts=manual.get(device_id, []),
         )
 
     @classmethod
-    def load_all(cls) -> list["DeviceRecords"]:
-        """Every live device's records in three queries, for start-up."""
+    def load_all(cls, now: dt.datetime) -> list["DeviceRecords"]:
+        """Every live device's records in four queries, for start-up."""
         sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null())}
         activations = collections.defaultdict(list)
         for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES))
                     .order_by(m.Activation.created_at, m.Activation.id)):
             activations[act.device_id].append(act)
-        return [cls(d, sessions.get(d.id), activations.get(d.id, []))
+        manual = _manual_starts(now, True)
+        return [cls(d, sessions.get(d.id), activations.get(d.id, []), manual.get(d.id, []))
                 for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
+
+    def values(self) -> state.Loaded:
+        """As the machine takes them."""
+        return state.Loaded(device_value(self.device), session_value(self.session) if self.session else None,
+                            [activation_value(a) for a in self.activations], list(self.manual_starts))
 
     def needs_writes(self, now: dt.datetime) -> bool:
         """Whether recovery has an activation to close (else it only reads): anything but queued
@@ -49,22 +61,55 @@ class DeviceRecords:
         return any(a.state != "queued" and a is not resumed for a in self.activations)
 
 
-
-def open_session(device_id: int, act: m.Activation | None, cause: str, started_at: dt.datetime) -> m.Session:
-    return m.Session.create(
-        device=device_id, activation=act.id if act else None, user=act.user_id if act else None,
-        started_at=to_db(started_at), intended_s=act.duration_s if act else None, start_cause=cause,
-    )
-
-
-def close_session(s: m.Session, reason: str, end: dt.datetime) -> None:
-    s.ended_at = to_db(end)
-    s.actual_s = max(0.0, (end - from_db(s.started_at)).total_seconds())
-    s.end_reason = reason
-    s.save()
+def _manual_starts(now: dt.datetime, where) -> dict[int, list[dt.datetime]]:
+    """Starts of pump-started sessions (no activation) in the trailing flapping window."""
+    out = collections.defaultdict(list)
+    for device_id, started_at in (m.Session.select(m.Session.device, m.Session.started_at)
+                                  .where(where & m.Session.activation.is_null()
+                                         & (m.Session.started_at > to_db(now - rules.FLAP_WINDOW)))
+                                  .tuples()):
+        out[device_id].append(from_db(started_at))
+    return out
 
 
-def write_log(device_id: int, session: m.Session | None, event: str, cause: str, actor: str | None, at: dt.datetime,
-              *, activation_id: int | None = None, detail: str | None = None) -> None:
-    m.DeviceLog.create(device=device_id, session=session.id if session else None, activation=activation_id,
-                       event=event, cause=cause, actor=actor, detail=detail, at=to_db(at))
+def device_value(d: m.Device) -> state.Device:
+    return state.Device(d.id, d.name, d.protocol, d.daily_quota_minutes, d.off_owed_since, d.flapping_since)
+
+
+def activation_value(a: m.Activation) -> state.Activation:
+    return state.Activation(a.device_id, a.user_id, a.schedule_id, a.duration_s, a.source, a.created_at, a.state,
+                            a.id, a.reason, a.ended_by, a.command_id, a.started_at, a.ends_at, a.ended_at)
+
+
+def session_value(s: m.Session) -> state.Session:
+    return state.Session(s.started_at, s.start_cause, None, s.activation_id, s.user_id, s.intended_s, s.id,
+                         s.ended_at, s.actual_s, s.end_reason)
+
+
+_ACTIVATION = ("device_id", "user_id", "schedule_id", "duration_s", "source", "created_at", "state", "reason",
+               "ended_by", "command_id", "started_at", "ends_at", "ended_at")
+
+
+def _id(record) -> int | None:
+    return record.id if record is not None else None
+
+
+def write(effect, device: state.Device) -> None:
+    """Carry out one row effect of the machine; a record it inserts gets its id."""
+    if isinstance(effect, state.Insert):
+        r = effect.record
+        if isinstance(r, state.Activation):
+            r.id = m.Activation.insert({k: getattr(r, k) for k in _ACTIVATION}).execute()
+        else:
+            r.id = m.Session.insert(device=device.id, activation=r.run_id, user=r.user_id, started_at=r.started_at,
+                                    intended_s=r.intended_s, start_cause=r.start_cause, ended_at=r.ended_at,
+                                    actual_s=r.actual_s, end_reason=r.end_reason).execute()
+    elif isinstance(effect, state.Update):
+        model = m.Activation if isinstance(effect.record, state.Activation) else m.Session
+        model.update({k: getattr(effect.record, k) for k in effect.fields}).where(model.id == effect.record.id).execute()
+    elif isinstance(effect, state.UpdateDevice):
+        m.Device.update({k: getattr(device, k) for k in effect.fields}).where(m.Device.id == device.id).execute()
+    elif isinstance(effect, state.WriteLog):
+        m.DeviceLog.create(device=device.id, session=_id(effect.session), activation=_id(effect.activation),
+                           event=effect.event, cause=effect.cause, actor=effect.actor, detail=effect.detail,
+                           at=to_db(effect.at))

@@ -1,25 +1,25 @@
 """What the API and the scheduler ask of a device: runs, cancels, force shutdown, reload and
-the views of it. Each ask is one transaction (``transactional``).
+the views of it. Each ask is one transaction (``transactional``); the machine decides, this
+reads what a quota check needs, turns a refusal into its error and shows the result.
 
 A mixin of ``DeviceActor``: it runs on its thread.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
+import datetime as dt
 
-from pumplink.clock import iso, to_db
-from pumplink.devices import machine
-from pumplink.devices.quota_check import UNKNOWN
+from pumplink.clock import iso
+from pumplink.devices.state import Refusal, Usage
 from pumplink.devices.transactions import transactional
 from pumplink.errors import Conflict, TooManyRequests, Unavailable
-from pumplink.events import Audience
 from pumplink.gateway import Gateway
+from pumplink.quota import rules as quota_rules
+from pumplink.quota import usage
 from pumplink.storage import models as m
 from pumplink.views import activation_view
 
-log = logging.getLogger(__name__)
+UNKNOWN = object()  # "not given": look it up
 
 
 class Requests:
@@ -31,116 +31,110 @@ class Requests:
         """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
         device = self._live_device()
         Gateway.check_run_length(device, duration_s, self.config.min_run_s)
-        busy = self.current is not None or self.pending is not None or self.off_owed
-        why = machine.refusal(available=self.available, off_stuck=self.off_stuck,
-                              broker_connected=self.rt.broker.connected.is_set(), busy=busy,
-                              queued=len(self.queue), queue_limit=self.config.queue_limit)
-        if why == "device_offline":
-            raise Conflict(f"{device.name} is offline; it cannot be started now.", "device_offline")
-        if why == "off_unconfirmed":
-            raise Conflict(f"{device.name} has not confirmed its last OFF; it takes no new runs until it does.",
-                           "off_unconfirmed")
-        if why == "broker_unavailable":
-            raise Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
-                              "broker_unavailable", retry_after=5)
-        if why == "queue_full":
-            raise TooManyRequests(
-                f"{device.name} already has {len(self.queue)} requests waiting; try again later.", "queue_full",
-                retry_after=max(1, int(self._reserved_s(self.clock.now()))),
-            )
-        self._check_quota(user_id, duration_s, user_quota)
-        act = m.Activation.create(
-            device=self.device_id, user=user_id, schedule=schedule_id, duration_s=duration_s,
-            source=source, state="queued", created_at=to_db(self.clock.now()),
+        now = self.clock.now()
+        broker = self.rt.broker.connected.is_set()
+        result = self.machine.refusal(now, broker_connected=broker)
+        if result is None:
+            result = self.machine.activate(now, user_id=user_id, duration_s=duration_s, source=source,
+                                           schedule_id=schedule_id, usage=self._usage(now, user_id, user_quota),
+                                           broker_connected=broker)
+        if isinstance(result, Refusal):
+            raise self._refused(result, now)
+        act, effects = result
+        self._apply(effects)
+        return activation_view(act, now)
+
+    def _usage(self, now: dt.datetime, user_id: int | None, user_quota) -> Usage:
+        """Today's numbers for the quota check. A user's span devices: their lock comes first, so
+        checks of one user on two devices take turns (and on SQLite a write must come first)."""
+        if user_id is not None:
+            if user_quota is UNKNOWN:
+                usage.lock_user(self.db, user_id)
+                user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+            elif user_quota is not None:
+                usage.lock_user(self.db, user_id)
+        device_used = usage.used_today(now, self.config.tz, device_id=self.device_id)
+        if user_id is None or user_quota is None:
+            return Usage(device_used)
+        return Usage(device_used, user_quota, usage.used_today(now, self.config.tz, user_id=user_id),
+                     usage.reserved(now, user_id=user_id))
+
+    def _refused(self, why: Refusal, now: dt.datetime) -> Exception:
+        name = self.device.name
+        if why.code == "device_offline":
+            return Conflict(f"{name} is offline; it cannot be started now.", "device_offline")
+        if why.code == "off_unconfirmed":
+            return Conflict(f"{name} has not confirmed its last OFF; it takes no new runs until it does.",
+                            "off_unconfirmed")
+        if why.code == "broker_unavailable":
+            return Unavailable("The MQTT broker is not reachable; pumps cannot be started now.",
+                               "broker_unavailable", retry_after=5)
+        if why.code == "queue_full":
+            return TooManyRequests(f"{name} already has {why.queued} requests waiting; try again later.",
+                                   "queue_full", retry_after=max(1, int(why.reserved_s)))
+        whose = f"{name}'s" if why.quota == "device" else "your"
+        return TooManyRequests(
+            f"This would pass {whose} daily quota: {why.free_s / 60:.1f} minutes are left today.",
+            "quota_exhausted", retry_after=quota_rules.seconds_until_reset(now, self.config.tz),
+            quota=why.quota, left_s=round(why.free_s, 1), left_minutes=round(why.free_s / 60, 2),
         )
-        self.queue.append(act)
-        self.rt.metrics.queued.inc()
-        self.rt.metrics.activations_accepted.labels(source).inc()
-        log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
-        self._changed(act)
-        self._advance()
-        return activation_view(act, self.clock.now())
 
     @transactional
     def cancel(self, activation_id: int, by: str) -> dict:
-        for act in self.queue:
-            if act.id == activation_id:
-                self.queue.remove(act)
-                self.rt.metrics.queued.dec()
-                self._finish(act, "cancelled", "cancelled", by)
-                return activation_view(act, self.clock.now())
-        if self.current is not None and self.current.id == activation_id:
-            act = self.current
-            self._stop_current("stopped", "cancelled", by)
-            return activation_view(act, self.clock.now())
-        raise Conflict("This activation has already ended.", "activation_ended")
+        act, effects = self.machine.cancel(self.clock.now(), activation_id, by)
+        if act is None:
+            raise Conflict("This activation has already ended.", "activation_ended")
+        self._apply(effects)
+        return activation_view(act, self.clock.now())
 
     @transactional
     def cancel_queued_of(self, user_id: int, reason: str = "owner_revoked") -> list[int]:
         """Cancel a user's queued activations (the user is no longer approved). A run already
         going is left to end at its time: it was asked for while the user was approved."""
-        mine = [act for act in self.queue if act.user_id == user_id]
-        for act in mine:
-            self.queue.remove(act)
-            self.rt.metrics.queued.dec()
-            self._finish(act, "cancelled", reason, "system")
-        return [act.id for act in mine]
+        acts, effects = self.machine.cancel_queued_of(self.clock.now(), user_id, reason)
+        self._apply(effects)
+        return [act.id for act in acts]
 
     @transactional
     def force_shutdown(self, by: str) -> dict:
         """OFF at once, whatever the state; the queue is cancelled. Works for offline devices too."""
-        cancelled = []
-        while self.queue:
-            act = self.queue.popleft()
-            self.rt.metrics.queued.dec()
-            self._finish(act, "cancelled", "force", by)
-            cancelled.append(act.id)
-        stopped = self.current.id if self.current is not None else None
-        if self.current is not None:
-            self._stop_current("stopped", "force", by)
-        else:
-            if self.pending is not None:
-                self._cancel_timer(self.pending.timer)
-                self.pending = None
-            self._send("off", None, reason="force", actor=by)
-        self._refresh_state("force")
-        self._alert("force_shutdown", f"force_shutdown:{self.device_id}:{uuid.uuid4().hex}",
-                    f"{self.device.name} force shutdown", f"{self.device.name} was shut down by an admin.", Audience.admins())
-        return {"device_id": self.device_id, "stopped_activation_id": stopped, "cancelled_activation_ids": cancelled}
+        stopped, cancelled, effects = self.machine.force_shutdown(self.clock.now(), by)
+        self._apply(effects)
+        return {"device_id": self.device_id, "stopped_activation_id": stopped.id if stopped is not None else None,
+                "cancelled_activation_ids": [act.id for act in cancelled]}
 
     @transactional
     def reload(self) -> dict:
-        old, self.device = self.device, m.Device.get_by_id(self.device_id)
-        if old is not None and old.protocol != self.device.protocol:
-            # What the old firmware said no longer holds (legacy controllers never say "online").
-            self.available = None
-            self._refresh_state("protocol changed")
+        self.device = d = m.Device.get_by_id(self.device_id)
+        self._apply(self.machine.reload(self.clock.now(), name=d.name, protocol=d.protocol,
+                                        daily_quota_minutes=d.daily_quota_minutes))
         return self.describe()
 
     @transactional
     def describe(self) -> dict:
         now = self.clock.now()
-        return self.view((self._used_today_s(now), self._reserved_s(now)))
+        return self.view((usage.used_today(now, self.config.tz, device_id=self.device_id),
+                          self.machine.reserved_s(now)))
 
     def view(self, today: tuple[float, float]) -> dict:
         """The device as the API shows it, given today's (used, reserved) seconds; no database work."""
-        device = self.device
+        device, st = self.device, self.machine.st
         now = self.clock.now()
         used, reserved = today
-        quota_s = self._device_quota_s()
-        running = activation_view(self.current, now) if self.current is not None else None
+        quota_s = self.machine.quota_s()
+        running = activation_view(st.current, now) if st.current is not None else None
         return {
             "id": device.id,
             "name": device.name,
             "protocol": device.protocol,
-            "state": self.state,
-            "available": self.available,
-            "online": self.available is True,
+            "state": st.shown,
+            "available": st.available,
+            "online": st.available is True,
             "running": running,
-            "queue": [activation_view(a, now) for a in self.queue],
-            "session_id": self.session.id if self.session is not None else None,
-            "off_owed": self.off_owed,
-            "flapping": device.flapping_since is not None,
+            "queue": [activation_view(a, now) for a in st.queue],
+            "session_id": st.session.id if st.session is not None else None,
+            "off_owed": st.off_owed,
+            "flapping": st.device.flapping_since is not None,
             "daily_quota_minutes": quota_s / 60,
             "max_run_minutes": device.max_run_minutes,
             "today": {
@@ -153,18 +147,19 @@ class Requests:
 
     def go_status(self) -> dict:
         """The Go server's ``/device/{id}/status`` shape, kept for old clients."""
-        act = self.current
+        st = self.machine.st
+        act = st.current
         return {
             "device_id": self.device_id,
-            "status": self.state,
+            "status": st.shown,
             "active_until": iso(act.ends_at) if act is not None and act.state == "running" else None,
             "intended_duration": round(act.duration_s / 60, 3) if act is not None else None,
-            "session_id": self.session.id if self.session is not None else None,
+            "session_id": st.session.id if st.session is not None else None,
         }
 
     def summary(self) -> dict:
         """The little a WebSocket snapshot needs; no database work."""
-        return {"device_id": self.device_id, "name": self.device.name, "state": self.state,
-                "available": self.available,
-                "activation_id": self.current.id if self.current is not None else None}
+        st = self.machine.st
+        return {"device_id": self.device_id, "name": self.device.name, "state": st.shown,
+                "available": st.available, "activation_id": st.current.id if st.current is not None else None}
 

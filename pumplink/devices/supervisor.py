@@ -1,6 +1,6 @@
 """Supervisor: starts a DeviceActor per device, restarts one that died, stops them all.
 
-Starting an actor runs its crash recovery (``DeviceActor._recover``), so when ``start_all``
+Starting an actor runs its crash recovery (``Machine.recover``, on_start), so when ``start_all``
 returns every device has been reconciled with the clock and the requests may come in.
 """
 
@@ -37,7 +37,7 @@ class Supervisor:
     def start_all(self) -> None:
         # Read once for all devices: 10,000 actors each querying at start exhausted the pool.
         with self.rt.db.connection_context():
-            records = DeviceRecords.load_all()
+            records = DeviceRecords.load_all(self.rt.clock.now())
         for r in records:
             self.start_device(r.device.id, r)
         # An ask is answered only after on_start: when these return, every device has recovered.

@@ -1,8 +1,8 @@
 """The shell's transactions: each message in one transaction, in order; while the database is
-away, messages wait in a backlog (a due OFF does not: machine.without_database) and are
+away, messages wait in a backlog (a due OFF does not: Machine.without_database) and are
 replayed when it returns; an ON is published only once the rows recording it committed.
 
-A mixin of ``DeviceActor``: it runs on its thread.
+A mixin of ``DeviceActor``: it runs on its thread. It decides nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import logging
 
 import pykka
 
-from pumplink.devices import machine
-from pumplink.devices.messages import Replay, RunRequest, RunSettled, TimerFired, Publish
-from pumplink.devices.records import DeviceRecords
+from pumplink.devices.messages import Publish, Replay, RunRequest, RunSettled
 from pumplink.errors import DatabaseUnavailable
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.timers import tell_later
@@ -37,9 +35,6 @@ def transactional(method):
         return self._in_transaction(method, self, *args, **kwargs)
 
     return wrapper
-
-
-
 
 class Transactions:
     """Mixin of ``DeviceActor``."""
@@ -130,42 +125,9 @@ class Transactions:
         except Exception:  # a connection already broken; the pool replaces it
             log.debug("closing a broken connection failed", exc_info=True)
 
-    def _resync(self) -> None:
-        """Forget memory and rebuild it from the database, as after a crash."""
-        self._cancel_timer(self.off_timer)
-        self._cancel_timer(self.owed_timer)
-        self._cancel_timer(self.flap_timer)
-        self.owed_timer = self.flap_timer = None
-        self.owed_token += 1
-        self.flap_token += 1
-        if self.pending is not None:
-            self._cancel_timer(self.pending.timer)
-        self.rt.metrics.queued.dec(len(self.queue))
-        self.queue.clear()
-        self.current = self.pending = self.off_timer = None
-        self._recover(DeviceRecords.load(self.device_id))
-        self._pay_off_debt()
+    def _dispatch(self, message) -> None:
+        self._apply(self.machine.handle(message, self.clock.now()))
 
     def _safety_without_database(self, message) -> None:
         """An OFF that is due does not wait for the database: send it now, book it later."""
-        what = machine.without_database(
-            message.kind, message.token, current_id=self.current.id if self.current is not None else None,
-            off_owed=self.off_owed, owed_token=self.owed_token,
-            pending_off_id=self.pending.id if self.pending is not None and self.pending.action == "off" else None,
-        ) if isinstance(message, TimerFired) else None
-        if what == "off_now":
-            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
-                        self.device_id, message.token)
-            self.off_owed = True
-            self._send_untracked_off()
-        elif what == "owed_again":
-            # An owed OFF keeps being sent while the database is away; it is booked when it returns.
-            self.owed_timer = None
-            self._send_untracked_off()
-            self._arm_owed_timer()
-        elif what == "pending_again":
-            # An OFF not acked yet is sent again now, and keeps being sent while the database is away.
-            self.off_owed = True
-            self._publish(self.pending.topic, self.pending.payload)
-            self._arm_owed_timer()
-
+        self._apply(self.machine.without_database(message, self.clock.now()))

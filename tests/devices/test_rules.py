@@ -1,4 +1,4 @@
-"""The device's decisions (pumplink/devices/machine.py), table by table, with an explicit clock.
+"""The device's decisions (pumplink/devices/rules.py), table by table, with an explicit clock.
 
 No database, no broker, no actor: each row is (what the device knows, what happens) ->
 what it decides.
@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from pumplink.devices import machine
-from pumplink.devices.machine import Close, Run
+from pumplink.devices import rules as machine
+from pumplink.devices.rules import Close, Run
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
