@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
-import threading
 import uuid
 
 from pumplink.clock import iso
@@ -25,20 +23,3 @@ def encode(topics, device_id: int, protocol: str, action: str, *, now: dt.dateti
     if action == "on":
         body["duration_s"] = duration_s
     return topics.command(device_id), json.dumps(body)
-
-
-@dataclasses.dataclass
-class Pending:
-    """A command waiting for its ack."""
-
-    id: str
-    action: str  # on | off
-    topic: str
-    payload: str
-    activation_id: int | None
-    reason: str  # why an OFF was sent: completed | force | cancelled | ...
-    actor: str
-    attempts: int = 1
-    timer: threading.Timer | None = None
-    sent_at: float = 0.0  # monotonic, of the first send
-    sent_wall: dt.datetime | None = None

@@ -21,7 +21,9 @@ import logging
 from pumplink.clock import from_db, to_db
 from pumplink.devices import rules
 from pumplink.devices.reactions import Reactions, actor_of
-from pumplink.devices.state import Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Refusal, RunChanged, Usage
+from pumplink.devices.messages import TimerFired
+from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Publish, Refusal, RunChanged,
+                                    Usage)
 from pumplink.events import Audience
 from pumplink.quota import rules as quota_rules
 from pumplink.quota.usage import promised
@@ -69,7 +71,6 @@ class Machine(Reactions):
         act = Activation(self.st.device.id, user_id, schedule_id, duration_s, source, to_db(now))
         self.st.queue.append(act)
         self.fx += [Insert(act), Count("accepted", (source,)), RunChanged(act)]
-        log.info("device %s activation queued for %ss (%s)", self.st.device.id, duration_s, source)
         self._advance()
         return act, self._done()
 
@@ -148,6 +149,31 @@ class Machine(Reactions):
             # What the old firmware said no longer holds (legacy controllers never say "online").
             self.st.available = None
             self._refresh("protocol changed")
+        return self._done()
+
+    # --- while the database is away -----------------------------------------------------------
+    def without_database(self, event, now: dt.datetime) -> list:
+        """While the database is away a due OFF is not kept waiting: only commands and timers."""
+        self._step(now)
+        st = self.st
+        if not isinstance(event, TimerFired):
+            return []
+        pending_off = st.pending.id if st.pending is not None and st.pending.action == "off" else None
+        what = rules.without_database(event.kind, event.token, current_id=st.current.id if st.current else None,
+                                      off_owed=st.off_owed, owed_token=st.owed_token, pending_off_id=pending_off)
+        if what == "off_now":
+            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
+                        st.device.id, event.token)
+            st.off_owed = True
+            self._send_untracked_off()
+        elif what == "owed_again":
+            st.owed_armed = False
+            self._send_untracked_off()
+            self._arm_owed()
+        elif what == "pending_again":
+            st.off_owed = True
+            self.fx.append(Publish(st.pending))
+            self._arm_owed()
         return self._done()
 
     # --- recovery (API.md, Crash recovery) ------------------------------------------------------

@@ -60,30 +60,6 @@ class Reactions:
             log.warning("device %s ignores unknown message %r", self.st.device.id, event)
         return self._done()
 
-    def without_database(self, event, now: dt.datetime) -> list:
-        """While the database is away a due OFF is not kept waiting: only commands and timers."""
-        self._step(now)
-        st = self.st
-        if not isinstance(event, TimerFired):
-            return []
-        pending_off = st.pending.id if st.pending is not None and st.pending.action == "off" else None
-        what = rules.without_database(event.kind, event.token, current_id=st.current.id if st.current else None,
-                                      off_owed=st.off_owed, owed_token=st.owed_token, pending_off_id=pending_off)
-        if what == "off_now":
-            log.warning("device %s: run %s is due to end while the database is away; OFF sent now",
-                        st.device.id, event.token)
-            st.off_owed = True
-            self._send_untracked_off()
-        elif what == "owed_again":
-            st.owed_armed = False
-            self._send_untracked_off()
-            self._arm_owed()
-        elif what == "pending_again":
-            st.off_owed = True
-            self.fx.append(Publish(st.pending))
-            self._arm_owed()
-        return self._done()
-
     def _on_ack(self, ack: Ack) -> None:
         st = self.st
         p = st.pending

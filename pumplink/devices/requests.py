@@ -8,6 +8,7 @@ A mixin of ``DeviceActor``: it runs on its thread.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from pumplink.clock import iso
 from pumplink.devices.state import Refusal, Usage
@@ -18,6 +19,8 @@ from pumplink.quota import rules as quota_rules
 from pumplink.quota import usage
 from pumplink.storage import models as m
 from pumplink.views import activation_view
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = object()  # "not given": look it up
 
@@ -42,6 +45,7 @@ class Requests:
             raise self._refused(result, now)
         act, effects = result
         self._apply(effects)
+        log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
         return activation_view(act, now)
 
     def _usage(self, now: dt.datetime, user_id: int | None, user_quota) -> Usage:
