@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from pumplink.devices import rules as machine
+from pumplink.devices import rules
 from pumplink.devices.rules import Close, Run
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -32,7 +32,7 @@ def at(seconds: float) -> dt.datetime:
     (None, None, None, "unknown"),  # nothing heard yet
 ])
 def test_state(available, pending, reported, state):
-    assert machine.derive_state(available, pending, reported) == state
+    assert rules.derive_state(available, pending, reported) == state
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ BASE = dict(available=True, off_stuck=False, broker_connected=True, busy=False, 
     ({"available": False, "off_stuck": True}, "device_offline"),  # the first reason is given
 ])
 def test_refusal(change, why):
-    assert machine.refusal(**{**BASE, **change}) == why
+    assert rules.refusal(**{**BASE, **change}) == why
 
 
 IDLE = dict(running=False, pending=False, queued=1, off_owed=False, available=True)
@@ -67,7 +67,7 @@ IDLE = dict(running=False, pending=False, queued=1, off_owed=False, available=Tr
     ({"available": False}, False),  # waits until the pump is back
 ])
 def test_queue_head_starts(change, starts):
-    assert machine.may_start_next(**{**IDLE, **change}) is starts
+    assert rules.may_start_next(**{**IDLE, **change}) is starts
 
 
 # --- acks, re-sends and timeouts --------------------------------------------------------------
@@ -75,7 +75,7 @@ def test_queue_head_starts(change, starts):
     (1, 2, "resend"), (2, 2, "resend"), (3, 2, "give_up"), (1, 0, "give_up"),
 ])
 def test_ack_timeout(attempts, retries, then):
-    assert machine.after_ack_timeout(attempts, retries) == then
+    assert rules.after_ack_timeout(attempts, retries) == then
 
 
 @pytest.mark.parametrize("pending, ack, applies", [
@@ -86,12 +86,12 @@ def test_ack_timeout(attempts, retries, then):
     (None, None, False),
 ])
 def test_ack_applies(pending, ack, applies):
-    assert machine.ack_applies(pending, ack) is applies
+    assert rules.ack_applies(pending, ack) is applies
 
 
 def test_on_ack_outcome():
-    assert machine.on_ack_outcome(True) is None  # the run starts: session opened on the ack
-    assert machine.on_ack_outcome(False) == ("failed", "device_refused")
+    assert rules.on_ack_outcome(True) is None  # the run starts: session opened on the ack
+    assert rules.on_ack_outcome(False) == ("failed", "device_refused")
 
 
 # --- owed OFF (findings 4 and 16) ---------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_on_ack_outcome():
     (0, 2.0, 2.0), (1, 2.0, 4.0), (2, 2.0, 8.0), (5, 2.0, 60.0), (40, 2.0, 60.0), (0, 90.0, 60.0),
 ])
 def test_owed_off_backoff(round_, ack_timeout, delay):
-    assert machine.owed_delay(round_, ack_timeout) == delay
+    assert rules.owed_delay(round_, ack_timeout) == delay
 
 
 @pytest.mark.parametrize("owed, pending, available, pays", [
@@ -110,7 +110,7 @@ def test_owed_off_backoff(round_, ack_timeout, delay):
     (False, False, True, False),
 ])
 def test_owed_off_paid(owed, pending, available, pays):
-    assert machine.may_pay_off_debt(off_owed=owed, pending=pending, available=available) is pays
+    assert rules.may_pay_off_debt(off_owed=owed, pending=pending, available=available) is pays
 
 
 @pytest.mark.parametrize("sent, intended, likely", [
@@ -120,14 +120,14 @@ def test_owed_off_paid(owed, pending, available, pays):
     (at(-5), None, at(0)),  # never before the session began
 ])
 def test_likely_off_time(sent, intended, likely):
-    assert machine.likely_off_time(at(120), sent, at(0), intended) == likely
+    assert rules.likely_off_time(at(120), sent, at(0), intended) == likely
 
 
 @pytest.mark.parametrize("protocol, intended, closes", [
     ("pumplink", 60, True), ("pumplink", None, False), ("legacy", 60, False), ("legacy", None, False),
 ])
 def test_unacknowledged_off_closes_session(protocol, intended, closes):
-    assert machine.closes_unacknowledged(protocol, intended) is closes
+    assert rules.closes_unacknowledged(protocol, intended) is closes
 
 
 # --- reports of the pump: manual / timer / fault ----------------------------------------------
@@ -140,7 +140,7 @@ def test_unacknowledged_off_closes_session(protocol, intended, closes):
     (False, "command", True, True, "nothing"),
 ])
 def test_report_on(awaiting, reason, session, unconfirmed, meaning):
-    assert machine.on_report(awaiting_on_ack=awaiting, reason=reason, has_session=session,
+    assert rules.on_report(awaiting_on_ack=awaiting, reason=reason, has_session=session,
                              unconfirmed_on=unconfirmed) == meaning
 
 
@@ -151,14 +151,14 @@ def test_report_on(awaiting, reason, session, unconfirmed, meaning):
     ("whatever", ("stopped", "device_off")),
 ])
 def test_report_off_outcome(reason, outcome):
-    assert machine.off_report_outcome(reason) == outcome
+    assert rules.off_report_outcome(reason) == outcome
 
 
 @pytest.mark.parametrize("run_state, awaiting, ends", [
     ("running", False, True), ("running", True, False), ("starting", False, False), (None, False, False),
 ])
 def test_report_off_ends_run(run_state, awaiting, ends):
-    assert machine.off_report_ends_run(run_state=run_state, awaiting_on_ack=awaiting) is ends
+    assert rules.off_report_ends_run(run_state=run_state, awaiting_on_ack=awaiting) is ends
 
 
 # --- flapping (manual_runs_per_hour) ----------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_report_off_ends_run(run_state, awaiting, ends):
     (3, 3, False, "calm"), (4, 3, False, "flag"), (9, 3, True, "keep"), (3, 3, True, "clear"), (0, 0, True, "clear"),
 ])
 def test_flapping(count, limit, flagged, decision):
-    assert machine.flap_decision(count, limit, flagged) == decision
+    assert rules.flap_decision(count, limit, flagged) == decision
 
 
 # --- the database outage: a due OFF does not wait ------------------------------------------------
@@ -185,7 +185,7 @@ OUTAGE = dict(current_id=7, off_owed=True, owed_token=3, pending_off_id="c9")
     ("flap", 1, {}, None),
 ])
 def test_without_database(kind, token, change, what):
-    assert machine.without_database(kind, token, **{**OUTAGE, **change}) == what
+    assert rules.without_database(kind, token, **{**OUTAGE, **change}) == what
 
 
 # --- recovery at start-up -----------------------------------------------------------------------
@@ -218,7 +218,7 @@ NOW = at(1000)
     ([], "manual", "pumplink", False, [], None, [], False),
 ])
 def test_recovery(runs, session, protocol, owed_before, queued, resume, close, owed):
-    plan = machine.recover(runs, session_activation_id=None if session in (None, "manual") else session,
+    plan = rules.recover(runs, session_activation_id=None if session in (None, "manual") else session,
                            has_session=session is not None, protocol=protocol, off_owed_before=owed_before, now=NOW)
     assert (plan.queued, plan.resume, plan.close, plan.off_owed) == (queued, resume, close, owed)
 
