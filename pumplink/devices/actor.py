@@ -11,6 +11,7 @@ confirms, so the actual duration is honest.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 
@@ -116,7 +117,8 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
                 self._state_changed(e)
             elif isinstance(e, state.RunChanged):
                 now = self.clock.now()
-                self.rt.bus.publish(ActivationChanged(activation=activation_view(e.activation, now), at=now))
+                seen = dataclasses.replace(e.seen, id=e.activation.id)  # as it was then, with its id now
+                self.rt.bus.publish(ActivationChanged(activation=activation_view(seen, now), at=now))
             elif isinstance(e, state.Alert):
                 key = ":".join(str(p.id if isinstance(p, (state.Activation, state.Session)) else p) for p in e.key)
                 self.rt.bus.publish(Alert(key=key, kind=e.kind, device_id=self.device_id, title=e.title, body=e.body,

@@ -183,7 +183,7 @@ class Reactions:
         st.off_owed = True
         if st.device.off_owed_since is None:
             st.device.off_owed_since = to_db(self.now)
-            self.fx.append(UpdateDevice(("off_owed_since",)))
+            self.fx.append(UpdateDevice(("off_owed_since",), {"off_owed_since": st.device.off_owed_since}))
             log.warning("device %s owes an OFF; its queue waits until the pump confirms one", st.device.id)
         if st.pending is None:
             self._arm_owed()
@@ -220,7 +220,7 @@ class Reactions:
         st.owed_token += 1
         if st.device.off_owed_since is not None:
             st.device.off_owed_since = None
-            self.fx.append(UpdateDevice(("off_owed_since",)))
+            self.fx.append(UpdateDevice(("off_owed_since",), {"off_owed_since": None}))
         if was_owed:
             log.info("device %s confirmed OFF; its owed OFF is paid", st.device.id)
 
@@ -262,7 +262,7 @@ class Reactions:
             return False
         if decision == "flag":
             st.device.flapping_since = to_db(self.now)
-            self.fx.append(UpdateDevice(("flapping_since",)))
+            self.fx.append(UpdateDevice(("flapping_since",), {"flapping_since": st.device.flapping_since}))
             log.warning("device %s is flapping: %d controller-started runs in the last hour", st.device.id, count)
             limit = self.cfg.manual_runs_per_hour
             self._alert("device_flapping", ("device_flapping", st.device.id, iso(self.now)),
@@ -278,7 +278,7 @@ class Reactions:
         if st.device.flapping_since is None:
             return
         st.device.flapping_since = None
-        self.fx += [UpdateDevice(("flapping_since",)), Cancel("flap")]
+        self.fx += [UpdateDevice(("flapping_since",), {"flapping_since": None}), Cancel("flap")]
         st.flap_armed = False
         st.flap_token += 1
         log.info("device %s is no longer flapping", st.device.id)

@@ -97,18 +97,18 @@ def _id(record) -> int | None:
 def write(effect, device: state.Device) -> None:
     """Carry out one row effect of the machine; a record it inserts gets its id."""
     if isinstance(effect, state.Insert):
-        r = effect.record
+        r = effect.row
         if isinstance(r, state.Activation):
-            r.id = m.Activation.insert({k: getattr(r, k) for k in _ACTIVATION}).execute()
+            effect.record.id = m.Activation.insert({k: getattr(r, k) for k in _ACTIVATION}).execute()
         else:
-            r.id = m.Session.insert(device=device.id, activation=r.run_id, user=r.user_id, started_at=r.started_at,
+            effect.record.id = m.Session.insert(device=device.id, activation=r.run_id, user=r.user_id, started_at=r.started_at,
                                     intended_s=r.intended_s, start_cause=r.start_cause, ended_at=r.ended_at,
                                     actual_s=r.actual_s, end_reason=r.end_reason).execute()
     elif isinstance(effect, state.Update):
         model = m.Activation if isinstance(effect.record, state.Activation) else m.Session
-        model.update({k: getattr(effect.record, k) for k in effect.fields}).where(model.id == effect.record.id).execute()
+        model.update(effect.values).where(model.id == effect.record.id).execute()
     elif isinstance(effect, state.UpdateDevice):
-        m.Device.update({k: getattr(device, k) for k in effect.fields}).where(m.Device.id == device.id).execute()
+        m.Device.update(effect.values).where(m.Device.id == device.id).execute()
     elif isinstance(effect, state.WriteLog):
         m.DeviceLog.create(device=device.id, session=_id(effect.session), activation=_id(effect.activation),
                            event=effect.event, cause=effect.cause, actor=effect.actor, detail=effect.detail,

@@ -151,20 +151,31 @@ class Publish:
     command: Command
 
 
+# Row effects and RunChanged keep the values of the moment they were made (a later step of the
+# same call may change the record again); the record itself is kept for its id.
 @dataclasses.dataclass(frozen=True)
 class Insert:
     record: Activation | Session  # the shell sets its id
+    row: Activation | Session = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "row", dataclasses.replace(self.record))
 
 
 @dataclasses.dataclass(frozen=True)
 class Update:
     record: Activation | Session
     fields: tuple[str, ...]
+    values: dict = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", {f: getattr(self.record, f) for f in self.fields})
 
 
 @dataclasses.dataclass(frozen=True)
 class UpdateDevice:
     fields: tuple[str, ...]  # of DeviceState.device
+    values: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +213,10 @@ class StateChanged:
 @dataclasses.dataclass(frozen=True)
 class RunChanged:
     activation: Activation
+    seen: Activation = dataclasses.field(init=False, compare=False, repr=False)  # as it was then
+
+    def __post_init__(self):
+        object.__setattr__(self, "seen", dataclasses.replace(self.activation))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -480,7 +480,9 @@ def test_without_database():
 def test_run_changed_for_every_step_of_a_run():
     s = Shell()
     act, fx = s.ask(0, 60)
-    assert [e.activation for e in of(fx, RunChanged)] == [act, act]  # queued, starting
+    # Each event and row shows the run as it was when the effect was made, not as it ended the step.
+    assert [(e.activation, e.seen.state) for e in of(fx, RunChanged)] == [(act, "queued"), (act, "starting")]
+    assert of(fx, Insert)[0].row.state == "queued" and of(fx, Update)[0].values["state"] == "starting"
 
 
 def test_every_transition_has_a_test():
