@@ -22,6 +22,7 @@ from pumplink.api import schedules as sch
 from pumplink.api.openapi import OpenApi
 from pumplink.api.query import QueryMiddleware
 from pumplink.api.support import Auth, DatabaseMiddleware, RequestLogMiddleware
+from pumplink.web import serving as console
 
 log = logging.getLogger(__name__)
 
@@ -78,4 +79,6 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
     registered.append((PREFIX + "/openapi.json", OpenApi(registered)))
     for path, resource in registered:
         app.add_route(path, resource)
+    # The web console at / (static files only; it speaks to the API above like any client).
+    console.install(app)
     return app
