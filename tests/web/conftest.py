@@ -18,6 +18,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+ZONE = "America/Sao_Paulo"
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +65,23 @@ class Tab:
         page.get_by_label("Email").fill(email)
         page.get_by_label("Password").fill(password)
         page.get_by_role("button", name="Sign in").click()
-        page.get_by_role("heading", name="Pumps", level=1).wait_for()
+        page.get_by_role("button", name="Sign out").wait_for()
         return self
 
     def tile(self, device_id: int):
         return self.page.locator(f'article.tile[data-device-id="{device_id}"]')
+
+    def axe(self, name: str):
+        """axe-core (bundled by axe-playwright-python) on the page as it is: no serious or critical violation."""
+        from axe_playwright_python.sync_playwright import Axe
+
+        results = Axe().run(self.page)
+        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+               for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+        assert not bad, f"{name}: accessibility violations {bad}"
+
+    def shot(self, shots: Path, name: str):
+        self.page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
     def assert_clean(self, allow: tuple[str, ...] = ()):
         errors = [e for e in self.errors if not any(a in e for a in allow)]
@@ -81,7 +94,8 @@ def tabs(chromium):
     made = []
 
     def make(base: str, viewport: dict | None = None) -> Tab:
-        context = chromium.new_context(viewport=viewport or DESKTOP)
+        # A zone far from the server's UTC, so a time shown in the wrong zone is visible.
+        context = chromium.new_context(viewport=viewport or DESKTOP, timezone_id=ZONE, locale="en-GB")
         tab = Tab(context.new_page(), base)
         made.append(context)
         return tab

@@ -59,7 +59,8 @@ function wait(seconds) {
   const s = Math.ceil(seconds);
   if (s < 60) return `${s} second${s === 1 ? "" : "s"}`;
   const m = Math.ceil(s / 60);
-  return `${m} minute${m === 1 ? "" : "s"}`;
+  if (m < 120) return `${m} minute${m === 1 ? "" : "s"}`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
 // Every answer the server can give, in words a person can act on (the server's own sentence first).

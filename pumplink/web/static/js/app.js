@@ -190,7 +190,7 @@ function Console({ user }) {
       <p class="brand">PumpLink</p>
       <button type="button" class="menu" aria-expanded=${menu} aria-controls="nav"
               onClick=${() => setMenu(!menu)}>Menu</button>
-      <nav id="nav" aria-label="Screens" class=${menu ? "open" : ""}>
+      <nav id="nav" aria-label="Screens" class=${menu ? "open" : ""} onClick=${(e) => e.target.closest("a") && setMenu(false)}>
         <ul>${screens.map(([name, label]) => html`<li key=${name}>
           <a href=${`#/${name}`} aria-current=${screen === name ? "page" : undefined}>${label}</a></li>`)}</ul>
       </nav>

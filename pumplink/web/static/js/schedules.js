@@ -55,7 +55,8 @@ function NewSchedule({ store, onCreated }) {
       const body = { device_id: Number(device), start_time: localToIso(start), rrule: rule || undefined,
                      [unit === "s" ? "duration_s" : "duration"]: Number(amount) };
       const answer = await api.post("/schedules", body);
-      setMsg({ ok: answer.message });
+      const first = answer.schedule && answer.schedule.next_run_at;
+      setMsg({ ok: `Schedule ${answer.schedule.id} created${first ? `; its first run is ${when(first)}` : ""}.` });
       onCreated();
     } catch (err) {
       setMsg({ error: err.message });
