@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/pumplink demo
+	@$(VENV)/bin/pumplink demo
 
 bench: $(STAMP)
 	$(PY) -m bench
