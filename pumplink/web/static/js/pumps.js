@@ -1,6 +1,6 @@
 // Pumps: a tile per pump, grouped by site when the server names one. Each tile follows its own
 // device in the store, so a live change touches that tile only.
-import { useEffect, useMemo, useState } from "../vendor/hooks.js";
+import { useEffect, useMemo, useRef, useState } from "../vendor/hooks.js";
 import { memo } from "./memo.js";
 import { html, seconds, minutes, clock, Message } from "./ui.js";
 import { post, del, session } from "./api.js";
@@ -128,6 +128,37 @@ const Tile = memo(function Tile({ store, id }) {
     </article>`;
 });
 
+// The first tiles render at once; the rest as placeholders (the pump's name) that become full
+// tiles as they near the viewport, so a thousand pumps cost a thousand small boxes, not forms.
+const EAGER = 60;
+const slots = new Map();
+let observer = null;
+function watch(el, show) {
+  if (!observer) {
+    observer = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        if (!e.isIntersecting) continue;
+        const fn = slots.get(e.target);
+        observer.unobserve(e.target);
+        slots.delete(e.target);
+        if (fn) fn();
+      }
+    }, { rootMargin: "800px 0px" });
+  }
+  slots.set(el, show);
+  observer.observe(el);
+  return () => { observer.unobserve(el); slots.delete(el); };
+}
+
+function Slot({ store, id, eager }) {
+  const [shown, setShown] = useState(eager);
+  const ref = useRef(null);
+  useEffect(() => (shown || !ref.current ? undefined : watch(ref.current, () => setShown(true))), [shown]);
+  if (shown) return html`<${Tile} store=${store} id=${id} />`;
+  const d = store.get(id);
+  return html`<div class="tile slot" ref=${ref}><h3>${d ? d.name : `Pump ${id}`}</h3></div>`;
+}
+
 export function Pumps({ store, loaded, loadError }) {
   const ids = useList(store);
   const [filter, setFilter] = useState("");
@@ -158,7 +189,7 @@ export function Pumps({ store, loaded, loadError }) {
         <section class="site" key=${site || "-"} aria-label=${site ? `Site ${site}` : "All pumps"}>
           ${site ? html`<h2>${site}</h2>` : null}
           <div class="tiles">
-            ${list.map((id) => html`<${Tile} key=${id} store=${store} id=${id} />`)}
+            ${list.map((id, i) => html`<${Slot} key=${id} store=${store} id=${id} eager=${i < EAGER} />`)}
           </div>
         </section>`)}
     </section>`;
