@@ -48,6 +48,9 @@ def test_register_wait_for_approval_then_an_admin_approves(console_server, tabs,
     admin.shot(shots, "accounts-desktop")
     row.get_by_role("button", name=f"Approve {email}").click()
     expect(row.locator(".role")).to_have_text("user")
+    row.get_by_label(f"Daily quota of {email} in minutes").fill("45")
+    row.get_by_role("button", name=f"Save quota of {email}").click()
+    expect(row.get_by_role("status")).to_have_text("Quota saved.")
 
     user.page.get_by_role("button", name="Back to sign in").click()
     user.sign_in(email, PASSWORD)
@@ -66,6 +69,14 @@ def test_a_user_runs_a_pump_live_and_a_recurring_schedule_fires(console_server, 
         tile = tab.tile(device)
         expect(tile).to_have_attribute("data-available", "true")
         tab.axe("pumps")
+        # Which tiles the live updates touch: only the running pump's. (Style attributes are
+        # left out: Playwright's screenshots hide the text caret with one.)
+        tab.page.evaluate("""() => { window.__touched = new Set();
+          new MutationObserver((rs) => rs.forEach((r) => {
+            if (r.attributeName === 'style') return;
+            const t = (r.target.closest ? r.target : r.target.parentElement).closest('article.tile');
+            if (t) window.__touched.add(Number(t.dataset.deviceId)); }))
+          .observe(document.querySelector('main'), { subtree: true, childList: true, attributes: true, characterData: true }); }""")
         tile.get_by_label("Run for").fill("3")
         tile.get_by_label("Unit").select_option("s")
         tile.get_by_role("button", name="Start").click()
@@ -75,6 +86,7 @@ def test_a_user_runs_a_pump_live_and_a_recurring_schedule_fires(console_server, 
         tab.shot(shots, "pumps-running-desktop")
         expect(tile).to_have_attribute("data-state", "off", timeout=10_000)
         expect(tile.locator(".quota")).not_to_contain_text("0 min used")
+        assert tab.page.evaluate("[...window.__touched]") == [device]
 
         tab.go("schedules")
         first = dt.datetime.now(ZoneInfo(ZONE)) + dt.timedelta(seconds=4)
@@ -96,6 +108,14 @@ def test_a_user_runs_a_pump_live_and_a_recurring_schedule_fires(console_server, 
         # It fires: the outcome arrives over the live feed and the list shows it.
         card.get_by_text("Past runs").click()
         expect(card.locator("td.outcome").first).to_have_text("started", timeout=15_000)
+        card.get_by_role("button", name="Disable Schedule").click()
+        expect(card).to_contain_text("Status: disabled")
+        expect(card).to_contain_text("No runs ahead")
+        card.get_by_role("button", name="Enable Schedule").click()
+        expect(card).to_contain_text("Status: active")
+        tab.page.once("dialog", lambda d: d.accept())
+        card.get_by_role("button", name="Delete Schedule").click()
+        expect(tab.page.locator(".schedule")).to_have_count(0)
         tab.go("pumps")
         expect(tile).to_have_attribute("data-state", "off", timeout=10_000)
         tab.go("history")
@@ -227,3 +247,28 @@ def test_phone_layout(console_server, tabs, shots):
         tab.assert_clean()
     finally:
         w.close()
+
+
+def test_the_rule_builder_writes_rrule(console_server, tabs):
+    tab = tabs(console_server.base).open()
+    src = tab.page.evaluate("[...document.scripts].find((s) => s.type === 'module').src")
+    cases = tab.page.evaluate("""async (src) => {
+      const { buildRule, ruleInWords } = await import(src.replace('app.js', 'schedules.js'));
+      const rules = [
+        buildRule({ repeat: 'none', every: 1, days: [], hours: '' }),
+        buildRule({ repeat: 'daily', every: 1, days: [], hours: '' }),
+        buildRule({ repeat: 'daily', every: 3, days: [], hours: '18, 6' }),
+        buildRule({ repeat: 'weekly', every: 1, days: ['MO', 'TH'], hours: '' }),
+        buildRule({ repeat: 'hourly', every: 6, days: [], hours: '' }),
+        buildRule({ repeat: 'minutely', every: 30, days: [], hours: '' }),
+      ];
+      return rules.map((r) => [r, ruleInWords(r)]);
+    }""", src)
+    assert cases == [
+        [None, "Once"],
+        ["FREQ=DAILY", "Every day"],
+        ["FREQ=DAILY;INTERVAL=3;BYHOUR=6,18", "Every 3 days at 6:00, 18:00 (hour)"],
+        ["FREQ=WEEKLY;BYDAY=MO,TH", "Every week on Mon, Thu"],
+        ["FREQ=HOURLY;INTERVAL=6", "Every 6 hours"],
+        ["FREQ=MINUTELY;INTERVAL=30", "Every 30 minutes"],
+    ]
