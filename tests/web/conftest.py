@@ -81,7 +81,9 @@ class Tab:
         assert not bad, f"{name}: accessibility violations {bad}"
 
     def shot(self, shots: Path, name: str):
-        self.page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        # Desktop pages whole; a phone's first screenful, as a person holding it sees it.
+        phone = self.page.viewport_size["width"] < 700
+        self.page.screenshot(path=str(shots / f"{name}.png"), full_page=not phone)
 
     def assert_clean(self, allow: tuple[str, ...] = ()):
         errors = [e for e in self.errors if not any(a in e for a in allow)]

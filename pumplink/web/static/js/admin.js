@@ -201,7 +201,7 @@ export function System() {
     ${ready ? html`<p class=${ready.status === "ready" ? "msg ok" : "msg error"} data-ready=${ready.status}>
       ${ready.status === "ready" ? "Everything is up." : ready.error}</p>
       <dl class="checks">${Object.entries(ready.checks).map(([k, v]) => html`<dt key=${k}>${k === "broker" ? "Broker link" : k === "database" ? "Database" : k}</dt><dd>${v}</dd>`)}
-      <dt>Scheduler</dt><dd>${metrics && metrics.pumplink_scheduler_heap_size ? `${metrics.pumplink_scheduler_heap_size[0][1]} schedules waiting` : "—"}</dd></dl>` : html`<p>Loading…</p>`}
+      <dt>Scheduler</dt><dd>${metrics && metrics.pumplink_scheduler_heap_size ? `${Number(metrics.pumplink_scheduler_heap_size[0][1])} schedules waiting` : "—"}</dd></dl>` : html`<p>Loading…</p>`}
     <h2>Metrics</h2>
     ${metrics ? html`<dl class="checks">${METRICS.map(([name, label]) => html`<dt key=${name}>${label}</dt>
       <dd>${(metrics[name] || []).map(([labels, v]) => `${labels.replace(/[{}"]/g, "").replace("state=", "") || ""}${labels ? ": " : ""}${Number(v)}`).join(", ") || "—"}</dd>`)}</dl>` : null}

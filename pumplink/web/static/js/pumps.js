@@ -34,6 +34,7 @@ export function siteOf(device) {
 }
 
 const STATE_WORDS = { on: "Running", off: "Off", starting: "Starting", stopping: "Stopping", unknown: "Unknown" };
+// The state "offline" says no more than the availability badge beside it.
 
 function availability(device) {
   if (device.available === true) return ["Online", "online"];
@@ -81,7 +82,7 @@ const Tile = memo(function Tile({ store, id }) {
       <header>
         <h3 id=${labelId}>${device.name}</h3>
         <p class="badges">
-          <span class=${`badge state ${state}`} data-role="state">${STATE_WORDS[state] || state}</span>
+          ${state === "offline" ? null : html`<span class=${`badge state ${state}`}>${STATE_WORDS[state] || state}</span>`}
           <span class=${`badge avail ${availClass}`}>${availText}</span>
           ${device.flapping ? html`<span class="badge warn">Switched often</span>` : null}
           ${device.off_owed ? html`<span class="badge warn">OFF not confirmed</span>` : null}
