@@ -83,3 +83,40 @@ def test_the_server_restarts_and_the_console_reconnects(server_factory, tabs, sh
         tab.assert_clean(allow=("WebSocket connection to", "ERR_CONNECTION_REFUSED", "Failed to load resource"))
     finally:
         w.close()
+
+
+def test_two_tabs_share_a_rotating_login(server_factory, tabs):
+    """Rotation spends each refresh token once: two tabs of one browser take turns and both stay in."""
+    from tests.web.conftest import Tab
+
+    server = server_factory(PUMPLINK_REFRESH_ROTATION="true", PUMPLINK_ACCESS_TOKEN_TTL_S=str(TTL_S))
+    w = World(server)
+    try:
+        device = w.device("Two-tab pump")
+        w.pump(device)
+        user = w.user()
+        first = tabs(server.base).open().sign_in(user.email, "password-123")
+        second = Tab(first.page.context.new_page(), server.base).open()
+        second.page.get_by_role("button", name="Sign out").wait_for()
+        # Three token lifetimes: each tab refreshes ahead of expiry, several rotations in all.
+        seen = {stored_refresh(first)}
+        deadline_ms = (TTL_S + 5) * 1000
+        for _ in range(4):
+            first.page.wait_for_function(
+                "known => !known.includes(JSON.parse(localStorage.getItem('pumplink.session')).refresh)",
+                arg=sorted(seen), timeout=deadline_ms)
+            seen.add(stored_refresh(first))
+        for tab in (first, second):
+            expect(tab.page.locator("[data-live]")).to_have_attribute("data-live", "true")
+        tile = second.tile(device)
+        tile.get_by_label("Run for").fill("2")
+        tile.get_by_label("Unit").select_option("s")
+        tile.get_by_role("button", name="Start").click()
+        expect(first.tile(device)).to_have_attribute("data-state", "on")
+        # Signing out in one tab signs the other out too.
+        first.page.get_by_role("button", name="Sign out").click()
+        expect(second.page.get_by_text("You signed out in another tab.")).to_be_visible()
+        for tab in (first, second):
+            tab.assert_clean()
+    finally:
+        w.close()

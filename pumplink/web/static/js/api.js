@@ -103,9 +103,22 @@ async function send(method, path, body, token) {
   return data;
 }
 
+function stored() {
+  try { return JSON.parse(localStorage.getItem(KEY) || "null") || {}; } catch { return {}; }
+}
+
+// Tabs of one browser share the stored refresh token. With rotation a token works once, so
+// refreshes are taken in turn (a Web Lock, where the page is a secure context) and each starts
+// from the token stored last, which another tab may have rotated meanwhile.
+function inTurn(fn) {
+  return navigator.locks ? navigator.locks.request("pumplink-refresh", fn) : fn();
+}
+
 export function refresh() {
   if (!refreshing) {
-    refreshing = (async () => {
+    refreshing = inTurn(async () => {
+      const latest = stored().refresh;
+      if (latest) session.refresh = latest;
       if (!session.refresh) throw new ApiError(401, { error: "Your session has ended." });
       try {
         keep(await send("POST", "/refresh-token", { refresh_token: session.refresh }));
@@ -113,10 +126,15 @@ export function refresh() {
         if (err.status === 401 || err.status === 403) forget(err.message);
         throw err;
       }
-    })().finally(() => { refreshing = null; });
+    }).finally(() => { refreshing = null; });
   }
   return refreshing;
 }
+
+// Signed out in another tab: this one follows.
+addEventListener("storage", (ev) => {
+  if (ev.key === KEY && ev.newValue === null && session.refresh) forget("You signed out in another tab.");
+});
 
 export async function call(method, path, body) {
   if (!session.access) await refresh();
