@@ -55,3 +55,15 @@ def test_every_console_folder_ships_as_package_data():
     globs = {g.strip() for g in cfg["options.package_data"]["pumplink.web"].split(",")}
     folders = {p.parent.relative_to(STATIC.parent).as_posix() for p in STATIC.rglob("*") if p.is_file()}
     assert {f"{f}/*" for f in folders} <= globs, folders
+
+
+def test_static_paths_never_leave_the_console_folder(console_server):
+    index = requests.get(console_server.base + "/", timeout=5).text
+    prefix = re.search(r'src="(/static/[^/]+)/', index).group(1)
+    for path in ("/../serving.py", "/%2e%2e/serving.py", "/..%2fserving.py", "/js/..%2f..%2fserving.py",
+                 "/", "/js", "/js/app.js%00.html", "/%00", "/" + "a" * 5000):
+        r = requests.get(console_server.base + prefix + path, timeout=5)
+        assert r.status_code in (400, 404, 414), (path, r.status_code)
+        assert "def install" not in r.text, path
+    # The path the index names serves; a neighbour's name does not reach Python files.
+    assert requests.get(console_server.base + prefix + "/js/app.js", timeout=5).status_code == 200

@@ -190,7 +190,14 @@ def test_an_admin_uses_emergency_stop(console_server, tabs, shots):
 
 
 def test_devices_and_the_audit_log(console_server, tabs, shots):
-    tab = tabs(console_server.base).open().sign_in(*ADMIN).go("devices")
+    hostile = '<img src=x onerror="document.title=1">\u202e ٣ pump'
+    r = World(console_server).admin.post("devices", {"name": hostile})
+    assert r.status_code == 201, r.text
+    tab = tabs(console_server.base).open().sign_in(*ADMIN)
+    # A name is text, never markup.
+    expect(tab.tile(r.json()["id"]).get_by_role("heading")).to_have_text(hostile)
+    assert tab.page.locator("main img").count() == 0 and tab.page.title() == "PumpLink"
+    tab.go("devices")
     name = f"East well {secrets.token_hex(2)}"
     tab.page.get_by_label("Name").fill(name)
     tab.page.get_by_label("Longest run (minutes)").fill("30")
