@@ -76,9 +76,11 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         ("/ready", routes["/ready"]),
         ("/metrics", ops.Metrics(metrics)),
     ]
+    # The web console at / (static files only; it speaks to the API above like any client).
+    page = console.Index()
+    registered.append(("/", page))
     registered.append((PREFIX + "/openapi.json", OpenApi(registered)))
     for path, resource in registered:
         app.add_route(path, resource)
-    # The web console at / (static files only; it speaks to the API above like any client).
-    console.install(app)
+    console.install_assets(app, page)
     return app

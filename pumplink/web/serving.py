@@ -11,6 +11,8 @@ from pathlib import Path
 
 import falcon
 
+from pumplink.api.openapi import doc
+
 STATIC = Path(__file__).with_name("static")
 # Nothing from elsewhere: scripts, styles, fetches and the WebSocket only from this origin.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -31,10 +33,14 @@ def fingerprint(root: Path = STATIC) -> str:
 
 
 class Index:
-    def __init__(self, assets: str):
-        html = (STATIC / "index.html").read_text(encoding="utf-8")
-        self.body = html.replace("{{assets}}", assets).encode()
+    """``GET /``: the console's page, naming the current asset prefix."""
 
+    def __init__(self):
+        self.assets = f"/static/{fingerprint()}"
+        html = (STATIC / "index.html").read_text(encoding="utf-8")
+        self.body = html.replace("{{assets}}", self.assets).encode()
+
+    @doc("The web console (HTML; its scripts use this API)", auth=None, content_type="text/html")
     def on_get(self, req, resp):
         resp.content_type = "text/html; charset=utf-8"
         resp.cache_control = ["no-cache"]
@@ -54,10 +60,7 @@ class AssetHeaders:
             resp.set_headers(SECURITY_HEADERS)
 
 
-def install(app: falcon.App) -> str:
-    """Adds the console's routes to ``app``; returns the asset prefix."""
-    prefix = f"/static/{fingerprint()}"
-    app.add_route("/", Index(prefix))
-    app.add_static_route(prefix, str(STATIC))
-    app.add_middleware(AssetHeaders(prefix + "/"))
-    return prefix
+def install_assets(app: falcon.App, index: Index) -> None:
+    """Serves the files ``index`` names (its route is added with the API's, for the OpenAPI document)."""
+    app.add_static_route(index.assets, str(STATIC))
+    app.add_middleware(AssetHeaders(index.assets + "/"))
