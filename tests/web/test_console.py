@@ -279,3 +279,19 @@ def test_the_rule_builder_writes_rrule(console_server, tabs):
         ["FREQ=HOURLY;INTERVAL=6", "Every 6 hours"],
         ["FREQ=MINUTELY;INTERVAL=30", "Every 30 minutes"],
     ]
+
+
+def test_lists_follow_cursors_and_tiles_group_by_site(console_server, tabs):
+    """What the console does with fields the server may add: a cursor, a device's site."""
+    tab = tabs(console_server.base).open()
+    src = tab.page.evaluate("[...document.scripts].find((s) => s.type === 'module').src")
+    got = tab.page.evaluate("""async (src) => {
+      const { nextPage } = await import(src.replace('app.js', 'api.js'));
+      const { siteOf } = await import(src.replace('app.js', 'pumps.js'));
+      return [nextPage('/devices', { next: 'a b/c' }), nextPage('/schedules?limit=5', { next_offset: 5 }),
+              nextPage('/devices', { devices: [] }),
+              siteOf({ id: 1 }), siteOf({ site: 'North farm' }), siteOf({ site: { id: 3, name: 'Village' } }),
+              siteOf({ site: { id: 4 } })];
+    }""", src)
+    assert got == ["/devices?cursor=a%20b%2Fc", "/schedules?limit=5&offset=5", None,
+                   None, "North farm", "Village", "Site 4"]

@@ -151,19 +151,24 @@ export const post = (path, body = {}) => call("POST", path, body);
 export const patch = (path, body) => call("PATCH", path, body);
 export const del = (path) => call("DELETE", path);
 
-// Every item of a paged list: follows `next` (a cursor) or `next_offset` when the server gives one.
+// The next page's address: a cursor (`next`) when the server gives one, else `next_offset`.
+export function nextPage(path, page) {
+  const sep = path.includes("?") ? "&" : "?";
+  if (page.next) return `${path}${sep}cursor=${encodeURIComponent(page.next)}`;
+  if (page.next_offset != null) return `${path}${sep}offset=${page.next_offset}`;
+  return null;
+}
+
+// Every item of a paged list (bounded by `cap`).
 export async function all(path, key = "items", cap = 20000) {
   const out = [];
   let url = path;
-  for (;;) {
+  while (url && out.length < cap) {
     const page = await get(url);
-    const items = page[key] || [];
-    out.push(...items);
-    const sep = path.includes("?") ? "&" : "?";
-    if (page.next && out.length < cap) url = `${path}${sep}cursor=${encodeURIComponent(page.next)}`;
-    else if (page.next_offset != null && out.length < cap) url = `${path}${sep}offset=${page.next_offset}`;
-    else return out;
+    out.push(...(page[key] || []));
+    url = nextPage(path, page);
   }
+  return out;
 }
 
 export async function signIn(email, password) {

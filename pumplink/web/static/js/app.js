@@ -32,18 +32,27 @@ function route() {
   return SCREENS.some(([n]) => n === name) ? name : "pumps";
 }
 
-// A device's full view is read again shortly after its events (queue, today's use), once per burst.
-const rereads = new Map();
+// A device's full view is read again shortly after its events (queue, today's use), once per
+// burst; a burst touching many devices (an emergency stop) is one read of the whole list.
+const MANY = 20;
+const stale = new Set();
+let rereadTimer = null;
 function reread(id, delay = 250) {
-  if (rereads.has(id)) return;
-  rereads.set(id, setTimeout(async () => {
-    rereads.delete(id);
-    try {
-      store.put(await api.get(`/devices/${id}`));
-    } catch (err) {
-      if (err.status === 404) store.remove(id);
-    }
-  }, delay));
+  stale.add(id);
+  if (rereadTimer) return;
+  rereadTimer = setTimeout(async () => {
+    rereadTimer = null;
+    const ids = [...stale];
+    stale.clear();
+    if (ids.length > MANY) return loadDevices().catch(() => {});
+    await Promise.all(ids.map(async (one) => {
+      try {
+        store.put(await api.get(`/devices/${one}`));
+      } catch (err) {
+        if (err.status === 404) store.remove(one);
+      }
+    }));
+  }, delay);
 }
 
 async function loadDevices() {
