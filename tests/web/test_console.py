@@ -295,3 +295,56 @@ def test_lists_follow_cursors_and_tiles_group_by_site(console_server, tabs):
     }""", src)
     assert got == ["/devices?cursor=a%20b%2Fc", "/schedules?limit=5&offset=5", None,
                    None, "North farm", "Village", "Site 4"]
+
+
+def test_every_error_answer_is_said_in_words(console_server, tabs):
+    tab = tabs(console_server.base).open()
+    src = tab.page.evaluate("[...document.scripts].find((s) => s.type === 'module').src")
+    said = tab.page.evaluate("""async (src) => {
+      const { describe } = await import(src.replace('app.js', 'api.js'));
+      const body = (error) => ({ error, code: 'x' });
+      return {
+        0: describe(0, null),
+        401: describe(401, body('Your token expired.')),
+        403: describe(403, body('Admins only.')),
+        404: describe(404, body('There is no device 9.')),
+        409: describe(409, body('The pump is offline.')),
+        422: describe(422, body('duration must be more than 0.')),
+        429: describe(429, body('This would pass your daily quota.'), 7380),
+        '429s': describe(429, body('Too many logins.'), 1),
+        503: describe(503, body('The database is not reachable.')),
+      };
+    }""", src)
+    assert said == {
+        "0": "The server cannot be reached. Check the network; the console keeps trying.",
+        "401": "Please sign in again: Your token expired.",
+        "403": "Not allowed: Admins only.",
+        "404": "Not found: There is no device 9.",
+        "409": "Not now: The pump is offline.",
+        "422": "Check the values: duration must be more than 0.",
+        "429": "This would pass your daily quota. Try again in 2 h 3 min.",
+        "429s": "Too many logins. Try again in 1 second.",
+        "503": "The server cannot do this right now (a part of it is down): The database is not reachable.",
+    }
+
+
+def test_a_flapping_pump_raises_an_alert(server_factory, tabs):
+    server = server_factory(PUMPLINK_MANUAL_RUNS_PER_HOUR="2")
+    w = World(server)
+    try:
+        device = w.device("Flapping pump")
+        pump = w.pump(device)
+        tab = tabs(server.base).open().sign_in(*ADMIN)
+        tile = tab.tile(device)
+        expect(tile).to_have_attribute("data-available", "true")
+        for _ in range(3):  # switched at the controller, more often than allowed
+            pump.manual("on")
+            expect(tile).to_have_attribute("data-state", "on")
+            pump.manual("off")
+            expect(tile).to_have_attribute("data-state", "off")
+        expect(tile.get_by_text("Switched often")).to_be_visible()
+        tab.go("alerts")
+        expect(tab.page.locator(".alert.flapping")).to_contain_text("Flapping pump was switched on and off too often")
+        tab.assert_clean()
+    finally:
+        w.close()

@@ -1,5 +1,5 @@
 // Alerts as they happen, worked out from the live feed: a pump going offline, a run the pump did
-// not confirm, a scheduled run that was missed or skipped.
+// not confirm, a scheduled run that was missed or skipped, a pump switched too often (flapping).
 import { useEffect, useState } from "../vendor/hooks.js";
 import { html, when } from "./ui.js";
 
@@ -26,6 +26,12 @@ export function alertFrom(ev, device) {
   return null;
 }
 
+// A pump switched on at its controller more often than allowed in the last hour (seen on a re-read).
+export function flapped(before, after) {
+  if (!before || before.flapping || !after.flapping) return null;
+  return { at: new Date().toISOString(), kind: "flapping", text: `${after.name} was switched on and off too often in the last hour.` };
+}
+
 export function Alerts({ alerts, bus }) {
   const [, setTick] = useState(0);
   useEffect(() => {
@@ -35,7 +41,7 @@ export function Alerts({ alerts, bus }) {
   }, [bus]);
   return html`<section aria-labelledby="alerts-h">
     <h1 id="alerts-h" tabindex="-1">Alerts</h1>
-    <p>Offline pumps, runs a pump did not confirm, and missed or skipped schedules appear here as they happen.</p>
+    <p>Offline pumps, runs a pump did not confirm, pumps switched too often, and missed or skipped schedules appear here as they happen.</p>
     ${alerts.length === 0 ? html`<p>No alerts since this page was opened.</p>` : html`
       <ul class="alerts">${alerts.map((a, i) => html`<li key=${i} class=${`alert ${a.kind}`}>
         <time datetime=${a.at}>${when(a.at)}</time> ${a.text}</li>`)}</ul>`}

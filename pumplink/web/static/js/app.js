@@ -9,7 +9,7 @@ import { Pumps } from "./pumps.js";
 import { Schedules } from "./schedules.js";
 import { History } from "./history.js";
 import { Accounts, Devices, Audit, System, EmergencyStop } from "./admin.js";
-import { Alerts, alertFrom } from "./alerts.js";
+import { Alerts, alertFrom, flapped } from "./alerts.js";
 
 const store = new DeviceStore();
 const bus = new EventTarget();  // live events for screens other than the tiles
@@ -47,7 +47,9 @@ function reread(id, delay = 250) {
     if (ids.length > MANY) return loadDevices().catch(() => {});
     await Promise.all(ids.map(async (one) => {
       try {
-        store.put(await api.get(`/devices/${one}`));
+        const fresh = await api.get(`/devices/${one}`);
+        raise(flapped(store.get(one), fresh));
+        store.put(fresh);
       } catch (err) {
         if (err.status === 404) store.remove(one);
       }
@@ -56,7 +58,9 @@ function reread(id, delay = 250) {
 }
 
 async function loadDevices() {
-  store.replaceAll(await api.all("/devices", "devices"));
+  const list = await api.all("/devices", "devices");
+  for (const d of list) raise(flapped(store.get(d.id), d));
+  store.replaceAll(list);
 }
 
 function onEvent(ev) {
