@@ -348,3 +348,45 @@ def test_a_flapping_pump_raises_an_alert(server_factory, tabs):
         tab.assert_clean()
     finally:
         w.close()
+
+
+def test_the_console_works_from_the_keyboard(console_server, tabs):
+    w = World(console_server)
+    try:
+        device = w.device("Keyboard pump")
+        w.pump(device)
+        tab = tabs(console_server.base).open()
+        page = tab.page
+        page.get_by_label("Email").wait_for()
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.get_by_label("Email").focus()
+        page.keyboard.type(ADMIN[0])
+        page.keyboard.press("Tab")
+        page.keyboard.type(ADMIN[1])
+        page.keyboard.press("Enter")
+        tile = tab.tile(device)
+        expect(tile).to_have_attribute("data-available", "true")
+        tile.get_by_label("Run for").focus()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("2")
+        page.keyboard.press("Enter")  # two minutes
+        expect(tile).to_have_attribute("data-state", "on")
+        # The emergency dialog opens from the keyboard and Escape closes it without stopping anything.
+        page.get_by_role("button", name="Emergency stop").focus()
+        page.keyboard.press("Enter")
+        dialog = page.get_by_role("dialog", name="Stop every pump?")
+        expect(dialog).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+        expect(tile).to_have_attribute("data-state", "on")
+        tile.get_by_role("button", name="Stop").focus()
+        page.keyboard.press("Enter")
+        expect(tile).to_have_attribute("data-state", "off")
+        # Moving between screens puts the focus on the new screen's heading.
+        page.get_by_role("link", name="Schedules").focus()
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("heading", name="Schedules", level=1)).to_be_focused()
+        tab.assert_clean()
+    finally:
+        w.close()
