@@ -79,7 +79,7 @@ export function History({ store }) {
     const since = new Date(Date.now() - 30 * DAY_MS);
     setError("");
     sessionsOf(device, since).then(setSessions, (err) => setError(err.message));
-    api.all("/schedules?limit=200").then((list) => setPlanned(list.filter((s) => String(s.device_id) === device)
+    api.all(`/schedules?limit=200&device_id=${device}`, "items", 1000).then((list) => setPlanned(list.filter((s) => String(s.device_id) === device)
       .flatMap((s) => [...s.next_runs, ...s.runs.map((r) => r.due_at)])), () => setPlanned([]));
   }, [device]);
   useEffect(() => {

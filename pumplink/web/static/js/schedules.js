@@ -137,7 +137,7 @@ function ScheduleRow({ s, store, onChange }) {
 export function Schedules({ store, bus }) {
   const [items, setItems] = useState(null);
   const [error, setError] = useState("");
-  const load = () => api.all("/schedules?limit=200").then((list) => { setItems(list); setError(""); },
+  const load = () => api.all("/schedules?limit=200", "items", 1000).then((list) => { setItems(list); setError(""); },
     (err) => setError(err.message));
   useEffect(() => {
     load();
