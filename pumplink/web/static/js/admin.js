@@ -3,10 +3,17 @@ import { useEffect, useRef, useState } from "../vendor/hooks.js";
 import { html, when, Message } from "./ui.js";
 import * as api from "./api.js";
 
+// Data for a screen, read again when ``deps`` change; only the latest read's answer is kept
+// (filters typed quickly must not be overwritten by an earlier, slower answer).
 function useLoad(fn, deps = []) {
   const [data, setData] = useState(null);
   const [error, setError] = useState("");
-  const load = () => fn().then((d) => { setData(d); setError(""); }, (err) => setError(err.message));
+  const latest = useRef(0);
+  const load = () => {
+    const n = ++latest.current;
+    return fn().then((d) => { if (n === latest.current) { setData(d); setError(""); } },
+      (err) => { if (n === latest.current) setError(err.message); });
+  };
   useEffect(() => { load(); }, deps);
   return [data, error, load];
 }

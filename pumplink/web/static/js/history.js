@@ -75,12 +75,18 @@ export function History({ store }) {
   const [error, setError] = useState("");
   const chartIds = ids.slice(0, 6);
   useEffect(() => {
-    if (!device) return;
+    if (!device) return undefined;
+    // Answers for a pump no longer chosen are dropped: they may arrive after the new pump's.
+    let current = true;
     const since = new Date(Date.now() - 30 * DAY_MS);
     setError("");
-    sessionsOf(device, since).then(setSessions, (err) => setError(err.message));
-    api.all(`/schedules?limit=200&device_id=${device}`, "items", 1000).then((list) => setPlanned(list.filter((s) => String(s.device_id) === device)
-      .flatMap((s) => [...s.next_runs, ...s.runs.map((r) => r.due_at)])), () => setPlanned([]));
+    setSessions(null);
+    sessionsOf(device, since).then((list) => current && setSessions(list), (err) => current && setError(err.message));
+    api.all(`/schedules?limit=200&device_id=${device}`, "items", 1000).then(
+      (list) => current && setPlanned(list.filter((s) => String(s.device_id) === device)
+        .flatMap((s) => [...s.next_runs, ...s.runs.map((r) => r.due_at)])),
+      () => current && setPlanned([]));
+    return () => { current = false; };
   }, [device]);
   useEffect(() => {
     const since = new Date(Date.now() - 30 * DAY_MS);
