@@ -99,10 +99,13 @@ def measure(ctx: Context, browser, name: str, devices: int, changes: int) -> dic
         visible = [d for d in visible if d in set(ids)]
         for i in range(changes):
             device = visible[(i * 7) % len(visible)]
+            before = page.evaluate("window.__shown.length")
             r = admin.post("activate", {"device_id": device, "duration_s": 1})
             if r.status_code != 202:
                 raise RuntimeError(f"activate {device}: {r.status_code} {r.text}")
-            page.wait_for_function(f"window.__shown.length >= {2 * (i + 1)}", timeout=15_000)
+            page.wait_for_function(
+                "([n, d]) => ['on', 'off'].every((s) => window.__shown.slice(n).some((x) => x.key === d + ':' + s))",
+                arg=[before, device], timeout=15_000)
         shown = page.evaluate("window.__shown")
         context.close()
         dom = [s["dom"] for s in shown]
