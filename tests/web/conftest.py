@@ -49,6 +49,13 @@ class Tab:
         self.errors: list[str] = []
         page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
         page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
+        # Nothing the console loads or calls may come from anywhere but its server.
+        origin = base.rstrip("/")
+        ws_origin = origin.replace("http", "ws", 1)
+        page.on("request", lambda req: req.url.startswith((origin + "/", ws_origin + "/", "data:"))
+                or self.errors.append(f"request outside the server: {req.url}"))
+        page.on("websocket", lambda ws: ws.url.startswith(ws_origin + "/")
+                or self.errors.append(f"WebSocket outside the server: {ws.url}"))
         page.set_default_timeout(10_000)
 
     def open(self, screen: str = "pumps"):
