@@ -254,7 +254,7 @@ def test_phone_layout(console_server, tabs, shots):
         # No screen is wider than the phone (wide tables scroll inside their own box).
         for screen in ("pumps", "schedules", "history", "alerts", "accounts", "devices", "audit", "system"):
             tab.go(screen)
-            tab.page.locator("main h1").wait_for()
+            expect(tab.page.locator("main")).not_to_contain_text("Loading")
             width = tab.page.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"], f"{screen} is {width} px wide on a {PHONE['width']} px phone"
         tab.assert_clean()
