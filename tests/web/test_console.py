@@ -77,9 +77,7 @@ def test_a_user_runs_a_pump_live_and_a_recurring_schedule_fires(console_server, 
             const t = (r.target.closest ? r.target : r.target.parentElement).closest('article.tile');
             if (t) window.__touched.add(Number(t.dataset.deviceId)); }))
           .observe(document.querySelector('main'), { subtree: true, childList: true, attributes: true, characterData: true }); }""")
-        tile.get_by_label("Run for").fill("3")
-        tile.get_by_label("Unit").select_option("s")
-        tile.get_by_role("button", name="Start").click()
+        tab.start(device, "3")
         # On, with a countdown, then off: all from the live feed (the page is never reloaded).
         expect(tile).to_have_attribute("data-state", "on")
         expect(tile.get_by_role("timer")).to_be_visible()
@@ -142,20 +140,17 @@ def test_errors_and_alerts_are_said_in_words(console_server, tabs, shots):
         tile = tab.tile(device)
         expect(tile).to_have_attribute("data-available", "true")
 
-        def start(tile, amount, unit="s"):
-            tile.get_by_label("Run for").fill(amount)
-            tile.get_by_label("Unit").select_option(unit)
-            tile.get_by_role("button", name="Start").click()
-            return tile.get_by_role("alert")
+        def refusal(device_id, amount):
+            return tab.start(device_id, amount).get_by_role("alert")
 
-        expect(start(tile, "120")).to_contain_text("Check the values:")      # 422: over the longest run
-        expect(start(tile, "10")).to_contain_text("daily quota")               # 429 with the time left
+        expect(refusal(device, "120")).to_contain_text("Check the values:")    # 422: over the longest run
+        expect(refusal(device, "10")).to_contain_text("daily quota")           # 429 with the time left
         expect(tile.get_by_role("alert")).to_contain_text("Try again in")
         expect(tab.tile(offline)).to_have_attribute("data-available", "true")
         leaving.stop()  # says it is offline: the tile shows it, an alert is raised
         expect(tab.tile(offline)).to_have_attribute("data-available", "false")
         expect(tab.page.locator(".toast")).to_contain_text("Silent pump is offline")
-        expect(start(tab.tile(offline), "2")).to_contain_text("Not now:")      # 409: offline
+        expect(refusal(offline, "2")).to_contain_text("Not now:")              # 409: offline
         tab.go("alerts")
         expect(tab.page.locator(".alert.offline")).to_contain_text("Silent pump is offline")
         tab.shot(shots, "alerts-desktop")

@@ -35,10 +35,7 @@ def test_a_token_expires_mid_session_and_the_console_carries_on(server_factory, 
         expect(live).to_have_attribute("data-live", "false", timeout=(TTL_S + 5) * 1000)
         expect(live).to_contain_text("Offline")
         # An action with the expired token: refused (401), refreshed with rotation, done.
-        tile = tab.tile(device)
-        tile.get_by_label("Run for").fill("2")
-        tile.get_by_label("Unit").select_option("s")
-        tile.get_by_role("button", name="Start").click()
+        tile = tab.start(device, "2")
         expect(tile.get_by_role("status")).to_contain_text("started")
         rotated = stored_refresh(tab)
         assert rotated != first, "the rotated refresh token was not stored"
@@ -108,10 +105,7 @@ def test_two_tabs_share_a_rotating_login(server_factory, tabs):
             seen.add(stored_refresh(first))
         for tab in (first, second):
             expect(tab.page.locator("[data-live]")).to_have_attribute("data-live", "true")
-        tile = second.tile(device)
-        tile.get_by_label("Run for").fill("2")
-        tile.get_by_label("Unit").select_option("s")
-        tile.get_by_role("button", name="Start").click()
+        second.start(device, "2")
         expect(first.tile(device)).to_have_attribute("data-state", "on")
         # Signing out in one tab signs the other out too.
         first.page.get_by_role("button", name="Sign out").click()
