@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install bench clean web
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,10 +19,25 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/pumplink demo
+	@$(VENV)/bin/pumplink demo
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The console's third-party files, copied from the versions locked in pumplink/web/package-lock.json.
+# Only this target needs npm; the copies are committed, so running and testing the console do not.
+WEB := pumplink/web
+VENDOR := $(WEB)/static/vendor
+web:
+	cd $(WEB) && npm ci --ignore-scripts --no-audit --no-fund
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)
+	sed -e '/sourceMappingURL/d' $(WEB)/node_modules/preact/dist/preact.mjs > $(VENDOR)/preact.js
+	sed -e '/sourceMappingURL/d' -e 's|from"preact"|from"./preact.js"|' $(WEB)/node_modules/preact/hooks/dist/hooks.mjs > $(VENDOR)/hooks.js
+	cp $(WEB)/node_modules/htm/dist/htm.module.js $(VENDOR)/htm.js
+	cp $(WEB)/node_modules/uplot/dist/uPlot.esm.js $(VENDOR)/uplot.js
+	cp $(WEB)/node_modules/uplot/dist/uPlot.min.css $(VENDOR)/uplot.css
+	for p in preact htm uplot; do cp $(WEB)/node_modules/$$p/LICENSE $(VENDOR)/LICENSE.$$p; done
+	rm -rf $(WEB)/node_modules
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist

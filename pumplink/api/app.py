@@ -22,6 +22,7 @@ from pumplink.api import schedules as sch
 from pumplink.api.openapi import OpenApi
 from pumplink.api.query import QueryMiddleware
 from pumplink.api.support import Auth, DatabaseMiddleware, RequestLogMiddleware
+from pumplink.web import serving as console
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,11 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         ("/ready", routes["/ready"]),
         ("/metrics", ops.Metrics(metrics)),
     ]
+    # The web console at / (static files only; it speaks to the API above like any client).
+    page = console.Index()
+    registered.append(("/", page))
     registered.append((PREFIX + "/openapi.json", OpenApi(registered)))
     for path, resource in registered:
         app.add_route(path, resource)
+    console.install_assets(app, page)
     return app

@@ -143,12 +143,12 @@ def run_demo(args) -> int:
         for device_id in demo.ensure_devices(base, token):
             demo.pumps.append(SimulatedPump(mqtt_url, config.mqtt_prefix, device_id,
                                             legacy_base=config.legacy_base).start())
-        print(f"""
-PumpLink demo is running at {url}   (logs in {demo.workdir})
+        print(f"""PumpLink console: {url}/   (open it in a browser)
   admin login: {email} / {password}
   simulated pumps: devices {', '.join(str(p.device_id) for p in demo.pumps)} (broker {mqtt_url})
+  logs in {demo.workdir}
 
-Try it:
+Or with curl:
   T=$(curl -s -XPOST {base}/login -d '{{"email":"{email}","password":"{password}"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)["access_token"])')
   curl -s -XPOST {base}/activate -H "Authorization: Bearer $T" -d '{{"device_id":1,"duration":0.5}}'
   curl -s {base}/devices/1 -H "Authorization: Bearer $T"
