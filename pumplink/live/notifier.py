@@ -161,6 +161,11 @@ class NotifierActor(pykka.ThreadingActor):
             where = m.User.id.is_null()
         if alert.extra_user_id is not None:
             where |= approved & (m.User.id == alert.extra_user_id)
+        if alert.device_id is not None:
+            # An alert about a device reaches only who may see it: admins and its site's members.
+            site = m.Device.select(m.Device.site).where(m.Device.id == alert.device_id)
+            members = m.Membership.select(m.Membership.user).where(m.Membership.site.in_(site))
+            where = (where) & (admins | m.User.id.in_(members))
         users = m.User.select(m.User.id).where(where)
         return [t for (t,) in m.PushToken.select(m.PushToken.token).where(m.PushToken.user.in_(users))
                 .order_by(m.PushToken.id).tuples()]
