@@ -247,6 +247,17 @@ class Gateway:
             log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)
         return cancelled
 
+    def member_lost_run(self, user_id: int, site_id: int) -> list[int]:
+        """A member removed from a site or made a viewer: their queued runs there are cancelled
+        (``owner_revoked``), as when an account loses approval; a run already going finishes."""
+        ids = [i for (i,) in m.Device.select(m.Device.id).where(m.Device.site == site_id).tuples()
+               if i in set(self.supervisor.ids())]
+        cancelled: list[int] = []
+        for found in [self._wait(f) for f in
+                      [self._start(i, lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")) for i in ids]]:
+            cancelled.extend(found)
+        return cancelled
+
     def force_shutdown(self, admin: m.User, device_id: int) -> dict:
         self._existing(device_id)
         result = self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
