@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import secrets
 from typing import Callable
 
@@ -19,6 +20,13 @@ import falcon.inspect
 import pytest
 import websocket
 
+from pumplink.config import Config
+from pumplink.events import Alert, Audience
+from pumplink.live.notifier import NotifierActor
+from pumplink.runtime import Runtime
+from pumplink.storage import migrations
+from pumplink.storage import models as m
+from pumplink.storage.db import make_database
 from tests.api.fakes import build
 from tests.conftest import World
 
@@ -308,3 +316,155 @@ def test_route_outcome_for_every_caller(ctx, method, path):
             # Out of reach looks exactly like nothing there.
             assert r.json()["code"].endswith("_not_found"), r.text
     assert got == rule.expected, f"{method} {path}"
+
+
+# --- the live feed ------------------------------------------------------------------------------
+def _ws(ctx, who: str, text_mode: bool = False):
+    url = ctx.server.base.replace("http://", "ws://") + ("/ws" if text_mode else f"{V1}/ws?format=json")
+    ws = websocket.create_connection(url, timeout=5)
+    ws.send(ctx.api[who].token or "not a token")
+    return ws
+
+
+def _frames_until(ws, predicate) -> list[dict]:
+    seen = []
+    while True:
+        frame = json.loads(ws.recv())
+        seen.append(frame)
+        if predicate(frame, seen):
+            return seen
+
+
+def test_websocket_snapshot_and_every_event_type_reach_only_who_may_see_them(ctx):
+    people = [p for p in PEOPLE if p != "anonymous"]
+    sockets = {who: _ws(ctx, who) for who in people}
+    try:
+        r = _ws(ctx, "anonymous")
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            r.recv()
+            r.recv()
+        snapshots = {who: json.loads(ws.recv()) for who, ws in sockets.items()}
+        devices = {who: {d["device_id"] for d in s["devices"]} for who, s in snapshots.items()}
+        a, b = ctx.device_a, ctx.device_b
+        assert {a, b} <= devices["admin"]
+        for who in ("manager_a", "operator_a", "viewer_a"):
+            assert a in devices[who] and b not in devices[who], who
+        assert b in devices["operator_b"] and a not in devices["operator_b"]
+        assert devices["pending"] == set()
+
+        runs = {ctx.activate("operator_a", a, 1), ctx.activate("operator_b", b, 1)}
+        schedules = {ctx.schedule("operator_a", a), ctx.schedule("operator_b", b)}
+        # The admin sees everything: once both runs ended and both schedules were made, every
+        # event is out; a ping's pong on each other socket comes after what it was sent.
+        done = lambda f, seen: (  # noqa: E731
+            {x["activation_id"] for x in seen if x["type"] == "activation" and x["state"] == "completed"} >= runs
+            and {x["schedule_id"] for x in seen if x["type"] == "schedule"} >= schedules)
+        heard = {"admin": _frames_until(sockets["admin"], done)}
+        for who in people[1:]:
+            sockets[who].send(json.dumps({"type": "ping"}))
+            heard[who] = _frames_until(sockets[who], lambda f, seen: f["type"] == "pong")
+    finally:
+        for ws in sockets.values():
+            ws.close()
+
+    def kinds(who):
+        return {(f["type"], f["device_id"]) for f in heard[who] if f["type"] in ("device.state", "activation", "schedule")}
+
+    everything = {(t, d) for t in ("device.state", "activation", "schedule") for d in (a, b)}
+    assert kinds("admin") >= everything
+    assert kinds("operator_a") == {("device.state", a), ("activation", a), ("schedule", a)}
+    # The run and schedule are operator A's own: the manager and the viewer see the pump's state.
+    assert kinds("manager_a") == {("device.state", a)}
+    assert kinds("viewer_a") == {("device.state", a)}
+    assert kinds("operator_b") == {("device.state", b), ("activation", b), ("schedule", b)}
+    assert kinds("pending") == set()
+
+
+def test_the_apps_text_socket_hears_only_a_device_in_its_sites(ctx):
+    """The app's socket follows device 1 (the default site's); no one of sites A or B is a member."""
+    ctx.world.pump(1)
+    sockets = {who: _ws(ctx, who, text_mode=True) for who in ("admin", "operator_a", "operator_b", "pending")}
+    try:
+        assert sockets["admin"].recv() == "off"
+        r = ctx.admin.post("activate", {"device_id": 1, "duration_s": 1})
+        assert r.status_code == 202, r.text
+        assert sockets["admin"].recv() == "on"
+        assert sockets["admin"].recv() == "off"
+        for who in ("operator_a", "operator_b", "pending"):
+            sockets[who].settimeout(0.5)  # absence can only be shown by waiting a little
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                sockets[who].recv()
+    finally:
+        for ws in sockets.values():
+            ws.close()
+    # Made a member of the default site, the same account's app sees device 1 as before.
+    r = ctx.admin.get("sites")
+    default = next(s["id"] for s in r.json()["sites"] if s["is_default"])
+    r = ctx.admin.post(f"sites/{default}/members", {"email": ctx.api["operator_b"].email, "role": "viewer"})
+    assert r.status_code == 201, r.text
+    ws = _ws(ctx, "operator_b", text_mode=True)
+    try:
+        assert ws.recv() == "off"
+    finally:
+        ws.close()
+        ctx.admin.delete(f"sites/{default}/members/{ctx.api['operator_b'].user_id}")
+
+
+# --- push alerts --------------------------------------------------------------------------------
+@pytest.fixture
+def notifier_rt(pg_factory, expo):
+    db = make_database(pg_factory())
+    migrations.migrate(db)
+    config = Config(database_url="postgresql://unused", jwt_secret="x" * 40, expo_url=expo.url)
+    yield Runtime.build(config, db)
+    db.close_all() if hasattr(db, "close_all") else db.close()
+
+
+def test_every_push_alert_reaches_only_who_may_see_its_device(notifier_rt, expo):
+    rt = notifier_rt
+    with rt.db.connection_context():
+        site = {name: m.Site.create(name=f"Push {name} {secrets.token_hex(3)}").id for name in "AB"}
+        device = m.Device.create(name="Pump A", site=site["A"])
+        people = {}
+        for who, role, where, site_role in (("admin", "admin", None, None), ("manager_a", "user", "A", "manager"),
+                                            ("operator_a", "user", "A", "operator"), ("viewer_a", "user", "A", "viewer"),
+                                            ("operator_b", "user", "B", "operator"), ("pending", "pending", "A", "operator")):
+            people[who] = m.User.create(email=f"{who}{secrets.token_hex(4)}@example.org", password_hash="x", role=role)
+            if where is not None:
+                m.Membership.create(site=site[where], user=people[who].id, role=site_role)
+        tokens = {who: f"ExponentPushToken[{secrets.token_hex(10)}]" for who in people}
+        for who, user in people.items():
+            m.PushToken.create(token=tokens[who], user=user.id)
+    ids = {who: u.id for who, u in people.items()}
+    owner_a, owner_b = Audience.user(ids["operator_a"], also_admins=True), Audience.user(ids["operator_b"], also_admins=True)
+    # Every alert the server sends, with the audience its publisher gives it, about site A's device.
+    cases = {
+        "device_on": (Audience.approved(), {"admin", "manager_a", "operator_a", "viewer_a"}),
+        "activation_failed": (owner_a, {"admin", "manager_a", "operator_a"}),
+        "ack_timeout": (owner_a, {"admin", "manager_a", "operator_a"}),
+        "force_shutdown": (Audience.admins(), {"admin", "manager_a"}),
+        "schedule_missed": (Audience.user(ids["operator_a"]), {"operator_a"}),
+        "off_unconfirmed": (Audience.admins(), {"admin", "manager_a"}),
+        "device_flapping": (Audience.admins(), {"admin", "manager_a"}),
+        # Site B's operator named on an alert about A's device (a run from before a move) is told nothing.
+        "activation_failed_b": (owner_b, {"admin", "manager_a"}),
+        "schedule_missed_b": (Audience.user(ids["operator_b"]), set()),
+        "pending_owner": (Audience.user(ids["pending"]), set()),
+    }
+    run = secrets.token_hex(4)
+    ref = NotifierActor.start(rt)
+    try:
+        for case, (audience, _) in cases.items():
+            ref.tell(Alert(key=f"iso:{run}:{case}", kind=case.split("_b")[0], device_id=device.id, title="t",
+                           body="b", audience=audience))
+        # Not about a device: only the account named (the push token moved away from it).
+        ref.tell(Alert(key=f"iso:{run}:moved", kind="push_token_moved", device_id=None, title="t", body="b",
+                       audience=Audience.user(ids["operator_b"])))
+        expo.wait_for(lambda f: f.for_event(f"iso:{run}:moved"), what="the last alert")
+    finally:
+        ref.stop()
+    by_token = {t: who for who, t in tokens.items()}
+    for case, (_, expected) in cases.items():
+        told = {by_token[msg["to"]] for msg in expo.for_event(f"iso:{run}:{case}")}
+        assert told == expected, (case, told)
+    assert {by_token[msg["to"]] for msg in expo.for_event(f"iso:{run}:moved")} == {"operator_b"}
