@@ -1,0 +1,140 @@
+"""Sites through the real server: joining by email and by code, roles, the last manager, the
+site's audit log, and schedules of owners who may no longer run the pump."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+
+import pytest
+
+from tests.conftest import World
+from tests.support import wait_until
+
+
+def later(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(time.time() + seconds, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@pytest.fixture(scope="module")
+def push_server(server_factory, expo):
+    return server_factory(PUMPLINK_PUSH_ENABLED="true", PUMPLINK_EXPO_URL=expo.url)
+
+
+@pytest.fixture
+def w(push_server):
+    world = World(push_server)
+    yield world
+    world.close()
+
+
+def new_site(w: World, manager=None) -> int:
+    r = w.admin.post("sites", {"name": f"Farm {secrets.token_hex(4)}"})
+    assert r.status_code == 201, r.text
+    site = r.json()["id"]
+    if manager is not None:
+        r = w.admin.post(f"sites/{site}/members", {"email": manager.email, "role": "manager"})
+        assert r.status_code == 201, r.text
+    return site
+
+
+def test_a_member_made_viewer_has_their_schedule_skipped_and_is_told(w, expo):
+    manager, owner = w.user(), w.user()
+    site = new_site(w, manager)
+    assert manager.post(f"sites/{site}/members", {"email": owner.email, "role": "operator"}).status_code == 201
+    r = w.admin.post("devices", {"name": "Orchard pump", "site_id": site})
+    device = r.json()["id"]
+    pump = w.pump(device)
+    token = f"ExponentPushToken[{secrets.token_hex(10)}]"
+    assert owner.post("register-push-token", {"token": token}).status_code == 201
+    r = owner.post("schedules", {"device_id": device, "start_time": later(2), "duration_s": 1})
+    assert r.status_code == 201, r.text
+    schedule = r.json()["schedule"]["id"]
+    r = manager.patch(f"sites/{site}/members/{owner.user_id}", {"role": "viewer"})
+    assert r.status_code == 200 and r.json()["role"] == "viewer", r.text
+
+    runs = wait_until(lambda: owner.get(f"schedules/{schedule}").json()["runs"], timeout=10,
+                      what="the schedule's due time")
+    assert [run["outcome"] for run in runs] == ["skipped"]
+    assert "owner_is_viewer" in runs[0]["detail"] and runs[0]["activation_id"] is None
+    assert [c for c in pump.commands if c["action"] == "on"] == []
+    told = expo.wait_for(lambda f: [msg for msg in f.messages if msg["to"] == token], what="the owner's push")
+    assert told[0]["data"]["kind"] == "schedule_skipped" and told[0]["data"]["schedule_id"] == schedule
+    # As a viewer they still see the pump, but may not run it.
+    assert owner.get(f"devices/{device}").status_code == 200
+    r = owner.post("activate", {"device_id": device, "duration_s": 5})
+    assert r.status_code == 403 and r.json()["code"] == "site_role_required"
+
+
+def test_invitation_codes_work_once_and_expire(w):
+    manager, first, second = w.user(), w.user(), w.user()
+    site = new_site(w, manager)
+    r = manager.post(f"sites/{site}/invitations", {"role": "viewer"})
+    assert r.status_code == 201, r.text
+    code = r.json()["code"]
+    assert len(code) >= 16 and r.json()["role"] == "viewer"
+    assert first.get(f"sites/{site}").status_code == 404
+    r = first.post("invitations/redeem", {"code": code})
+    assert r.status_code == 200 and r.json() == {"id": site, "name": r.json()["name"], "is_default": False,
+                                                   "role": "viewer"}, r.text
+    assert first.get(f"sites/{site}").status_code == 200
+    r = second.post("invitations/redeem", {"code": code})
+    assert r.status_code == 404 and r.json()["code"] == "invitation_not_found"
+    # Expired: a code valid for under a minute, redeemed after.
+    r = manager.post(f"sites/{site}/invitations", {"role": "operator", "expires_in_hours": 0.0003})
+    short = r.json()["code"]
+    wait_until(lambda: second.post("invitations/redeem", {"code": short}).status_code == 404, timeout=5,
+               what="the code to expire")
+    assert second.get(f"sites/{site}").status_code == 404
+    # The code itself is stored nowhere: only a hash of it.
+    r = manager.get(f"sites/{site}/audit")
+    assert code not in r.text and short not in r.text
+
+
+def test_managers_add_change_and_remove_members_but_not_the_last_manager(w):
+    manager, member = w.user(), w.user()
+    site = new_site(w, manager)
+    r = manager.post(f"sites/{site}/members", {"email": member.email, "role": "operator"})
+    assert r.status_code == 201 and r.json()["role"] == "operator", r.text
+    r = manager.post(f"sites/{site}/members", {"email": "nobody-" + member.email, "role": "operator"})
+    assert r.status_code == 404 and r.json()["code"] == "user_not_found"
+    r = manager.patch(f"sites/{site}/members/{member.user_id}", {"role": "manager"})
+    assert r.status_code == 200, r.text
+    # Two managers: one may go; the other, now the last, may neither leave nor be demoted by a manager.
+    assert member.delete(f"sites/{site}/members/{manager.user_id}").status_code == 200
+    r = member.delete(f"sites/{site}/members/{member.user_id}")
+    assert r.status_code == 409 and r.json()["code"] == "last_manager", r.text
+    r = member.patch(f"sites/{site}/members/{member.user_id}", {"role": "viewer"})
+    assert r.status_code == 409 and r.json()["code"] == "last_manager", r.text
+    # The removed manager no longer sees the site at all.
+    assert manager.get(f"sites/{site}").status_code == 404
+    # A server admin can still act.
+    assert w.admin.delete(f"sites/{site}/members/{member.user_id}").status_code == 200
+    actions = [e["action"] for e in w.admin.get(f"sites/{site}/audit").json()["items"]]
+    assert actions.count("member.remove") == 2 and "site.create" in actions and "member.add" in actions
+
+
+def test_a_manager_changes_device_settings_and_shuts_down_only_their_sites_pumps(w):
+    manager, operator = w.user(), w.user()
+    site = new_site(w, manager)
+    assert manager.post(f"sites/{site}/members", {"email": operator.email, "role": "operator"}).status_code == 201
+    device = w.admin.post("devices", {"name": "Village pump", "site_id": site}).json()["id"]
+    w.pump(device)
+    wait_until(lambda: operator.get(f"devices/{device}").json()["state"] == "off", what="the pump online")
+    r = manager.patch(f"devices/{device}", {"max_run_minutes": 5, "daily_quota_minutes": 30})
+    assert r.status_code == 200 and r.json()["max_run_minutes"] == 5, r.text
+    r = manager.patch(f"devices/{device}", {"site_id": 1})
+    assert r.status_code == 403 and r.json()["code"] == "admin_required"
+    assert operator.post("activate", {"device_id": device, "duration_s": 30}).status_code == 202
+    wait_until(lambda: operator.get(f"devices/{device}").json()["state"] == "on", what="the run")
+    r = manager.post(f"devices/{device}/force-shutdown", {})
+    assert r.status_code == 200, r.text
+    wait_until(lambda: operator.get(f"devices/{device}").json()["state"] == "off", what="the shutdown")
+    entries = w.admin.get(f"sites/{site}/audit").json()["items"]
+    assert {"device.update", "device.force_shutdown"} <= {e["action"] for e in entries}
+    assert all(e["site_id"] == site for e in entries)
+    # Another site's device is out of the manager's reach: 404, as if it did not exist.
+    other = w.admin.post("devices", {"name": "Someone else's pump", "site_id": new_site(w)}).json()["id"]
+    w.devices.append(other)
+    assert manager.post(f"devices/{other}/force-shutdown", {}).status_code == 404
