@@ -9,7 +9,7 @@ import falcon
 from pydantic import BaseModel, Field, StrictStr
 
 from pumplink.api.openapi import MessageBody, doc
-from pumplink.api.schemas import Body, Number, PageQuery
+from pumplink.api.schemas import MIN_MINUTES, Body, Number, PageQuery
 from pumplink.api.support import Resource, page_params, path_id, read_json
 from pumplink.accounts import roles
 from pumplink.errors import NotFound
@@ -31,7 +31,7 @@ class MemberBody(Body):
 
 class MemberPatch(Body):
     role: SiteRole | None = None
-    daily_quota_minutes: Number | None = Field(default=None, ge=0.1, le=24 * 60)
+    daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
 
 
 class InvitationBody(Body):

@@ -1,4 +1,5 @@
-"""A device actor's quota checks: its device's daily quota and the requesting user's."""
+"""A device actor's quota checks: its device's daily quota, the requesting user's, and the user's
+per-member quota at the device's site; quota.rules.strictest decides."""
 
 from __future__ import annotations
 
@@ -41,19 +42,24 @@ class Quotas:
         now = self.clock.now()
         checks = [("device", self._device_quota_s(), None)]
         if user_id is not None:
+            # Before any read (on SQLite a write must come first); a user's own and per-member
+            # quotas both count across devices, so every run of a user takes it.
+            self._lock_user(user_id)
             if user_quota is UNKNOWN:
-                self._lock_user(user_id)  # before the read: on SQLite a write must come first
                 user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
-            elif user_quota is not None:
-                self._lock_user(user_id)
             if user_quota is not None:
                 checks.append(("user", user_quota * 60, user_id))
-        for kind, quota_s, uid in checks:
-            ok, free = quota.fits(quota_s, self._used_today_s(now, uid), self._reserved_s(now, uid), duration_s)
-            if not ok:
-                whose = f"{self.device.name}'s" if kind == "device" else "your"
-                raise TooManyRequests(
-                    f"This would pass {whose} daily quota: {free / 60:.1f} minutes are left today.",
-                    "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
-                    quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
-                )
+        limits = [quota.Limit(kind, quota_s, self._used_today_s(now, uid), self._reserved_s(now, uid))
+                  for kind, quota_s, uid in checks]
+        member = usage.member_limit(now, self.config.tz, user_id, self.device_id) if user_id is not None else None
+        if member is not None:
+            limits.append(member)
+        ok, tightest = quota.strictest(limits, duration_s)
+        if not ok:
+            kind, free = tightest.kind, tightest.free_s
+            whose = {"device": f"{self.device.name}'s", "member": "your site's", "user": "your"}[kind]
+            raise TooManyRequests(
+                f"This would pass {whose} daily quota: {free / 60:.1f} minutes are left today.",
+                "quota_exhausted", retry_after=quota.seconds_until_reset(now, self.config.tz),
+                quota=kind, left_s=round(free, 1), left_minutes=round(free / 60, 2),
+            )

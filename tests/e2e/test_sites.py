@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 import time
 
 import pytest
@@ -138,3 +139,46 @@ def test_a_manager_changes_device_settings_and_shuts_down_only_their_sites_pumps
     other = w.admin.post("devices", {"name": "Someone else's pump", "site_id": new_site(w)}).json()["id"]
     w.devices.append(other)
     assert manager.post(f"devices/{other}/force-shutdown", {}).status_code == 404
+
+
+def test_a_per_member_quota_holds_under_parallel_requests_on_two_devices(w):
+    manager = w.user()
+    site = new_site(w, manager)
+    devices = []
+    for name in ("North pump", "South pump"):
+        r = w.admin.post("devices", {"name": name, "site_id": site})
+        devices.append(r.json()["id"])
+        w.pump(devices[-1])
+    for device in devices:
+        wait_until(lambda: manager.get(f"devices/{device}").json()["state"] == "off", what="the pumps online")
+    for n in range(5):
+        member = w.user()
+        assert manager.post(f"sites/{site}/members", {"email": member.email, "role": "operator"}).status_code == 201
+        # 1.5 s a day at this site: one 1 s run fits, two do not. The account itself has no quota.
+        r = manager.patch(f"sites/{site}/members/{member.user_id}", {"daily_quota_minutes": 0.025})
+        assert r.status_code == 200 and r.json()["daily_quota_minutes"] == 0.025, r.text
+        barrier = threading.Barrier(2)
+        answers = {}
+
+        def ask(device_id):
+            barrier.wait()
+            answers[device_id] = member.post("activate", {"device_id": device_id, "duration_s": 1})
+
+        threads = [threading.Thread(target=ask, args=(d,)) for d in devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        codes = sorted(r.status_code for r in answers.values())
+        assert codes == [202, 429], f"round {n}: {[(r.status_code, r.text) for r in answers.values()]}"
+        refused = next(r for r in answers.values() if r.status_code == 429)
+        assert refused.json()["code"] == "quota_exhausted" and refused.json()["quota"] == "member"
+        accepted = next(r for r in answers.values() if r.status_code == 202).json()["activation"]["id"]
+        member.delete(f"activations/{accepted}")  # both pumps free for the next round
+    # The quota is the member's at this site only: elsewhere (the default site) they run freely.
+    default_pump = w.device("Default site pump")
+    w.pump(default_pump)
+    wait_until(lambda: member.get(f"devices/{default_pump}").json()["state"] == "off", what="the pump online")
+    r = member.post("activate", {"device_id": default_pump, "duration_s": 5})
+    assert r.status_code == 202, r.text
+    member.delete(f"activations/{r.json()['activation']['id']}")
