@@ -182,3 +182,28 @@ def test_a_per_member_quota_holds_under_parallel_requests_on_two_devices(w):
     r = member.post("activate", {"device_id": default_pump, "duration_s": 5})
     assert r.status_code == 202, r.text
     member.delete(f"activations/{r.json()['activation']['id']}")
+
+
+def test_create_site_and_add_member_commands(w):
+    import subprocess
+
+    from tests.support import PUMPLINK_BIN
+
+    def pumplink(*args):
+        return subprocess.run([PUMPLINK_BIN, *args], env=w.server.env, capture_output=True, text=True, timeout=60)
+
+    name = f"CLI farm {secrets.token_hex(3)}"
+    done = pumplink("create-site", name)
+    assert done.returncode == 0 and name in done.stdout, done.stderr
+    again = pumplink("create-site", name)
+    assert again.returncode == 2 and "exists already" in again.stderr
+    member = w.user()
+    done = pumplink("add-member", "--site", name, "--email", member.email, "--role", "manager")
+    assert done.returncode == 0, done.stderr
+    site = next(s for s in member.get("sites").json()["sites"] if s["name"] == name)
+    assert site["role"] == "manager"
+    assert member.get(f"sites/{site['id']}/members").status_code == 200
+    bad = pumplink("add-member", "--site", name, "--email", "nobody@example.org")
+    assert bad.returncode == 2 and "no account" in bad.stderr
+    bad = pumplink("add-member", "--site", "no such site", "--email", member.email)
+    assert bad.returncode == 2 and "no site" in bad.stderr
