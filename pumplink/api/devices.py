@@ -129,8 +129,8 @@ class Activation(Resource):
     def _load(self, req, activation_id):
         user = self.auth.user(req)
         act = m.Activation.get_or_none(m.Activation.id == path_id(activation_id))
-        if act is None or (user.role != "admin" and (act.user_id != user.id or access.role_in(
-                user, m.Device.select(m.Device.site).where(m.Device.id == act.device_id).scalar()) is None)):
+        if act is None or (user.role != "admin" and (
+                act.user_id != user.id or not access.sees_device(user, act.device_id))):
             raise NotFound(f"There is no activation {activation_id} of yours.", "activation_not_found")
         return user, act
 

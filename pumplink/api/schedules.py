@@ -71,8 +71,8 @@ class _Base(Resource):
 
     def _own(self, user: m.User, schedule_id: str) -> m.Schedule:
         s = m.Schedule.get_or_none(m.Schedule.id == path_id(schedule_id))
-        if s is None or (user.role != "admin" and (s.user_id != user.id or access.role_in(
-                user, m.Device.select(m.Device.site).where(m.Device.id == s.device_id).scalar()) is None)):
+        if s is None or (user.role != "admin" and (
+                s.user_id != user.id or not access.sees_device(user, s.device_id))):
             raise NotFound(f"There is no schedule {schedule_id} of yours.", "schedule_not_found")
         return s
 

@@ -83,25 +83,31 @@ def device_for(user: m.User, device_id: int, need: str = SEE) -> m.Device:
     """The device if the user may ``need`` on it; 404 when they may not see it, 403 when they see
     it but their role is too low."""
     device = m.Device.get_or_none((m.Device.id == device_id) & m.Device.deleted_at.is_null())
-    role = role_in(user, device.site_id) if device is not None else None
-    if device is None or role is None:
-        raise NotFound(f"There is no device {device_id}.", "device_not_found")
-    if not at_least(role, need):
-        raise Forbidden(f"Your role at this site ({role}) may not do this; a site {need} may.",
-                        "site_role_required", role=role, required=need)
+    _check(user, device.site_id if device is not None else None, need,
+           NotFound(f"There is no device {device_id}.", "device_not_found"))
     return device
 
 
 def site_for(user: m.User, site_id: int, need: str = SEE) -> m.Site:
     """The site if the user may ``need`` there; 404 when they are not a member, 403 when the role is too low."""
     site = m.Site.get_or_none(m.Site.id == site_id)
-    role = role_in(user, site.id) if site is not None else None
-    if site is None or role is None:
-        raise NotFound(f"There is no site {site_id}.", "site_not_found")
+    _check(user, site.id if site is not None else None, need,
+           NotFound(f"There is no site {site_id}.", "site_not_found"))
+    return site
+
+
+def _check(user: m.User, site_id: int | None, need: str, missing: NotFound) -> None:
+    role = role_in(user, site_id) if site_id is not None else None
+    if role is None:
+        raise missing  # out of reach looks exactly like not there
     if not at_least(role, need):
         raise Forbidden(f"Your role at this site ({role}) may not do this; a site {need} may.",
                         "site_role_required", role=role, required=need)
-    return site
+
+
+def sees_device(user: m.User, device_id: int) -> bool:
+    """Whether the device (deleted or not: its history stays) is in one of the user's sites."""
+    return role_in(user, m.Device.select(m.Device.site).where(m.Device.id == device_id).scalar()) is not None
 
 
 def may_run(user_id: int, device_id: int) -> tuple[bool, str | None]:
