@@ -43,7 +43,7 @@ def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
+PENDING_MESSAGE = roles.PENDING_MESSAGE
 
 
 def pending_approval(user: m.User) -> Forbidden:

@@ -1,4 +1,5 @@
-"""Sites: list and create them, their members, invitation codes and audit log."""
+"""Sites: list and create them, their members, invitation codes and audit log; a manager's broker
+login for a device's firmware."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import falcon
 from pydantic import BaseModel, Field, StrictStr
 
 from pumplink.api.openapi import MessageBody, doc
-from pumplink.api.schemas import MIN_MINUTES, Body, Number, PageQuery
+from pumplink.api.schemas import MIN_MINUTES, Body, EmptyBody, Number, PageQuery
 from pumplink.api.support import Resource, page_params, path_id, read_json
-from pumplink.accounts import roles
 from pumplink.errors import NotFound
 from pumplink.sites import access, members
 from pumplink.storage import models as m
@@ -92,7 +92,7 @@ class Sites(Resource):
         if access.is_admin(user):
             rows = [(s, access.MANAGE) for s in m.Site.select().order_by(m.Site.id)]
         else:
-            mine = access.site_roles(user.id) if roles.approved(user.role) else {}
+            mine = {site: access.role_in(user, site) for site in access.site_roles(user.id)}
             rows = [(s, mine[s.id]) for s in m.Site.select().where(m.Site.id.in_(list(mine))).order_by(m.Site.id)]
         resp.media = {"sites": [_site_view(s, r) for s, r in rows]}
 
@@ -213,6 +213,31 @@ class SiteAudit(Resource):
         resp.media = {"items": [audit_view(a) for a in rows], "limit": page.limit, "offset": page.offset}
 
 
+class BrokerCredentialsOut(BaseModel):
+    username: str
+    password: str = Field(description="shown only in this answer")
+    password_line: str = Field(description="the Mosquitto password-file line for the server's operator")
+    acl: str = Field(description="the Mosquitto ACL stanza: this controller's own topics only")
+
+
+class BrokerCredentials(Resource):
+    @doc("A new broker login for the device's controller firmware (the site's managers); the server's operator "
+         "installs the password line in Mosquitto (see `pumplink device-credentials`)", body=EmptyBody,
+         status=201, answer=BrokerCredentialsOut, auth="site manager", errors=(403, 404))
+    def on_post(self, req, resp, device_id):
+        from pumplink.devices import broker_credentials as brokerauth
+
+        user = self.auth.user(req)
+        device = access.device_for(user, path_id(device_id), access.MANAGE)
+        read_json(req)
+        name, password = brokerauth.username(device.id), brokerauth.new_password()
+        self.gateway.audit(user, "device.broker_credentials", f"device:{device.id}", {"username": name},
+                           site_id=device.site_id)
+        resp.status = falcon.HTTP_201
+        resp.media = {"username": name, "password": password, "password_line": brokerauth.password_line(name, password),
+                      "acl": brokerauth.acl_stanza(device.id, self.gateway.config.mqtt_prefix)}
+
+
 def routes(**base) -> dict:
     return {
         "/sites": Sites(**base),
@@ -222,5 +247,6 @@ def routes(**base) -> dict:
         "/sites/{site_id}/invitations": Invitations(**base),
         "/sites/{site_id}/audit": SiteAudit(**base),
         "/invitations/redeem": Redeem(**base),
+        "/devices/{device_id}/broker-credentials": BrokerCredentials(**base),
     }
 

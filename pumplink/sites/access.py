@@ -1,9 +1,10 @@
 """What a user may do with a device or a site: the one place REST, the live feed and push ask.
 
 A server admin may do everything everywhere. Anyone else acts through memberships: a site
-role (viewer < operator < manager) on an approved account. What a user may not even see
-answers 404, exactly as if it did not exist (docs/decisions.md); what they see but may not do
-answers 403.
+role (viewer < operator < manager) on an approved account. An account sent back to pending
+keeps only a viewer's sight of its sites (it cannot log in; a token it still holds lives
+minutes) and may do nothing. What a user may not even see answers 404, exactly as if it did
+not exist (docs/decisions.md); what they see but may not do answers 403.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ def site_roles(user_id: int) -> dict[int, str]:
 
 
 def role_in(user: m.User, site_id: int) -> str | None:
-    """The user's effective role in a site: admins manage every site, pending accounts none."""
+    """The user's effective role in a site: admins manage every site, a pending member views."""
     if is_admin(user):
         return MANAGE
-    if not roles.approved(user.role):
-        return None
-    return (m.Membership.select(m.Membership.role)
+    role = (m.Membership.select(m.Membership.role)
             .where((m.Membership.user == user.id) & (m.Membership.site == site_id)).scalar())
+    return role if role is None or roles.approved(user.role) else SEE
 
 
 def sites_of(user: m.User, need: str = SEE):
@@ -57,7 +57,7 @@ def device_filter(user: m.User, field: pw.Field = m.Device.site, need: str = SEE
     List queries and the live feed both use it, so what is listed and what is streamed agree."""
     if is_admin(user):
         return pw.SQL("1 = 1")
-    if not roles.approved(user.role):
+    if not roles.approved(user.role) and need != SEE:
         return pw.SQL("1 = 0")
     return field.in_(sites_of(user, need))
 
@@ -100,6 +100,8 @@ def _check(user: m.User, site_id: int | None, need: str, missing: NotFound) -> N
     role = role_in(user, site_id) if site_id is not None else None
     if role is None:
         raise missing  # out of reach looks exactly like not there
+    if need != SEE and not roles.approved(user.role):
+        raise Forbidden(roles.PENDING_MESSAGE, "approval_required")
     if not at_least(role, need):
         raise Forbidden(f"Your role at this site ({role}) may not do this; a site {need} may.",
                         "site_role_required", role=role, required=need)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-from pumplink.accounts import roles
 from pumplink.storage import models as m
 from pumplink.storage.db import OPERATIONAL_ERRORS
 
@@ -29,11 +28,11 @@ class Reach:
         self._sites_of.clear()
 
     def may_see_device(self, user_id: int | None, role: str | None, device_id: int | None) -> bool:
-        """Admins see every device; an approved member sees the devices of their sites."""
+        """Admins see every device; a member sees the devices of their sites."""
         if role == "admin":
             return True
-        if user_id is None or device_id is None or not roles.approved(role):
-            return False
+        if user_id is None or device_id is None or role is None:
+            return False  # a pending member keeps a viewer's sight (sites.access); a deleted one none
         try:
             site = self._site(device_id)
             return site is not None and site in self._sites(user_id)

@@ -132,8 +132,15 @@ def test_a_manager_changes_device_settings_and_shuts_down_only_their_sites_pumps
     r = manager.post(f"devices/{device}/force-shutdown", {})
     assert r.status_code == 200, r.text
     wait_until(lambda: operator.get(f"devices/{device}").json()["state"] == "off", what="the shutdown")
+    r = manager.post(f"devices/{device}/broker-credentials", {})
+    assert r.status_code == 201, r.text
+    login = r.json()
+    assert login["username"] == f"device-{device}" and login["password_line"].startswith(f"device-{device}:$7$")
+    assert f"topic read {w.server.prefix}/devices/{device}/command" in login["acl"]
+    assert operator.post(f"devices/{device}/broker-credentials", {}).status_code == 403
     entries = w.admin.get(f"sites/{site}/audit").json()["items"]
-    assert {"device.update", "device.force_shutdown"} <= {e["action"] for e in entries}
+    assert login["password"] not in str(entries)
+    assert {"device.update", "device.force_shutdown", "device.broker_credentials"} <= {e["action"] for e in entries}
     assert all(e["site_id"] == site for e in entries)
     # Another site's device is out of the manager's reach: 404, as if it did not exist.
     other = w.admin.post("devices", {"name": "Someone else's pump", "site_id": new_site(w)}).json()["id"]
