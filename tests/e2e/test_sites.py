@@ -214,3 +214,26 @@ def test_create_site_and_add_member_commands(w):
     assert bad.returncode == 2 and "no account" in bad.stderr
     bad = pumplink("add-member", "--site", "no such site", "--email", member.email)
     assert bad.returncode == 2 and "no site" in bad.stderr
+
+
+def test_a_removed_member_loses_their_queued_runs_and_the_site(w):
+    manager, operator = w.user(), w.user()
+    site = new_site(w, manager)
+    assert manager.post(f"sites/{site}/members", {"email": operator.email, "role": "operator"}).status_code == 201
+    device = w.admin.post("devices", {"name": "Shared pump", "site_id": site}).json()["id"]
+    w.pump(device)
+    wait_until(lambda: operator.get(f"devices/{device}").json()["state"] == "off", what="the pump online")
+    running = operator.post("activate", {"device_id": device, "duration_s": 3}).json()["activation"]["id"]
+    queued = operator.post("activate", {"device_id": device, "duration_s": 3}).json()["activation"]
+    assert queued["state"] == "queued"
+    assert manager.delete(f"sites/{site}/members/{operator.user_id}").status_code == 200
+    cancelled = w.admin.get(f"activations/{queued['id']}").json()
+    assert cancelled["state"] == "cancelled" and cancelled["reason"] == "owner_revoked", cancelled
+    # The run already going finishes as asked: never cut short, never longer.
+    assert w.admin.get(f"activations/{running}").json()["state"] in ("starting", "running")
+    wait_until(lambda: w.admin.get(f"activations/{running}").json()["state"] == "completed", timeout=10,
+               what="the running run to complete")
+    # Out of the site: its pump is gone from the former member's view, as if it never was.
+    assert device not in {d["id"] for d in operator.get("devices").json()["devices"]}
+    assert operator.get(f"devices/{device}").status_code == 404
+    assert operator.get(f"activations/{running}").status_code == 404
