@@ -9,6 +9,7 @@ import falcon
 from pumplink.storage import models as m
 from pumplink.clock import to_db
 from pumplink.errors import Forbidden, NotFound
+from pumplink.accounts.service import require_role
 from pumplink.sites import access
 from pumplink.views import activation_view, log_view, session_view
 from pumplink.api import answers as A
@@ -51,8 +52,8 @@ class Device(Resource):
     def on_delete(self, req, resp, device_id):
         user = self.auth.user(req)
         did = access.device_for(user, path_id(device_id)).id
-        admin = self.auth.user(req, "admin")
-        self.gateway.delete_device(admin, did)
+        require_role(user, "admin")
+        self.gateway.delete_device(user, did)
         resp.media = {"message": f"Device {did} deleted; it was sent OFF first."}
 
 

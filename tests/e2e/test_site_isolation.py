@@ -406,6 +406,11 @@ def test_the_apps_text_socket_hears_only_a_device_in_its_sites(ctx):
     ws = _ws(ctx, "operator_b", text_mode=True)
     try:
         assert ws.recv() == "off"
+        # The live feed learnt the new membership too (it had this account's sites in memory).
+        r = ctx.admin.post("activate", {"device_id": 1, "duration_s": 1})
+        assert r.status_code == 202, r.text
+        assert ws.recv() == "on"
+        assert ws.recv() == "off"
     finally:
         ws.close()
         ctx.admin.delete(f"sites/{default}/members/{ctx.api['operator_b'].user_id}")
