@@ -33,6 +33,7 @@ class Config:
     daily_quota_minutes: float = 60.0
     schedule_grace_s: float = 300.0
     auto_approve: bool = False
+    join_default_site: bool = True  # newly approved accounts become operators of the default site
     legacy_device_id: int = 1
     push_enabled: bool = True
     expo_url: str = DEFAULT_EXPO_URL
@@ -280,6 +281,7 @@ _PARSERS = {
     "daily_quota_minutes": _positive(float),
     "schedule_grace_s": _number(float),
     "auto_approve": _bool,
+    "join_default_site": _bool,
     "legacy_device_id": _positive(int),
     "push_enabled": _bool,
     "expo_url": _http_url,

@@ -59,10 +59,20 @@ class UserAccessChanged:
 
 
 @dataclasses.dataclass(frozen=True)
+class SitesChanged:
+    """Memberships (of ``user_id``, or of anyone when None) or a device's site changed, committed.
+    The broadcaster reads who may see which device again."""
+
+    user_id: int | None
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
 class Audience:
     """Who an alert is for: every approved user, the admins, or one user (``user_id``), and
     with ``also_admins`` the admins as well. The notifier resolves it against the accounts as
-    they are when it sends (a pending or deleted account is told nothing)."""
+    they are when it sends (a pending or deleted account is told nothing), and for an alert
+    about a device within its site: only members are told, and its managers count as admins."""
 
     group: str  # approved | admins | user
     user_id: int | None = None

@@ -22,7 +22,7 @@ from pumplink.clock import Clock, to_db
 from pumplink.config import Config
 from pumplink.devices.messages import RunRequest
 from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
-from pumplink.events import EventBus, UserAccessChanged
+from pumplink.events import EventBus, SitesChanged, UserAccessChanged
 
 if TYPE_CHECKING:
     # Types only: the device actor imports this module (check_run_length).
@@ -98,46 +98,78 @@ class Gateway:
         futures = [self._start(i, call) for i in self.supervisor.ids()]
         return [self._wait(f) for f in futures]
 
-    def audit(self, actor: m.User | None, action: str, target: str | None, detail: dict | None = None) -> None:
-        m.AuditLog.create(actor=actor.id if actor else None, action=action, target=target,
+    def audit(self, actor: m.User | None, action: str, target: str | None, detail: dict | None = None,
+              site_id: int | None = None) -> None:
+        """One audit entry; ``site_id`` puts it in that site's log (its managers read it)."""
+        m.AuditLog.create(actor=actor.id if actor else None, action=action, target=target, site=site_id,
                           detail=json.dumps(detail) if detail is not None else None,
                           at=to_db(self.clock.now()))
 
+    @staticmethod
+    def site_of(device_id: int) -> int | None:
+        return m.Device.select(m.Device.site).where(m.Device.id == device_id).scalar()
+
     # --- devices -----------------------------------------------------------------------------
-    def devices(self) -> list[dict]:
+    def devices(self, visible: set[int] | None = None) -> list[dict]:
+        """Every device's view, or those in ``visible`` (``sites.access.visible_devices``)."""
         # Today's use of every device in two queries here, not two per device in each actor.
         today = usage.by_device(self.clock.now(), self.config.tz)
-        futures = [self._start(i, lambda d: d.view(today.get(i, (0.0, 0.0)))) for i in self.supervisor.ids()]
-        return [self._wait(f) for f in futures]
+        sites = dict(m.Device.select(m.Device.id, m.Device.site).tuples())
+        ids = [i for i in self.supervisor.ids() if visible is None or i in visible]
+        futures = [self._start(i, lambda d: d.view(today.get(i, (0.0, 0.0)))) for i in ids]
+        return [{**self._wait(f), "site_id": sites.get(i)} for i, f in zip(ids, futures)]
 
     def device(self, device_id: int) -> dict:
-        return self._call(device_id, lambda d: d.describe())
+        return {**self._call(device_id, lambda d: d.describe()), "site_id": self.site_of(device_id)}
 
     def go_status(self, device_id: int) -> dict:
         return self._call(device_id, lambda d: d.go_status())
 
-    def snapshot(self) -> list[dict]:
-        return self._all(lambda d: d.summary())
+    def snapshot(self, visible: set[int] | None = None) -> list[dict]:
+        """Every device's live summary, or those in ``visible``."""
+        ids = [i for i in self.supervisor.ids() if visible is None or i in visible]
+        futures = [self._start(i, lambda d: d.summary()) for i in ids]
+        return [self._wait(f) for f in futures]
 
     def create_device(self, admin: m.User, **fields) -> dict:
         with self.db.atomic():
             self._one_legacy_device(fields.get("protocol"))
-            device = m.Device.create(**fields)
+            if fields.get("site_id") is None:
+                fields["site_id"] = self._default_site()
+            elif not m.Site.select().where(m.Site.id == fields["site_id"]).exists():
+                raise Unprocessable(f"There is no site {fields['site_id']}.", "site_not_found", field="site_id")
+            device = m.Device.create(**{("site" if k == "site_id" else k): v for k, v in fields.items()})
         # Committed first: the actor loads its device on a connection of its own.
         self.supervisor.start_device(device.id)
-        self.audit(admin, "device.create", f"device:{device.id}", fields)
+        self.audit(admin, "device.create", f"device:{device.id}", fields, site_id=device.site_id)
         return self.device(device.id)
 
     def update_device(self, admin: m.User, device_id: int, **fields) -> dict:
-        self._existing(device_id)
+        before = self._existing(device_id).site_id
+        if "site_id" in fields and not m.Site.select().where(m.Site.id == fields["site_id"]).exists():
+            raise Unprocessable(f"There is no site {fields['site_id']}.", "site_not_found", field="site_id")
         if fields:
             with self.db.atomic():
                 self._one_legacy_device(fields.get("protocol"), device_id)
-                m.Device.update(**fields).where(m.Device.id == device_id).execute()
+                m.Device.update(**{("site" if k == "site_id" else k): v for k, v in fields.items()}).where(
+                    m.Device.id == device_id).execute()
             if "protocol" in fields:
                 self.supervisor.set_protocol(device_id, fields["protocol"])
-        self.audit(admin, "device.update", f"device:{device_id}", fields)
-        return self._call(device_id, lambda d: d.reload())
+        self.audit(admin, "device.update", f"device:{device_id}", fields, site_id=before)
+        if fields.get("site_id", before) != before:
+            self.audit(admin, "device.update", f"device:{device_id}", fields, site_id=fields["site_id"])
+            self.sites_changed()
+        return {**self._call(device_id, lambda d: d.reload()), "site_id": self.site_of(device_id)}
+
+    def _default_site(self) -> int:
+        site_id = m.default_site_id()
+        if site_id is None:
+            raise Unprocessable("There is no default site; name one with site_id.", "site_required", field="site_id")
+        return site_id
+
+    def sites_changed(self, user_id: int | None = None) -> None:
+        """Memberships or a device's site changed (committed): the live feed reads them again."""
+        self.bus.publish(SitesChanged(user_id=user_id, at=self.clock.now()))
 
     def _one_legacy_device(self, protocol: str | None, device_id: int | None = None) -> None:
         """At most one live legacy device (docs/decisions.md): every legacy controller listens on
@@ -166,7 +198,7 @@ class Gateway:
         self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
         m.Device.update(deleted_at=to_db(self.clock.now())).where(m.Device.id == device_id).execute()
         self.supervisor.stop_device(device_id)
-        self.audit(admin, "device.delete", f"device:{device_id}")
+        self.audit(admin, "device.delete", f"device:{device_id}", site_id=self.site_of(device_id))
 
     def _existing(self, device_id: int) -> m.Device:
         device = m.Device.get_or_none((m.Device.id == device_id) & m.Device.deleted_at.is_null())
@@ -195,7 +227,7 @@ class Gateway:
             raise Forbidden("Only the owner of an activation or an admin may cancel it.", "not_owner")
         result = self._call(act.device_id, lambda d: d.cancel(activation_id, by=actor_name(user)))
         if user.role == "admin" and act.user_id != user.id:
-            self.audit(user, "activation.cancel", f"activation:{activation_id}")
+            self.audit(user, "activation.cancel", f"activation:{activation_id}", site_id=self.site_of(act.device_id))
         return result
 
     def user_access_changed(self, user_id: int, role: str | None) -> list[int]:
@@ -215,10 +247,21 @@ class Gateway:
             log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)
         return cancelled
 
+    def member_lost_run(self, user_id: int, site_id: int) -> list[int]:
+        """A member removed from a site or made a viewer: their queued runs there are cancelled
+        (``owner_revoked``), as when an account loses approval; a run already going finishes."""
+        ids = [i for (i,) in m.Device.select(m.Device.id).where(m.Device.site == site_id).tuples()
+               if i in set(self.supervisor.ids())]
+        cancelled: list[int] = []
+        for found in [self._wait(f) for f in
+                      [self._start(i, lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")) for i in ids]]:
+            cancelled.extend(found)
+        return cancelled
+
     def force_shutdown(self, admin: m.User, device_id: int) -> dict:
         self._existing(device_id)
         result = self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
-        self.audit(admin, "device.force_shutdown", f"device:{device_id}", result)
+        self.audit(admin, "device.force_shutdown", f"device:{device_id}", result, site_id=self.site_of(device_id))
         return result
 
     def emergency_stop(self, admin: m.User) -> list[dict]:

@@ -72,6 +72,7 @@ def audit_view(entry: m.AuditLog) -> dict:
         "id": entry.id,
         "at": iso(entry.at),
         "actor_id": entry.actor_id,
+        "site_id": entry.site_id,
         "action": entry.action,
         "target": entry.target,
         "detail": json.loads(entry.detail) if entry.detail else None,

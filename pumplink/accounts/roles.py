@@ -2,6 +2,7 @@
 
 ROLES = ("pending", "user", "admin")
 APPROVED_ROLES = ("user", "admin")
+PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
 
 
 def approved(role: str | None) -> bool:

@@ -12,6 +12,7 @@ import uuid
 import peewee as pw
 
 from pumplink.accounts import roles
+from pumplink.sites import access
 from pumplink.storage import models as m
 from pumplink.clock import Clock, from_db, to_db
 from pumplink.config import Config
@@ -42,7 +43,7 @@ def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-PENDING_MESSAGE = "Your account is waiting for an administrator's approval."
+PENDING_MESSAGE = roles.PENDING_MESSAGE
 
 
 def pending_approval(user: m.User) -> Forbidden:
@@ -70,7 +71,11 @@ class Accounts:
         role = "user" if self.config.auto_approve else "pending"
         hashed = hash_password(password)
         try:
-            return m.User.create(email=email, password_hash=hashed, role=role)
+            with m.User._meta.database.atomic():
+                user = m.User.create(email=email, password_hash=hashed, role=role)
+                if roles.approved(role) and self.config.join_default_site:
+                    access.join_default(user.id)
+                return user
         except pw.IntegrityError:
             raise taken from None
 
@@ -237,7 +242,10 @@ class Accounts:
             if user.role == "admin" and role != "admin" and _admin_count() <= 1:
                 raise Conflict("This is the only admin; make another account an admin first.", "last_admin")
             demoted = role == "pending" and user.role != "pending"
+            approved_now = roles.approved(role) and not roles.approved(user.role)
             user.role = role
+            if approved_now and self.config.join_default_site:
+                access.join_default(user.id)
         if quota_given:
             user.daily_quota_minutes = quota
         user.save()

@@ -19,6 +19,7 @@ from pumplink.api import accounts as acc
 from pumplink.api import devices as dev
 from pumplink.api import errors, live, ops
 from pumplink.api import schedules as sch
+from pumplink.api import sites
 from pumplink.api.openapi import OpenApi
 from pumplink.api.query import QueryMiddleware
 from pumplink.api.support import Auth, DatabaseMiddleware, RequestLogMiddleware
@@ -64,6 +65,7 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         "/health": ops.Health(),
         "/ready": ops.Ready(db, broker),
         **sch.routes(**base),
+        **sites.routes(**base),
         **live.routes(auth, clock, bus, config.max_push_tokens_per_user),
     }
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]

@@ -8,7 +8,9 @@ import falcon
 
 from pumplink.storage import models as m
 from pumplink.clock import to_db
-from pumplink.errors import NotFound
+from pumplink.errors import Forbidden, NotFound
+from pumplink.accounts.service import require_role
+from pumplink.sites import access
 from pumplink.views import activation_view, log_view, session_view
 from pumplink.api import answers as A
 from pumplink.api.openapi import MessageBody, doc
@@ -17,12 +19,12 @@ from pumplink.api.support import Resource, owned, page_params, path_id, read_jso
 
 
 class Devices(Resource):
-    @doc("Every device with its state, running activation, queue and today's use", answer=A.DeviceList, errors=(503,))
+    @doc("The devices of the caller's sites (admins: every device) with state, running activation, queue and today's use", answer=A.DeviceList, errors=(503,))
     def on_get(self, req, resp):
-        self.auth.user(req)
-        resp.media = {"devices": self.gateway.devices()}
+        user = self.auth.user(req)
+        resp.media = {"devices": self.gateway.devices(access.visible_devices(user))}
 
-    @doc("Create a device (admin); at most one may speak the legacy protocol", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
+    @doc("Create a device (admin) in site_id (default: the default site); at most one may speak the legacy protocol", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
         body = read_json(req, DeviceCreate)
@@ -31,45 +33,51 @@ class Devices(Resource):
 
 
 class Device(Resource):
-    @doc("One device", answer=A.DeviceOut, errors=(503,))
+    @doc("One device (members of its site)", answer=A.DeviceOut, errors=(404, 503))
     def on_get(self, req, resp, device_id):
-        self.auth.user(req)
-        resp.media = self.gateway.device(path_id(device_id))
+        user = self.auth.user(req)
+        resp.media = self.gateway.device(access.device_for(user, path_id(device_id)).id)
 
-    @doc("Change a device (admin); at most one may speak the legacy protocol", body=DevicePatch, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
+    @doc("Change a device (its site's managers; moving it to another site: admin); at most one may speak the legacy protocol", body=DevicePatch, answer=A.DeviceOut, auth="site manager", errors=(403, 404, 409, 422, 503))
     def on_patch(self, req, resp, device_id):
-        admin = self.auth.user(req, "admin")
+        user = self.auth.user(req)
+        device = access.device_for(user, path_id(device_id), access.MANAGE)
         body = read_json(req, DevicePatch)
-        resp.media = self.gateway.update_device(admin, path_id(device_id), **body.model_dump(exclude_unset=True))
+        fields = body.model_dump(exclude_unset=True)
+        if "site_id" in fields and not access.is_admin(user):
+            raise Forbidden("Only a server admin may move a device to another site.", "admin_required")
+        resp.media = self.gateway.update_device(user, device.id, **fields)
 
-    @doc("Delete a device (admin); it is sent OFF first", answer=MessageBody, auth="admin", errors=(503,))
+    @doc("Delete a device (admin); it is sent OFF first", answer=MessageBody, auth="admin", errors=(403, 404, 503))
     def on_delete(self, req, resp, device_id):
-        admin = self.auth.user(req, "admin")
-        did = path_id(device_id)
-        self.gateway.delete_device(admin, did)
+        user = self.auth.user(req)
+        did = access.device_for(user, path_id(device_id)).id
+        require_role(user, "admin")
+        self.gateway.delete_device(user, did)
         resp.media = {"message": f"Device {did} deleted; it was sent OFF first."}
 
 
 class DeviceStatus(Resource):
     """The Go server's shape, kept for old clients."""
 
-    @doc("The Go server's status shape", answer=A.GoStatus, errors=(503,))
+    @doc("The Go server's status shape", answer=A.GoStatus, errors=(404, 503))
     def on_get(self, req, resp, device_id):
-        self.auth.user(req)
-        resp.media = self.gateway.go_status(path_id(device_id))
+        user = self.auth.user(req)
+        resp.media = self.gateway.go_status(access.device_for(user, path_id(device_id)).id)
 
 
 class ForceShutdown(Resource):
-    @doc("Send OFF now, end the running activation, cancel the queue (admin)", body=EmptyBody, answer=A.ShutdownAnswer, auth="admin", errors=(503,))
+    @doc("Send OFF now, end the running activation, cancel the queue (its site's managers)", body=EmptyBody, answer=A.ShutdownAnswer, auth="site manager", errors=(403, 404, 503))
     def on_post(self, req, resp, device_id):
-        admin = self.auth.user(req, "admin")
+        user = self.auth.user(req)
+        device = access.device_for(user, path_id(device_id), access.MANAGE)
         read_json(req)
-        result = self.gateway.force_shutdown(admin, path_id(device_id))
+        result = self.gateway.force_shutdown(user, device.id)
         resp.media = {"message": f"OFF sent to device {result['device_id']}; its queue was cancelled.", **result}
 
 
 class EmergencyStop(Resource):
-    @doc("Force shutdown of every device (admin)", body=EmptyBody, answer=A.EmergencyAnswer, auth="admin", errors=(503,))
+    @doc("Force shutdown of every device of every site (admin)", body=EmptyBody, answer=A.EmergencyAnswer, auth="admin", errors=(503,))
     def on_post(self, req, resp):
         admin = self.auth.user(req, "admin")
         read_json(req)
@@ -79,12 +87,13 @@ class EmergencyStop(Resource):
 
 
 class Activate(Resource):
-    @doc("Run a pump for a duration (queued behind a running one)", body=ActivateBody, status=202, answer=A.ActivationAnswer, auth="approved", errors=(409, 422, 429, 503))
+    @doc("Run a pump for a duration (queued behind a running one); operators of its site", body=ActivateBody, status=202, answer=A.ActivationAnswer, auth="site operator", errors=(403, 404, 409, 422, 429, 503))
     def on_post(self, req, resp):
         user = self.auth.user(req, "user")
         body = read_json(req, ActivateBody)
         seconds = body.seconds
-        activation = self.gateway.activate(user, body.device_id, seconds)
+        device = access.device_for(user, body.device_id, access.RUN)
+        activation = self.gateway.activate(user, device.id, seconds)
         resp.status = falcon.HTTP_202
         where = "started" if activation["state"] != "queued" else "queued"
         resp.media = {"message": f"Activation {activation['id']} {where} for {seconds} s.", "activation": activation}
@@ -102,11 +111,12 @@ def _window(query, field, page, tz):
 
 
 class Activations(Resource):
-    @doc("Activations (own; admins see all)", query=ActivationQuery, answer=A.ActivationPage, errors=(400, 422))
+    @doc("Activations (own, on devices of your sites; admins see all)", query=ActivationQuery, answer=A.ActivationPage, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
         query = owned(m.Activation.select().order_by(m.Activation.id.desc()), m.Activation, user, req)
+        query = access.rows_of_visible_devices(query, m.Activation, user)
         state = req.get_param("state")
         if state:
             query = query.where(m.Activation.state == state)
@@ -120,7 +130,8 @@ class Activation(Resource):
     def _load(self, req, activation_id):
         user = self.auth.user(req)
         act = m.Activation.get_or_none(m.Activation.id == path_id(activation_id))
-        if act is None or (user.role != "admin" and act.user_id != user.id):
+        if act is None or (user.role != "admin" and (
+                act.user_id != user.id or not access.sees_device(user, act.device_id))):
             raise NotFound(f"There is no activation {activation_id} of yours.", "activation_not_found")
         return user, act
 
@@ -141,10 +152,8 @@ class _DeviceHistory(Resource):
     view = None
 
     def on_get(self, req, resp, device_id):
-        self.auth.user(req)
-        did = path_id(device_id)
-        if not m.Device.select().where(m.Device.id == did).exists():
-            raise NotFound(f"There is no device {did}.", "device_not_found")
+        user = self.auth.user(req)
+        did = access.device_for(user, path_id(device_id)).id
         page = page_params(req)
         model = self.model
         time_field = model.started_at if model is m.Session else model.at

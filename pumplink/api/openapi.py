@@ -35,7 +35,8 @@ class Op:
     status: int = 200
     answer: type[BaseModel] | dict | None = None
     errors: tuple[int, ...] = ()
-    auth: str | None = "user"  # None | "user" (any logged-in account) | "approved" | "admin"
+    # None | "user" (any logged-in account) | "approved" | "admin" | "site viewer|operator|manager"
+    auth: str | None = "user"
     query: type[BaseModel] | None = None
     content_type: str = "application/json"
 
@@ -95,6 +96,8 @@ def _operation(path: str, method: str, op: Op, comp: _Components) -> dict:
                                     "content": {"application/json": {"schema": comp.ref(op.body, "validation")}}}
     if op.auth:
         operation["security"] = [{"bearer": []}]
+        # Who may call it; out of the caller's sites it answers 404 (docs/decisions.md).
+        operation["x-required-role"] = op.auth
     answer = {"description": "Success"}
     if op.content_type == "application/json":
         answer["content"] = {"application/json": {"schema": comp.ref(op.answer, "serialization")}}
@@ -105,7 +108,7 @@ def _operation(path: str, method: str, op: Op, comp: _Components) -> dict:
         errors |= {400, 413}
     if op.auth:
         errors |= {401}
-    if op.auth in ("approved", "admin"):
+    if op.auth in ("approved", "admin") or (op.auth or "").startswith("site "):
         errors |= {403}
     if params and any(p["in"] == "path" for p in params):
         errors |= {404}

@@ -13,6 +13,7 @@ from pumplink.storage import models as m
 from pumplink.clock import iso
 from pumplink.errors import NotFound
 from pumplink.gateway import Gateway
+from pumplink.sites import access
 from pumplink.schedules.planning import Recurrence, check_new, parse_start
 from pumplink.views import schedule_view
 from pumplink.api.openapi import MessageBody, doc
@@ -70,7 +71,8 @@ class _Base(Resource):
 
     def _own(self, user: m.User, schedule_id: str) -> m.Schedule:
         s = m.Schedule.get_or_none(m.Schedule.id == path_id(schedule_id))
-        if s is None or (user.role != "admin" and s.user_id != user.id):
+        if s is None or (user.role != "admin" and (
+                s.user_id != user.id or not access.sees_device(user, s.device_id))):
             raise NotFound(f"There is no schedule {schedule_id} of yours.", "schedule_not_found")
         return s
 
@@ -79,9 +81,7 @@ class _Base(Resource):
         body = read_json(req, ScheduleBody)
         seconds = body.seconds
         start = parse_start(body.start_time, self.tz)
-        device = m.Device.get_or_none((m.Device.id == body.device_id) & m.Device.deleted_at.is_null())
-        if device is None:
-            raise NotFound(f"There is no device {body.device_id}.", "device_not_found")
+        device = access.device_for(user, body.device_id, access.RUN)
         config = self.gateway.config
         Gateway.check_run_length(device, seconds, config.min_run_s)
         first = check_new(Recurrence(start, body.rrule, self.tz), seconds, self.clock.now(),
@@ -96,11 +96,12 @@ class _Base(Resource):
 
 
 class Schedules(_Base):
-    @doc("Schedules (own; admins see all), with next runs and past outcomes", query=ScheduleQuery, answer=SCHEDULE_PAGE, errors=(400, 422))
+    @doc("Schedules (own, on devices of your sites; admins see all), with next runs and past outcomes", query=ScheduleQuery, answer=SCHEDULE_PAGE, errors=(400, 422))
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
         query = owned(m.Schedule.select().order_by(m.Schedule.id.desc()), m.Schedule, user, req)
+        query = access.rows_of_visible_devices(query, m.Schedule, user)
         enabled = req.get_param_as_bool("enabled")
         if enabled is not None:
             query = query.where(m.Schedule.enabled == enabled)
@@ -117,7 +118,7 @@ class Schedules(_Base):
             "limit": page.limit, "offset": page.offset, "next_offset": page.offset + page.limit if more else None,
         }
 
-    @doc("Create a one-off or recurring (rrule) schedule", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="approved", errors=(422, 503))
+    @doc("Create a one-off or recurring (rrule) schedule (operators of the device's site)", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="site operator", errors=(403, 404, 422, 503))
     def on_post(self, req, resp):
         self._create(req, resp)
 
@@ -125,7 +126,7 @@ class Schedules(_Base):
 class AppSchedule(_Base):
     """The mobile app's name for creating a schedule."""
 
-    @doc("Create a schedule (the mobile app's call)", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="approved", errors=(422, 503))
+    @doc("Create a schedule (the mobile app's call; operators of the device's site)", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="site operator", errors=(403, 404, 422, 503))
     def on_post(self, req, resp):
         self._create(req, resp)
 

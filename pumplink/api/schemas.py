@@ -80,6 +80,7 @@ class DeviceCreate(Body):
     protocol: Literal["pumplink", "legacy"] = "pumplink"
     daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
     max_run_minutes: Number = Field(default=60, ge=MIN_MINUTES, le=24 * 60)
+    site_id: StrictInt | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class DevicePatch(Body):
@@ -90,6 +91,7 @@ class DevicePatch(Body):
     protocol: Literal["pumplink", "legacy"] = None
     daily_quota_minutes: Number | None = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
     max_run_minutes: Number = Field(default=None, ge=MIN_MINUTES, le=24 * 60)
+    site_id: StrictInt = Field(default=None, ge=1, le=2**31 - 1)
 
 
 # A day inside Python's range: a time without a zone gets the server's later, and no zone's

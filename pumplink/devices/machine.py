@@ -75,14 +75,15 @@ class Machine(Reactions):
         return act, self._done()
 
     def quota_refusal(self, duration_s: int, usage: Usage) -> Refusal | None:
-        checks = [("device", self.quota_s(), usage.device_used_s, self.reserved_s(self.now))]
+        """Every daily allowance that applies must hold; the one with the least time free decides."""
+        limits = [quota_rules.Limit("device", self.quota_s(), usage.device_used_s, self.reserved_s(self.now))]
+        if usage.member is not None:
+            limits.append(usage.member)
         if usage.user_quota_minutes is not None:
-            checks.append(("user", usage.user_quota_minutes * 60, usage.user_used_s, usage.user_reserved_s))
-        for kind, quota_s, used_s, reserved_s in checks:
-            ok, free = quota_rules.fits(quota_s, used_s, reserved_s, duration_s)
-            if not ok:
-                return Refusal("quota_exhausted", quota=kind, free_s=free)
-        return None
+            limits.append(quota_rules.Limit("user", usage.user_quota_minutes * 60, usage.user_used_s,
+                                            usage.user_reserved_s))
+        ok, tightest = quota_rules.strictest(limits, duration_s)
+        return None if ok else Refusal("quota_exhausted", quota=tightest.kind, free_s=tightest.free_s)
 
     def quota_s(self) -> float:
         minutes = self.st.device.daily_quota_minutes

@@ -49,19 +49,20 @@ class Requests:
         return activation_view(act, now)
 
     def _usage(self, now: dt.datetime, user_id: int | None, user_quota) -> Usage:
-        """Today's numbers for the quota check. A user's span devices: their lock comes first, so
-        checks of one user on two devices take turns (and on SQLite a write must come first)."""
-        if user_id is not None:
-            if user_quota is UNKNOWN:
-                usage.lock_user(self.db, user_id)
-                user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
-            elif user_quota is not None:
-                usage.lock_user(self.db, user_id)
+        """Today's numbers for the quota check. A user's own and per-member quotas span devices:
+        their lock comes first, so checks of one user on two devices take turns (and on SQLite a
+        write must come before any read)."""
+        if user_id is None:
+            return Usage(usage.used_today(now, self.config.tz, device_id=self.device_id))
+        usage.lock_user(self.db, user_id)
         device_used = usage.used_today(now, self.config.tz, device_id=self.device_id)
-        if user_id is None or user_quota is None:
-            return Usage(device_used)
+        if user_quota is UNKNOWN:
+            user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
+        member = usage.member_limit(now, self.config.tz, user_id, self.device_id)
+        if user_quota is None:
+            return Usage(device_used, member=member)
         return Usage(device_used, user_quota, usage.used_today(now, self.config.tz, user_id=user_id),
-                     usage.reserved(now, user_id=user_id))
+                     usage.reserved(now, user_id=user_id), member=member)
 
     def _refused(self, why: Refusal, now: dt.datetime) -> Exception:
         name = self.device.name
@@ -76,7 +77,7 @@ class Requests:
         if why.code == "queue_full":
             return TooManyRequests(f"{name} already has {why.queued} requests waiting; try again later.",
                                    "queue_full", retry_after=max(1, int(why.reserved_s)))
-        whose = f"{name}'s" if why.quota == "device" else "your"
+        whose = {"device": f"{name}'s", "member": "your site's"}.get(why.quota, "your")
         return TooManyRequests(
             f"This would pass {whose} daily quota: {why.free_s / 60:.1f} minutes are left today.",
             "quota_exhausted", retry_after=quota_rules.seconds_until_reset(now, self.config.tz),

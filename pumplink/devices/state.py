@@ -11,8 +11,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from pumplink.events import Audience
+
+if TYPE_CHECKING:
+    from pumplink.quota import rules as quota_rules
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -132,12 +136,13 @@ class Usage:
     user_quota_minutes: float | None = None  # None: the user has no quota (or there is no user)
     user_used_s: float = 0.0
     user_reserved_s: float = 0.0
+    member: "quota_rules.Limit | None" = None  # the user's per-member quota at the device's site
 
 
 @dataclasses.dataclass(frozen=True)
 class Refusal:
     code: str  # device_offline | off_unconfirmed | broker_unavailable | queue_full | quota_exhausted
-    quota: str | None = None  # device | user
+    quota: str | None = None  # device | member | user
     free_s: float = 0.0
     queued: int = 0
     reserved_s: float = 0.0

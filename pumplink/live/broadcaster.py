@@ -20,7 +20,8 @@ import pykka
 from pumplink.storage import models as m
 from pumplink.clock import iso
 from pumplink.storage.db import OPERATIONAL_ERRORS
-from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChanged, UserAccessChanged
+from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChanged, SitesChanged, UserAccessChanged
+from pumplink.sites.reach import Reach
 from pumplink.runtime import Runtime
 from pumplink.timers import tell_later
 from pumplink.live.connection import Connection
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 __all__ = ["BroadcasterActor", "Connection", "Register", "Unregister", "Subscribe", "Seen", "CloseAll",
            "EVERYONE", "ADMINS", "audience_of", "may_see", "dumps", "event_body", "legacy_frame"]
 
-# Who may see an event: EVERYONE logged in (device state: REST shows devices to every account),
-# ADMINS only, or one user id (the owner, as REST's "own rows, or everyone's for admins").
+# Who may see an event: EVERYONE who may see its device (device state), ADMINS only, or one user
+# id (the owner, as REST's "own rows, or everyone's for admins"); always within the receiver's
+# sites (``receives``, the rule REST's lists apply through sites.access).
 EVERYONE, ADMINS = "everyone", "admins"
 # The app reads 1008 as "logged out": used only when the account itself lost access.
 CLOSE_ACCESS = 1008
@@ -101,6 +103,11 @@ def may_see(role: str | None, user_id: int | None, audience) -> bool:
     return audience != ADMINS and user_id is not None and audience == user_id
 
 
+def receives(reach: Reach, role: str | None, user_id: int | None, device_id: int | None, audience) -> bool:
+    """Whether one receiver gets an event about ``device_id`` meant for ``audience``."""
+    return may_see(role, user_id, audience) and reach.may_see_device(user_id, role, device_id)
+
+
 def lost_access(old_role: str | None, new_role: str | None) -> bool:
     """Deleted, or demoted to pending: the account's sockets are closed with 1008."""
     return new_role is None or (new_role == "pending" and old_role != "pending")
@@ -146,7 +153,7 @@ class BroadcasterActor(pykka.ThreadingActor):
     """Keeps the registered clients and their subscriptions; numbers and fans out every event."""
 
     # The bus events it handles (the actor system subscribes it to these and no others).
-    EVENTS = (DeviceStateChanged, ActivationChanged, ScheduleChanged, UserAccessChanged)
+    EVENTS = (DeviceStateChanged, ActivationChanged, ScheduleChanged, UserAccessChanged, SitesChanged)
 
     def __init__(self, rt: Runtime):
         super().__init__()
@@ -162,6 +169,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         self._ids = itertools.count(1)
         self.last_event_id = 0
         self.metrics = getattr(rt, "metrics", None)
+        self.reach = Reach(rt.db)
         self._timer: threading.Timer | None = None
 
     def on_start(self) -> None:
@@ -185,6 +193,8 @@ class BroadcasterActor(pykka.ThreadingActor):
             self._fan_out(message)
         elif isinstance(message, UserAccessChanged):
             self._access_changed(message)
+        elif isinstance(message, SitesChanged):
+            self.reach.forget()
         elif isinstance(message, Register):
             self._register(message.connection)
             return self.last_event_id
@@ -265,6 +275,7 @@ class BroadcasterActor(pykka.ThreadingActor):
 
     def _recheck(self) -> None:
         """Backstop for role changes made outside this process (another server, the CLI, SQL)."""
+        self.reach.forget()
         users = sorted(self.by_user)
         if not users:
             return
@@ -319,9 +330,11 @@ class BroadcasterActor(pykka.ThreadingActor):
         gone = []
         for conn in self.clients.values():
             if conn.legacy:
-                if legacy is not None and not conn.offer(legacy):
+                if (legacy is not None and self.reach.may_see_device(conn.user_id, conn.role, device_id)
+                        and not conn.offer(legacy)):
                     gone.append(conn)
-            elif conn.wants(device_id) and may_see(conn.role, conn.user_id, audience) and not conn.offer(text):
+            elif (conn.wants(device_id) and receives(self.reach, conn.role, conn.user_id, device_id, audience)
+                  and not conn.offer(text)):
                 gone.append(conn)
         for conn in gone:
             self._forget(conn)

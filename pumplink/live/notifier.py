@@ -148,6 +148,13 @@ class NotifierActor(pykka.ThreadingActor):
         audience = alert.audience
         approved = m.User.role.in_(roles.APPROVED_ROLES)
         admins = m.User.role == "admin"
+        members = None
+        if alert.device_id is not None:
+            site = m.Device.select(m.Device.site).where(m.Device.id == alert.device_id)
+            members = m.Membership.select(m.Membership.user).where(m.Membership.site.in_(site))
+            # About a device, "the admins" are also those who manage its site.
+            managers = members.where(m.Membership.role == "manager")
+            admins = admins | (approved & m.User.id.in_(managers))
         if audience.group == "approved":
             where = approved
         elif audience.group == "admins":
@@ -161,6 +168,9 @@ class NotifierActor(pykka.ThreadingActor):
             where = m.User.id.is_null()
         if alert.extra_user_id is not None:
             where |= approved & (m.User.id == alert.extra_user_id)
+        if members is not None:
+            # An alert about a device reaches only who may see it: admins and its site's members.
+            where = where & ((m.User.role == "admin") | m.User.id.in_(members))
         users = m.User.select(m.User.id).where(where)
         return [t for (t,) in m.PushToken.select(m.PushToken.token).where(m.PushToken.user.in_(users))
                 .order_by(m.PushToken.id).tuples()]

@@ -26,6 +26,7 @@ from pumplink.accounts.service import Accounts
 from pumplink.clock import iso
 from pumplink.config import Config
 from pumplink.errors import DatabaseUnavailable, PumpLinkError, Unauthorized, Unavailable
+from pumplink.sites import access
 from pumplink.live.broadcaster import Connection, Register, Seen, Subscribe, Unregister, dumps, legacy_frame
 from pumplink.storage.db import OPERATIONAL_ERRORS
 
@@ -105,7 +106,7 @@ class LiveSocket:
         try:
             # Registered before the snapshot is taken: a change may show in both, none is missed.
             last_id = self.system.broadcaster.ask(Register(conn), timeout=5)
-            first = self._first_frames(conn, last_id)
+            first = self._first_frames(conn, user, last_id)
         except (pykka.Timeout, pykka.ActorDeadError):
             return self._refuse(conn, 1011, "The live feed is not available right now; reconnect shortly.")
         except PumpLinkError as exc:
@@ -140,11 +141,18 @@ class LiveSocket:
             log.warning("websocket authentication: database unavailable: %s", exc)
             raise DatabaseUnavailable("The database is not reachable right now; reconnect shortly.") from None
 
-    def _first_frames(self, conn: Connection, last_id: int) -> list[str]:
+    def _first_frames(self, conn: Connection, user, last_id: int) -> list[str]:
         gateway = self.system.gateway
+        try:
+            with self.db.connection_context():
+                visible = access.visible_devices(user)
+        except OPERATIONAL_ERRORS:
+            raise DatabaseUnavailable("The database is not reachable right now; reconnect shortly.") from None
         if conn.legacy:
+            if visible is not None and self.config.legacy_device_id not in visible:
+                return []  # the app's device is not in this account's sites: it is told nothing
             return [legacy_frame(gateway.summary(self.config.legacy_device_id)["state"])]
-        return [dumps({"type": "snapshot", "devices": gateway.snapshot(), "last_event_id": last_id,
+        return [dumps({"type": "snapshot", "devices": gateway.snapshot(visible), "last_event_id": last_id,
                        "at": iso(self.clock.now())})]
 
     def _read(self, conn: Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from typing import Iterable
@@ -46,3 +47,30 @@ def fits(quota_s: float, used_s: float, reserved_s: float, requested_s: float) -
     """Whether the request fits, and the seconds still free once reservations are counted."""
     free = max(0.0, quota_s - used_s - reserved_s)
     return requested_s <= free + 1e-6, free
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """One daily allowance that applies to a request: the device's, the member's at the device's
+    site, or the user's own; with what is used of it today and promised to open runs."""
+
+    kind: str  # device | member | user
+    quota_s: float
+    used_s: float
+    reserved_s: float
+
+    @property
+    def free_s(self) -> float:
+        return max(0.0, self.quota_s - self.used_s - self.reserved_s)
+
+
+def strictest(limits: Iterable[Limit], requested_s: float) -> tuple[bool, Limit | None]:
+    """Every limit must hold, so the one with the least time free decides (the first named wins a
+    tie): whether the request fits it, and that limit (None when there is none)."""
+    tightest = None
+    for limit in limits:
+        if tightest is None or limit.free_s < tightest.free_s - 1e-9:
+            tightest = limit
+    if tightest is None:
+        return True, None
+    return requested_s <= tightest.free_s + 1e-6, tightest

@@ -71,3 +71,23 @@ def by_device(now: dt.datetime, tz: ZoneInfo) -> dict[int, tuple[float, float]]:
         reserved_s[device_id] += promised(state, duration, ends_at, now)
     return {d: (quota.used_seconds(spans.get(d, ()), start, end, now), reserved_s.get(d, 0.0))
             for d in set(spans) | set(reserved_s)}
+
+
+def member_limit(now: dt.datetime, tz: ZoneInfo, user_id: int, device_id: int) -> quota.Limit | None:
+    """The user's per-member quota at the device's site, with today's use and promises on that
+    site's devices; None when the membership sets no quota."""
+    site = m.Device.select(m.Device.site).where(m.Device.id == device_id)
+    minutes = (m.Membership.select(m.Membership.daily_quota_minutes)
+               .where((m.Membership.user == user_id) & (m.Membership.site.in_(site))).scalar())
+    if minutes is None:
+        return None
+    devices = m.Device.select(m.Device.id).where(m.Device.site.in_(site))
+    start, end, where = _sessions_today(now, tz)
+    rows = (m.Session.select(m.Session.started_at, m.Session.ended_at)
+            .where(where & (m.Session.user == user_id) & m.Session.device.in_(devices)).tuples())
+    used = quota.used_seconds(((from_db(a), from_db(b)) for a, b in rows), start, end, now)
+    open_rows = (m.Activation.select(m.Activation.state, m.Activation.duration_s, m.Activation.ends_at)
+                 .where(m.Activation.state.in_(OPEN_STATES) & (m.Activation.user == user_id)
+                        & m.Activation.device.in_(devices)).tuples())
+    promised_s = sum(promised(state, duration, ends_at, now) for state, duration, ends_at in open_rows)
+    return quota.Limit("member", minutes * 60, used, promised_s)

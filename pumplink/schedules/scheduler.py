@@ -17,6 +17,7 @@ import peewee
 import pykka
 
 from pumplink.accounts import roles
+from pumplink.sites import access
 from pumplink.devices.messages import RunSettled
 from pumplink.storage import models as m
 from pumplink.clock import from_db, iso, to_db
@@ -166,6 +167,7 @@ class SchedulerActor(pykka.ThreadingActor):
         decision = plan(rec, due, now, self.config.schedule_grace_s, s.next_run_index)
         owner = m.User.get_or_none(m.User.id == s.user_id)
         approved = owner is not None and roles.approved(owner.role)
+        may_run, why_not = access.may_run(s.user_id, s.device_id) if approved else (False, None)
         outcome = "firing" if decision.fire else "missed"
         detail = None
         if not decision.fire:
@@ -179,6 +181,11 @@ class SchedulerActor(pykka.ThreadingActor):
             # runs again once an admin approves the account.
             outcome = "skipped"
             detail = f"the owner's account is not approved (role {owner.role if owner else 'none'}); not run"
+        elif not may_run:
+            # Removed from the device's site, or no longer an operator there: the schedule stays
+            # (a manager may restore the role) but does not start the pump.
+            outcome = "skipped"
+            detail = f"the owner may no longer run this device ({why_not}); not run"
         with self.db.atomic():
             try:
                 with self.db.atomic():
@@ -197,6 +204,8 @@ class SchedulerActor(pykka.ThreadingActor):
         if outcome == "skipped":
             log.warning("schedule %s run due %s skipped: %s", schedule_id, iso(due), detail)
             self._publish(s, "fired", {"run": run_view(run)})
+            if approved:
+                self._alert_skipped(s, due, detail)
             return
         if not decision.fire:
             log.warning("schedule %s run due %s missed (%.0fs late)", schedule_id, iso(due), (now - due).total_seconds())
@@ -337,6 +346,14 @@ class SchedulerActor(pykka.ThreadingActor):
     def _publish(self, s: m.Schedule, change: str, detail: dict) -> None:
         self.rt.bus.publish(ScheduleChanged(schedule_id=s.id, device_id=s.device_id, change=change, detail=detail,
                                             at=self.clock.now(), user_id=s.user_id))
+
+    def _alert_skipped(self, s: m.Schedule, due: dt.datetime, why: str) -> None:
+        # Not tied to the device: its owner is told even when no longer a member of its site.
+        self.rt.bus.publish(Alert(
+            key=f"schedule_skipped:{s.id}:{iso(due)}", kind="schedule_skipped", device_id=None,
+            title="A scheduled run was skipped", body=f"Schedule {s.id} (due {iso(due)}) did not run: {why}.",
+            audience=Audience.user(s.user_id), data={"schedule_id": s.id, "due_at": iso(due)},
+        ))
 
     def _alert_not_run(self, s: m.Schedule, due: dt.datetime, why: str | None) -> None:
         self.rt.bus.publish(Alert(

@@ -1,4 +1,4 @@
-"""The ``pumplink`` command: serve, migrate, create-admin, simulate, demo."""
+"""The ``pumplink`` command: serve, migrate, create-admin, create-site, add-member, simulate, demo."""
 
 from gevent import monkey
 
@@ -123,6 +123,52 @@ def _device_credentials(args) -> int:
     return 0
 
 
+def _create_site(args) -> int:
+    import json
+
+    from pumplink.errors import PumpLinkError
+    from pumplink.sites import members
+    from pumplink.storage import models as m
+
+    db, _ = _migrated_database(load())
+    try:
+        with db.connection_context(), db.atomic():
+            site = members.create_site(args.name)
+            m.AuditLog.create(action="site.create", target=f"site:{site.id}", site=site.id,
+                              detail=json.dumps({"name": site.name, "by": "cli"}))
+    except PumpLinkError as exc:
+        print(f"pumplink create-site: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"site {site.name!r} (id {site.id}) is ready")
+    return 0
+
+
+def _add_member(args) -> int:
+    import json
+
+    from pumplink.errors import PumpLinkError
+    from pumplink.sites import members
+    from pumplink.storage import models as m
+
+    db, _ = _migrated_database(load())
+    try:
+        with db.connection_context(), db.atomic():
+            where = m.Site.id == int(args.site) if args.site.isdigit() else m.Site.name == args.site
+            site = m.Site.get_or_none(where)
+            if site is None:
+                print(f"pumplink add-member: there is no site {args.site!r}", file=sys.stderr)
+                return 2
+            user, new = members.add_by_email(site.id, args.email, args.role)
+            m.AuditLog.create(action="member.add" if new else "member.update", target=f"user:{user.id}",
+                              site=site.id, detail=json.dumps({"role": args.role, "by": "cli"}))
+    except PumpLinkError as exc:
+        print(f"pumplink add-member: {exc.message}", file=sys.stderr)
+        return 2
+    # A running server reads memberships again within PUMPLINK_WS_ROLE_RECHECK_S for its live feed.
+    print(f"{user.email} is {'now' if new else 'still'} a member of {site.name!r} as {args.role}")
+    return 0
+
+
 def _simulate(args) -> int:
     from pumplink.devices.simulator import run_simulator
 
@@ -152,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     creds.add_argument("--password-file", help="add or replace the line in this Mosquitto password file")
     creds.add_argument("--acl-file", help="add or replace the stanza in this Mosquitto ACL file")
     creds.set_defaults(func=_device_credentials)
+    site = sub.add_parser("create-site", help="create a site (a farm, a village scheme)")
+    site.add_argument("name")
+    site.set_defaults(func=_create_site)
+    member = sub.add_parser("add-member", help="make an existing account a member of a site, or change its role")
+    member.add_argument("--site", required=True, help="the site's id or name")
+    member.add_argument("--email", required=True)
+    member.add_argument("--role", choices=("viewer", "operator", "manager"), default="operator")
+    member.set_defaults(func=_add_member)
     sim = sub.add_parser("simulate", help="simulated pump controllers speaking the MQTT protocol")
     sim.add_argument("--devices", type=int, default=1, help="how many controllers (ids 1..N)")
     sim.add_argument("--ids", help="comma-separated device ids instead of 1..N")

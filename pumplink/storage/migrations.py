@@ -8,6 +8,7 @@ import peewee as pw
 from playhouse.migrate import SchemaMigrator
 from playhouse.migrate import migrate as run_migration
 
+from pumplink.accounts import roles
 from pumplink.storage import models as m
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ def _v1_initial(db: pw.Database) -> None:
         "WHERE ended_at IS NULL"
     )
     if not m.Device.select().where(m.Device.id == 1).exists():
-        m.Device.insert(id=1, name="Motor Pump", protocol="pumplink").execute()
+        # A fresh install's tables are today's models: its first device already needs a site.
+        m.Device.insert(id=1, name="Motor Pump", protocol="pumplink", site=default_site_id()).execute()
         if isinstance(db, pw.PostgresqlDatabase):
             db.execute_sql("SELECT setval(pg_get_serial_sequence('device', 'id'), (SELECT MAX(id) FROM device))")
 
@@ -60,6 +62,45 @@ def _v3_schedule_run_index(db: pw.Database) -> None:
             log.warning("schedule %s: could not place its next run in its COUNT rule", s.id)
 
 
+DEFAULT_SITE_NAME = "Default site"
+
+
+def default_site_id() -> int:
+    """The default site's id, made when there is none (migrations 1 and 4)."""
+    found = m.default_site_id()
+    if found is None:
+        found = m.Site.insert(name=DEFAULT_SITE_NAME, is_default=True).execute()
+    return found
+
+
+def _v4_sites(db: pw.Database) -> None:
+    """Sites: every device into the default site, every approved account into it (admins as managers).
+
+    Each step checks what is there first, so running it again (or after a half-applied copy)
+    changes nothing and keeps every row."""
+    db.create_tables([m.Site, m.Membership, m.Invitation], safe=True)
+    site_id = default_site_id()
+    migrator = SchemaMigrator.from_database(db)
+    device_columns = {c.name: c for c in db.get_columns("device")}
+    if "site_id" not in device_columns:
+        run_migration(migrator.add_column("device", "site_id",
+                                          pw.ForeignKeyField(m.Site, null=True, field=m.Site.id, on_delete="RESTRICT")))
+    m.Device.update(site=site_id).where(m.Device.site.is_null()).execute()
+    if "site_id" not in device_columns or device_columns["site_id"].null:
+        run_migration(migrator.add_not_null("device", "site_id"))
+    if "device_site_id" not in {i.name for i in db.get_indexes("device")}:
+        run_migration(migrator.add_index("device", ("site_id",), False))
+    if "site_id" not in {c.name for c in db.get_columns("audit_log")}:
+        run_migration(migrator.add_column("audit_log", "site_id",
+                                          pw.ForeignKeyField(m.Site, null=True, field=m.Site.id, on_delete="SET NULL")))
+    members = set(m.Membership.select(m.Membership.user).where(m.Membership.site == site_id).tuples())
+    rows = [{"site": site_id, "user": uid, "role": "manager" if role == "admin" else "operator"}
+            for uid, role in m.User.select(m.User.id, m.User.role).where(m.User.role.in_(roles.APPROVED_ROLES)).tuples()
+            if (uid,) not in members]
+    if rows:
+        m.Membership.insert_many(rows).execute()
+
+
 def _zone():
     # Rules are read in the server's zone; migrations are given only the database.
     from zoneinfo import ZoneInfo
@@ -76,6 +117,7 @@ MIGRATIONS = [
     (1, "initial schema", _v1_initial),
     (2, "owed OFF and flapping flag on devices", _v2_device_safety),
     (3, "schedule.next_run_index for COUNT rules", _v3_schedule_run_index),
+    (4, "sites, memberships and invitations; devices and approved accounts into the default site", _v4_sites),
 ]
 
 

@@ -38,8 +38,47 @@ class RefreshToken(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
 
 
+class Site(BaseModel):
+    """A farm or a village scheme: every device belongs to one, people are members with a role."""
+
+    name = pw.CharField(max_length=100, unique=True)
+    # The site every device of an older install was put in, and new accounts join (see config).
+    is_default = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=_utcnow)
+
+
+class Membership(BaseModel):
+    site = pw.ForeignKeyField(Site, on_delete="CASCADE", backref="memberships")
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", backref="memberships")
+    role = pw.CharField(max_length=16)  # viewer | operator | manager (pumplink.sites.access.SITE_ROLES)
+    # NULL: no per-member quota at this site.
+    daily_quota_minutes = pw.FloatField(null=True)
+    created_at = pw.DateTimeField(default=_utcnow)
+
+    class Meta:
+        indexes = ((("site", "user"), True),)
+
+
+class Invitation(BaseModel):
+    site = pw.ForeignKeyField(Site, on_delete="CASCADE", backref="invitations")
+    # SHA-256 of the code: the code itself is shown once and never stored.
+    code_hash = pw.CharField(max_length=64, unique=True)
+    role = pw.CharField(max_length=16)
+    created_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
+    created_at = pw.DateTimeField(default=_utcnow)
+    expires_at = pw.DateTimeField()
+    used_at = pw.DateTimeField(null=True)
+    used_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
+
+
+def default_site_id() -> int | None:
+    """The site a device goes to when none is named (made by migration 4, or 1 on a fresh install)."""
+    return Site.select(Site.id).where(Site.is_default == True).order_by(Site.id).scalar()  # noqa: E712
+
+
 class Device(BaseModel):
     name = pw.CharField(max_length=100)
+    site = pw.ForeignKeyField(Site, on_delete="RESTRICT", backref="devices", index=True, default=default_site_id)
     protocol = pw.CharField(max_length=16, default="pumplink")
     # NULL: the PUMPLINK_DAILY_QUOTA_MINUTES setting applies.
     daily_quota_minutes = pw.FloatField(null=True)
@@ -149,6 +188,8 @@ class AuditLog(BaseModel):
     at = pw.DateTimeField(default=_utcnow, index=True)
     actor = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     action = pw.CharField(max_length=64)
+    # NULL: a server-wide entry (accounts, emergency stop), read by admins only.
+    site = pw.ForeignKeyField(Site, null=True, on_delete="SET NULL", index=True)
     target = pw.CharField(max_length=64, null=True)
     detail = pw.TextField(null=True)
 
@@ -158,7 +199,7 @@ class SchemaVersion(BaseModel):
     applied_at = pw.DateTimeField(default=_utcnow)
 
 
-MODELS = [User, RefreshToken, Device, Schedule, Activation, Session, DeviceLog, ScheduleRun,
+MODELS = [User, RefreshToken, Site, Membership, Invitation, Device, Schedule, Activation, Session, DeviceLog, ScheduleRun,
           PushToken, SentNotification, AuditLog, SchemaVersion]
 
 

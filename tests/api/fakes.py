@@ -15,6 +15,7 @@ from pumplink.config import Config
 from pumplink.events import EventBus
 from pumplink.metrics import Metrics
 from pumplink.runtime import BrokerStatus
+from pumplink.sites import access
 from pumplink.storage import migrations
 from pumplink.storage import models as m
 from pumplink.storage.db import make_database
@@ -57,6 +58,8 @@ class ApiWorld:
 
     def token(self, role: str = "user") -> str:
         user = m.User.create(email=f"{role}{m.User.select().count()}@example.org", password_hash="x", role=role)
+        if role == "user":  # as an approval does (PUMPLINK_JOIN_DEFAULT_SITE, on by default)
+            access.join_default(user.id)
         return self.accounts.access_token(user, NOW)
 
     def post(self, path: str, body, role: str = "user") -> falcon.testing.Result:

@@ -230,8 +230,11 @@ def test_alerts_reach_only_the_accounts_allowed_at_send_time(notifier_rt, expo):
     with rt.db.connection_context():
         device = m.Device.create(name="Audience pump")
         people = {role: m.User.create(email=f"{role}{secrets.token_hex(4)}@example.org", password_hash="x",
-                                      role="user" if role in ("plain", "gone") else role)
-                  for role in ("admin", "plain", "pending", "gone")}
+                                      role="user" if role in ("plain", "gone", "outsider") else role)
+                  for role in ("admin", "plain", "pending", "gone", "outsider")}
+        # Members of the device's site, as approval makes them; the outsider is approved but not a member.
+        for name in ("plain", "pending", "gone"):
+            m.Membership.create(site=device.site_id, user=people[name].id, role="operator")
         tokens = {name: expo_token() for name in people}
         for name, user in people.items():
             m.PushToken.create(token=tokens[name], user=user.id)
@@ -245,6 +248,8 @@ def test_alerts_reach_only_the_accounts_allowed_at_send_time(notifier_rt, expo):
         "gone": (dict(audience=f"user:{ids['gone']}"), set()),
         "admins+plain": (dict(audience="admins", extra_user_id=ids["plain"]), {"admin", "plain"}),
         "admins+pending": (dict(audience="admins", extra_user_id=ids["pending"]), {"admin"}),
+        "outsider": (dict(audience=f"user:{ids['outsider']}"), set()),
+        "admins+outsider": (dict(audience="admins", extra_user_id=ids["outsider"]), {"admin"}),
     }
     run = secrets.token_hex(4)
     ref = NotifierActor.start(rt)

@@ -91,3 +91,36 @@ def test_seconds_until_reset():
 ])
 def test_fits(quota, used, reserved, requested, ok, free):
     assert fits(quota, used, reserved, requested) == (ok, free)
+
+
+# --- several limits: the strictest one wins --------------------------------------------------------
+from pumplink.quota.rules import Limit, strictest  # noqa: E402
+
+
+def test_no_limit_lets_anything_through():
+    assert strictest([], 10_000) == (True, None)
+
+
+def test_the_limit_with_least_time_free_decides_not_the_smallest_quota():
+    device = Limit("device", quota_s=3600, used_s=3000, reserved_s=0)  # 600 s free
+    member = Limit("member", quota_s=1200, used_s=0, reserved_s=0)  # 1200 s free
+    user = Limit("user", quota_s=7200, used_s=0, reserved_s=6900)  # 300 s free
+    ok, tightest = strictest([device, member, user], 300)
+    assert ok and tightest is user
+    ok, tightest = strictest([device, member, user], 301)
+    assert not ok and tightest is user and tightest.free_s == 300
+
+
+def test_every_limit_must_hold_whatever_the_order():
+    limits = [Limit("member", 600, 100, 200), Limit("device", 3600, 0, 0), Limit("user", 900, 0, 0)]
+    for order in (limits, limits[::-1]):
+        ok, tightest = strictest(order, 301)
+        assert not ok and tightest.kind == "member"
+        assert strictest(order, 300) == (True, limits[0])
+
+
+def test_a_tie_is_named_by_the_first_limit_and_overdrawn_limits_have_nothing_free():
+    assert strictest([Limit("device", 600, 0, 0), Limit("member", 600, 0, 0)], 1)[1].kind == "device"
+    overdrawn = Limit("member", 600, 500, 400)
+    assert overdrawn.free_s == 0
+    assert strictest([overdrawn], 0.5) == (False, overdrawn)
