@@ -36,6 +36,11 @@ class Metrics:
                                             registry=r)
         self.retained_fetch_seconds = Gauge("pumplink_mqtt_retained_fetch_seconds",
                                             "How long the last fetch of every device's retained state took", registry=r)
+        self.flapping_live = Gauge("pumplink_devices_flapping_live",
+                                   "Devices changing state faster than PUMPLINK_LIVE_CHANGES_PER_S (live events debounced)",
+                                   registry=r)
+        self.live_debounced = Counter("pumplink_live_state_events_debounced",
+                                      "Device state events held back from WebSocket clients by debouncing", registry=r)
         self.scheduler_heap = Gauge("pumplink_scheduler_heap_size", "Schedules waiting in the scheduler's heap",
                                     registry=r)
         self.schedule_lateness = Histogram("pumplink_schedule_lateness_seconds",
