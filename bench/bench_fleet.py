@@ -133,6 +133,7 @@ def report(result: dict) -> None:
     print(table_header("PumpLink", "baseline"))
     print(fmt_row("retained messages received", f"{result['retained_received']}/{2 * n}",
                   f"{result['baseline_wildcard_received']}/{2 * n}", "-", note="baseline: one wildcard subscribe"))
+    print(f"  retained fetch took {result['fetch_s']:.2f} s (pumplink_mqtt_retained_fetch_seconds)")
     print(fmt_row("every state known after /health", f"{result['known_s_from_health']} s", "-", "-",
                   note=f"(from spawn {result['known_s_from_spawn']} s) {verdict(result['pass'])}"))
     lst = result["list"]

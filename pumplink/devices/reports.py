@@ -42,6 +42,20 @@ class Reports:
         else:
             log.warning("device %s ignores unknown message %r", self.device_id, message)
 
+    def _snapshot_without_writes(self, message) -> bool:
+        """A retained OFF or availability, or the broker coming back, for a device with nothing
+        running, queued, open or owed: handling it only changes memory (and says so to the live
+        view), so it needs no transaction."""
+        if isinstance(message, BrokerConnected):
+            pass
+        elif not isinstance(message, (StateReport, Availability)) or not message.retained:
+            return False
+        if isinstance(message, StateReport) and message.state != "off":
+            return False
+        return (self.current is None and self.pending is None and not self.queue and self.session is None
+                and self.unconfirmed_on is None and not self.off_owed and self.device is not None
+                and self.device.off_owed_since is None and not self.resync_needed)
+
     def _on_ack(self, ack: Ack) -> None:
         p = self.pending
         if not machine.ack_applies(p.id if p is not None else None, ack.command_id):

@@ -81,7 +81,15 @@ class Transactions:
         while self.backlog:
             message = self.backlog[0]
             try:
-                self._in_transaction(self._dispatch, message)
+                if self._snapshot_without_writes(message):
+                    # A fleet's retained snapshots come all at once at start-up: an idle device's
+                    # changes memory only, and must not queue 10,000 actors for 16 connections.
+                    try:
+                        self._dispatch(message)
+                    finally:
+                        self._close_connection()
+                else:
+                    self._in_transaction(self._dispatch, message)
             except DatabaseDown:
                 raise
             except Exception:
