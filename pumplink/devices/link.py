@@ -56,7 +56,7 @@ class _Marker:
 
     client: object
     seq: int
-    late: bool = False
+    late: object = None  # the fetch whose marker is overdue (a timer of an older fetch is stale)
 
 
 class _DropLog:
@@ -175,8 +175,8 @@ class MqttActor(pykka.ThreadingActor):
                 if message.client is self.client:
                     self._fetch_start()
             elif isinstance(message, _Marker):
-                if message.client is self.client:
-                    self._fetch_next(message.seq, message.late)
+                if message.client is self.client and (message.late is None or message.late is self._fetch):
+                    self._fetch_next(message.seq, message.late is not None)
         except Exception:  # noqa: BLE001
             log.exception("the MQTT actor failed handling %r", type(message).__name__)
 
@@ -219,7 +219,7 @@ class MqttActor(pykka.ThreadingActor):
             return
         self.client.subscribe([(topic, 1) for topic in topics])
         self.client.publish(self._marker_topic, str(fetch.seq), qos=1, retain=False)
-        tell_later(self.actor_ref, MARKER_WAIT_S, _Marker(self.client, fetch.seq, late=True))
+        tell_later(self.actor_ref, MARKER_WAIT_S, _Marker(self.client, fetch.seq, late=fetch))
 
     # --- the watchdog (this actor's thread) ---------------------------------------------------
     def _arm(self) -> None:
@@ -336,7 +336,7 @@ class MqttActor(pykka.ThreadingActor):
             if topic == self._probe_topic:
                 return
             if topic == self._marker_topic:
-                if msg.payload.isdigit():  # our own marker; anything else there is not
+                if msg.payload.isdigit() and len(msg.payload) <= 9:  # our own marker; anything else is not
                     self.actor_ref.tell(_Marker(client, int(msg.payload)))
                 return
             result = parse_inbound(self.rt.topics.prefix, self.rt.topics.legacy_base, topic, msg.payload,
