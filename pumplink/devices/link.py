@@ -10,6 +10,7 @@ died, that cannot reconnect, or that carries no message (not even its own probe)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import ssl
@@ -17,8 +18,6 @@ import time
 import uuid
 from typing import Callable
 from urllib.parse import unquote, urlsplit
-
-import dataclasses
 
 import paho.mqtt.client as mqtt
 import pykka
@@ -97,8 +96,9 @@ def _loop_alive(client: mqtt.Client | None) -> bool:
 
 class MqttActor(pykka.ThreadingActor):
     def __init__(self, rt: Runtime, route: Callable[[Inbound], str], on_connect: Callable[[], None],
-                 status: BrokerStatus, *, retained_topics: Callable[[], list[list[str]]] = list, watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S,
-                 silence_s: float = SILENCE_S, stuck_s: float = STUCK_S):
+                 status: BrokerStatus, *, retained_topics: Callable[[], list[list[str]]] = list,
+                 watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S, silence_s: float = SILENCE_S,
+                 stuck_s: float = STUCK_S):
         super().__init__()
         self.rt = rt
         self.route = route  # Inbound -> "ok" | a drop reason ("unknown_device", "wrong_protocol")
