@@ -14,6 +14,14 @@ import gevent.event
 SKIPPED = ',"skipped":'  # how a state frame ends (live.broadcaster.event_body puts it last)
 
 
+def skipped_in(frame) -> int:
+    """The ``skipped`` count a frame already carries (a debounced event stands for several)."""
+    cut = frame.rfind(SKIPPED) if isinstance(frame, str) else -1
+    if cut < 0 or not frame.endswith("}"):
+        return 0
+    return int(frame[cut + len(SKIPPED):-1])
+
+
 def with_skipped(frame: str, more: int) -> str:
     """``frame`` with ``more`` added to its ``skipped`` count (a legacy text frame has none)."""
     cut = frame.rfind(SKIPPED)
@@ -39,7 +47,9 @@ class Outbox:
         """False when full; never blocks."""
         replaced = 0
         if key is not None and key in self._items:
-            replaced = self._items.pop(key)[1] + 1
+            old, old_replaced = self._items.pop(key)
+            # The replaced frame, what it had replaced, and the changes it stood for itself.
+            replaced = old_replaced + 1 + skipped_in(old)
             self.coalesced += 1
         elif len(self._items) >= self.maxsize:
             return False

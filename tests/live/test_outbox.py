@@ -25,6 +25,13 @@ def test_a_newer_state_replaces_the_waiting_one_and_moves_to_the_end():
         raise AssertionError("the outbox should be empty")
 
 
+def test_a_replaced_frame_that_stood_for_several_changes_passes_its_count_on():
+    box = Outbox(3)
+    box.put('{"id":5,"skipped":3}', ("state", 1))
+    box.put('{"id":6,"skipped":0}', ("state", 1))
+    assert box.get(0) == '{"id":6,"skipped":4}'
+
+
 def test_a_full_outbox_refuses_new_entries_but_not_replacements():
     box = Outbox(2)
     assert box.put("a") and box.put(frame(2, 1), ("state", 2))
