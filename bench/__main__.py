@@ -1,9 +1,9 @@
 """``make bench``: every benchmark, each beside a baseline measured in the same run.
 
-    .venv/bin/python -m bench [latency throughput state_reports scale fanout schedules] [--quick] [--profile]
+    .venv/bin/python -m bench [latency throughput state_reports scale fanout fleet flapping schedules] [--quick] [--profile]
 
-Without names: latency, throughput, state_reports, scale and (if bench/bench_fanout.py is
-there) fanout. Results are merged into bench/results.json and the table in
+Without names: latency, throughput, state_reports, scale, fanout, fleet and flapping. Results
+are merged into bench/results.json and the table in
 docs/benchmarks.md is rewritten from it. ``--profile`` adds a py-spy pass of the server
 worker under the latency, throughput and state-report loads (``.venv/bin/pip install py-spy``).
 """
@@ -23,12 +23,12 @@ from .common import HERE, ROOT, UTC, Context, Profile, describe_machine, machine
 RESULTS = HERE / "results.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-DEFAULT = ["latency", "throughput", "state_reports", "scale", "fanout"]
+DEFAULT = ["latency", "throughput", "state_reports", "scale", "fanout", "fleet", "flapping"]
 CHOICES = DEFAULT + ["schedules"]
 
 
 def run_module(name: str, ctx: Context) -> dict:
-    if name in ("fanout", "schedules"):
+    if name in ("fanout", "schedules", "flapping"):
         return run_foreign(name, ctx)
     # Imported late so one benchmark's import cost or failure does not touch the others.
     module = __import__(f"bench.bench_{name}", fromlist=["run", "report"])
@@ -41,7 +41,8 @@ def run_foreign(name: str, ctx: Context) -> dict:
     """Benchmarks written as their own programs (bench_fanout patches gevent at import, which
     must not happen in this process): run in a child, read the JSON file they write."""
     args = {"fanout": ["--clients", "200", "--rounds", "5"] if ctx.quick else [],
-            "schedules": ["--size", "20000", "--measured", "5"] if ctx.quick else []}[name]
+            "schedules": ["--size", "20000", "--measured", "5"] if ctx.quick else [],
+            "flapping": ["--clients", "50", "--seconds", "2"] if ctx.quick else []}[name]
     out_file = HERE / f"results_{name}.json"
     before = out_file.stat().st_mtime if out_file.exists() else 0.0
     print(f"\n{name}: running python -m bench.bench_{name} {' '.join(args)}", flush=True)
@@ -99,6 +100,27 @@ def summary_rows(benchmarks: dict) -> list[tuple[str, str, str, str, str, str]]:
         rows.append((f"Fan-out: one state change to {fan['clients']} JSON WebSocket clients, last client",
                      f"{p['last_ms']} ms", f"bare gevent-websocket loop {b['last_ms']} ms",
                      f"{fan['ratio']['last_ms']}", "-", "-"))
+    fl = benchmarks.get("fleet")
+    if fl and "retained_received" in fl:
+        rows.append((f"Fleet restart: {fl['devices']} pumps online with retained state, then start-up: retained "
+                     "messages received (dropped), every state known after /health",
+                     f"{fl['retained_received']} of {fl['retained_sent']} ({fl['dropped']} dropped), "
+                     f"known in {_v(fl['known_s_from_health'], ' s')} (from spawn {_v(fl['known_s_from_spawn'], ' s')})",
+                     f"one wildcard subscribe: {fl['baseline_wildcard_received']} of {fl['retained_sent']}", "-",
+                     "all, within 10 s", _pass(fl.get("pass"))))
+        li = fl.get("list")
+        if li:
+            rows.append((f"GET /devices?limit=50 (first page), {fl['devices']} devices, p50 (max)",
+                         f"{li['p50_ms']} ms ({li['max_ms']})", f"whole list {li['whole_s']} s", "-", "<= 50 ms",
+                         _pass(li.get("pass"))))
+    fp = benchmarks.get("flapping")
+    if fp and "flapping" in fp:
+        f, c = fp["flapping"], fp["calm"]
+        rows.append((f"One pump flapping at {fp['flap_rate_per_s']}/s: another pump's {fp['changes']} changes to "
+                     f"{fp['clients']} JSON clients, p50 / p99 (missed); /health max",
+                     f"{f['p50_ms']} / {f['p99_ms']} ms ({f['missed']}); {fp['health_flapping_ms']['max']} ms",
+                     f"no flapping: {c['p50_ms']} / {c['p99_ms']} ms ({c['missed']}); {fp['health_calm_ms']['max']} ms",
+                     f"{fp.get('ratio_p99')}", "p99 <= 100 ms, none missed, /health < 100 ms", _pass(fp.get("pass"))))
     sc = benchmarks.get("scale")
     if sc and "full" in sc:
         f, base = sc["full"], sc["base"]

@@ -184,7 +184,8 @@ def pumplink_side(n: int):
 
     name = f"pumplink_bench_fanout_{run_id()}"
     url = create_database(name)
-    env = server_env(url, f"bench-fanout-{run_id()}", PUMPLINK_LOG_LEVEL="WARNING")
+    env = server_env(url, f"bench-fanout-{run_id()}", PUMPLINK_LOG_LEVEL="WARNING",
+                     PUMPLINK_MAX_WS_PER_USER=str(n + 10))
     server = Server(env, Path(f"/tmp/{name}.log"))
     pump = clients = None
     try:

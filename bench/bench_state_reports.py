@@ -178,7 +178,7 @@ class _LiveClient:
         if first.get("type") != "snapshot":
             raise RuntimeError(f"expected a snapshot first, got {first}")
         self.devices, self.expected = devices, expected
-        self.count, self.last = 0, 0.0
+        self.count, self.frames, self.last = 0, 0, 0.0
         self.progress = Progress()
         self.done = threading.Event()
         self.error: str | None = None
@@ -193,7 +193,10 @@ class _LiveClient:
                     return
                 body = json.loads(frame)
                 if body.get("type") == "device.state" and body.get("device_id") in self.devices:
-                    self.count += 1
+                    # An event that stands for changes the client skipped (it was behind, or the
+                    # device was debounced) counts for them too: each change reached the live view.
+                    self.count += 1 + int(body.get("skipped") or 0)
+                    self.frames += 1
                     self.last = time.monotonic()
                     self.progress.set(self.count)
                     if self.count >= self.expected:
@@ -233,7 +236,7 @@ def _server_rate(bs: BenchServer, devices: list[int], rounds: int, first_log_id:
         end = max(rows_at, live.last)
         seconds = end - began
         return {"messages": len(messages), "seconds": round(seconds, 3), "per_s": round(len(messages) / seconds, 1),
-                "publish_s": round(publish_s, 3), "log_rows": rows, "events_received": live.count,
+                "publish_s": round(publish_s, 3), "log_rows": rows, "events_received": live.count, "frames_received": live.frames,
                 "last_row_s": round(rows_at - began, 3), "last_event_s": round(live.last - began, 3)}
     finally:
         live.close()

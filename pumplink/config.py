@@ -59,6 +59,7 @@ class Config:
     ws_role_recheck_s: float = 30.0  # backstop re-read of connected accounts' roles (changes made elsewhere)
     max_push_tokens_per_user: int = 10
     manual_runs_per_hour: int = 20  # controller-started ONs per device before it counts as flapping
+    live_changes_per_s: int = 10  # state changes of one device within a second beyond which its live events are debounced
     min_run_s: int = 10  # shortest run a request or schedule may ask for
     schedule_min_gap_s: float = 300.0  # shortest time between two runs' starts of one schedule
     log_format: str = "text"
@@ -306,6 +307,7 @@ _PARSERS = {
     "ws_role_recheck_s": _positive(float),
     "max_push_tokens_per_user": _positive(int),
     "manual_runs_per_hour": _positive(int),
+    "live_changes_per_s": _positive(int),
     "min_run_s": _positive(int),
     "schedule_min_gap_s": _number(float),
     "log_format": _choice("text", "json"),

@@ -114,7 +114,7 @@ class Alert:
     """
 
     key: str
-    kind: str  # device_on | activation_failed | force_shutdown | schedule_missed | ack_timeout
+    kind: str  # device_on | activation_failed | force_shutdown | schedule_missed | ack_timeout | device_flapping(_live)
     device_id: int | None
     title: str
     body: str

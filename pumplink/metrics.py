@@ -29,6 +29,18 @@ class Metrics:
                                     registry=r)
         self.mqtt_restarts = Counter("pumplink_mqtt_link_restarts",
                                      "MQTT clients replaced by the watchdog, by reason", ["reason"], registry=r)
+        self.mqtt_retained = Counter("pumplink_mqtt_retained", "Retained device messages received, by kind", ["kind"],
+                                     registry=r)
+        self.retained_fetch_pending = Gauge("pumplink_mqtt_retained_fetch_pending",
+                                            "Devices whose retained state is still being fetched after a (re)connect",
+                                            registry=r)
+        self.retained_fetch_seconds = Gauge("pumplink_mqtt_retained_fetch_seconds",
+                                            "How long the last fetch of every device's retained state took", registry=r)
+        self.flapping_live = Gauge("pumplink_devices_flapping_live",
+                                   "Devices changing state faster than PUMPLINK_LIVE_CHANGES_PER_S (live events debounced)",
+                                   registry=r)
+        self.live_debounced = Counter("pumplink_live_state_events_debounced",
+                                      "Device state events held back from WebSocket clients by debouncing", registry=r)
         self.scheduler_heap = Gauge("pumplink_scheduler_heap_size", "Schedules waiting in the scheduler's heap",
                                     registry=r)
         self.schedule_lateness = Histogram("pumplink_schedule_lateness_seconds",

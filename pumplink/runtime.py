@@ -28,6 +28,7 @@ class Topics:
         return f"{self.legacy_base}/control"
 
     def subscriptions(self) -> list[str]:
+        """Every device topic, by wildcard (the link subscribes them without their retained messages)."""
         return [
             f"{self.prefix}/devices/+/ack",
             f"{self.prefix}/devices/+/state",
@@ -35,6 +36,16 @@ class Topics:
             f"{self.legacy_base}/+/ack",
             f"{self.legacy_base}/+/status",
         ]
+
+    def retained(self, device_id: int, protocol: str) -> list[str]:
+        """The topics a device keeps its retained snapshot on (MQTT.md): fetched per device at connect."""
+        if protocol == "legacy":
+            return [f"{self.legacy_base}/{device_id}/status"]
+        return [f"{self.prefix}/devices/{device_id}/state", f"{self.prefix}/devices/{device_id}/availability"]
+
+    def marker(self, client_id: str) -> str:
+        """Where the link publishes to itself (QoS 1) to learn that a batch of retained messages was delivered."""
+        return f"{self.prefix}/server/{client_id}/marker"
 
     def probe(self, client_id: str) -> str:
         """Where the server's MQTT watchdog publishes to itself to prove the link carries messages."""

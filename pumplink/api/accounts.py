@@ -11,6 +11,7 @@ from pumplink.views import audit_view
 from pumplink.api import answers as A
 from pumplink.api.openapi import MessageBody, doc
 from pumplink.api.schemas import Credentials, LogoutBody, PageQuery, RefreshBody, UserPatch
+from pumplink.api.paging import keyset
 from pumplink.api.support import Auth, client_address, page_params, path_id, read_json
 
 
@@ -83,9 +84,10 @@ class Users:
     def on_get(self, req, resp):
         self.auth.user(req, "admin")
         page = page_params(req)
-        query = m.User.select().order_by(m.User.id)
-        rows = list(query.offset(page.offset).limit(page.limit))
-        resp.media = {"items": [user_view(u) for u in rows], "limit": page.limit, "offset": page.offset}
+        rows, next_cursor = keyset(m.User.select(), [m.User.id], page.cursor, page.limit, offset=page.offset,
+                                   descending=False)
+        resp.media = {"items": [user_view(u) for u in rows], "limit": page.limit, "offset": page.offset,
+                      "next_cursor": next_cursor}
 
 
 class User:
@@ -126,5 +128,6 @@ class Audit:
     def on_get(self, req, resp):
         self.auth.user(req, "admin")
         page = page_params(req)
-        rows = m.AuditLog.select().order_by(m.AuditLog.id.desc()).offset(page.offset).limit(page.limit)
-        resp.media = {"items": [audit_view(a) for a in rows], "limit": page.limit, "offset": page.offset}
+        rows, next_cursor = keyset(m.AuditLog.select(), [m.AuditLog.id], page.cursor, page.limit, offset=page.offset)
+        resp.media = {"items": [audit_view(a) for a in rows], "limit": page.limit, "offset": page.offset,
+                      "next_cursor": next_cursor}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 Time = str  # ISO 8601 with Z
 
@@ -36,6 +36,7 @@ class UserPage(BaseModel):
     items: list[UserOut]
     limit: int
     offset: int
+    next_cursor: str | None = Field(default=None, description="the next page: ?cursor=<this>; null on the last page")
 
 
 class ActivationOut(BaseModel):
@@ -65,6 +66,7 @@ class ActivationPage(BaseModel):
     items: list[ActivationOut]
     limit: int
     offset: int
+    next_cursor: str | None = Field(default=None, description="the next page: ?cursor=<this>; null on the last page")
 
 
 class Today(BaseModel):
@@ -93,6 +95,8 @@ class DeviceOut(BaseModel):
 
 class DeviceList(BaseModel):
     devices: list[DeviceOut]
+    limit: int | None = Field(default=None, description="only when a page was asked for (?limit= or ?cursor=)")
+    next_cursor: str | None = Field(default=None, description="only when a page was asked for; null on the last page")
 
 
 class GoStatus(BaseModel):
@@ -133,6 +137,7 @@ class SessionPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+    next_cursor: str | None = Field(default=None, description="the next page: ?cursor=<this>; null on the last page")
 
 
 class LogOut(BaseModel):
@@ -152,6 +157,7 @@ class LogPage(BaseModel):
     limit: int
     offset: int
     next_offset: int | None
+    next_cursor: str | None = Field(default=None, description="the next page: ?cursor=<this>; null on the last page")
 
 
 class AuditOut(BaseModel):
@@ -167,6 +173,7 @@ class AuditPage(BaseModel):
     items: list[AuditOut]
     limit: int
     offset: int
+    next_cursor: str | None = Field(default=None, description="the next page: ?cursor=<this>; null on the last page")
 
 
 class Health(BaseModel):

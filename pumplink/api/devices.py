@@ -14,15 +14,26 @@ from pumplink.sites import access
 from pumplink.views import activation_view, log_view, session_view
 from pumplink.api import answers as A
 from pumplink.api.openapi import MessageBody, doc
-from pumplink.api.schemas import ActivateBody, ActivationQuery, DeviceCreate, DevicePatch, EmptyBody, PageQuery
+from pumplink.api.paging import id_page, keyset
+from pumplink.api.schemas import (ActivateBody, ActivationQuery, DeviceCreate, DevicePatch, DeviceQuery, EmptyBody,
+                                  PageQuery)
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 
 class Devices(Resource):
-    @doc("The devices of the caller's sites (admins: every device) with state, running activation, queue and today's use", answer=A.DeviceList, errors=(503,))
+    @doc("The devices of the caller's sites (admins: every device) with state, running activation, queue and "
+         "today's use; with ?limit= or ?cursor=, one page of them and next_cursor", query=DeviceQuery,
+         answer=A.DeviceList, errors=(400, 422, 503))
     def on_get(self, req, resp):
         user = self.auth.user(req)
-        resp.media = {"devices": self.gateway.devices(access.visible_devices(user))}
+        ids = self.gateway.device_ids(access.visible_devices(user))
+        if "limit" not in req.params and "cursor" not in req.params:
+            # The app reads the whole list: paging is asked for, never imposed.
+            resp.media = {"devices": self.gateway.devices(ids)}
+            return
+        page = DeviceQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "cursor")})
+        ids, next_cursor = id_page(ids, page.cursor, page.limit)
+        resp.media = {"devices": self.gateway.devices(ids), "limit": page.limit, "next_cursor": next_cursor}
 
     @doc("Create a device (admin) in site_id (default: the default site); at most one may speak the legacy protocol", body=DeviceCreate, status=201, answer=A.DeviceOut, auth="admin", errors=(409, 422, 503))
     def on_post(self, req, resp):
@@ -115,15 +126,16 @@ class Activations(Resource):
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
-        query = owned(m.Activation.select().order_by(m.Activation.id.desc()), m.Activation, user, req)
+        query = owned(m.Activation.select(), m.Activation, user, req)
         query = access.rows_of_visible_devices(query, m.Activation, user)
         state = req.get_param("state")
         if state:
             query = query.where(m.Activation.state == state)
         query = _window(query, m.Activation.created_at, page, self.tz)
         now = self.clock.now()
-        resp.media = {"items": [activation_view(a, now) for a in query.offset(page.offset).limit(page.limit)],
-                      "limit": page.limit, "offset": page.offset}
+        rows, next_cursor = keyset(query, [m.Activation.id], page.cursor, page.limit, offset=page.offset)
+        resp.media = {"items": [activation_view(a, now) for a in rows], "limit": page.limit, "offset": page.offset,
+                      "next_cursor": next_cursor}
 
 
 class Activation(Resource):
@@ -157,12 +169,12 @@ class _DeviceHistory(Resource):
         page = page_params(req)
         model = self.model
         time_field = model.started_at if model is m.Session else model.at
-        query = model.select().where(model.device == did).order_by(time_field.desc(), model.id.desc())
-        query = _window(query, time_field, page, self.tz)
-        rows = list(query.offset(page.offset).limit(page.limit + 1))
-        more = len(rows) > page.limit
-        resp.media = {"items": [type(self).view(r) for r in rows[: page.limit]], "limit": page.limit,
-                      "offset": page.offset, "next_offset": page.offset + page.limit if more else None}
+        query = _window(model.select().where(model.device == did), time_field, page, self.tz)
+        rows, next_cursor = keyset(query, [time_field, model.id], page.cursor, page.limit, offset=page.offset)
+        more = next_cursor is not None
+        resp.media = {"items": [type(self).view(r) for r in rows], "limit": page.limit, "offset": page.offset,
+                      "next_offset": page.offset + page.limit if more and page.cursor is None else None,
+                      "next_cursor": next_cursor}
 
 
 class Sessions(_DeviceHistory):

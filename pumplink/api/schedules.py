@@ -18,6 +18,7 @@ from pumplink.schedules.planning import Recurrence, check_new, parse_start
 from pumplink.views import schedule_view
 from pumplink.api.openapi import MessageBody, doc
 from pumplink.api.schemas import Body, Number, ScheduleQuery, Timed, minutes_field, seconds_field
+from pumplink.api.paging import keyset
 from pumplink.api.support import Resource, owned, page_params, path_id, read_json
 
 SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time, rrule, duration_s, enabled, "
@@ -25,7 +26,8 @@ SCHEDULE = {"type": "object", "description": "id, device_id, user_id, start_time
 SCHEDULE_ANSWER = {"type": "object", "properties": {"message": {"type": "string"}, "schedule": SCHEDULE}}
 SCHEDULE_PAGE = {"type": "object", "properties": {"items": {"type": "array", "items": SCHEDULE},
                                                   "limit": {"type": "integer"}, "offset": {"type": "integer"},
-                                                  "next_offset": {"type": "integer", "nullable": True}}}
+                                                  "next_offset": {"type": "integer", "nullable": True},
+                                                  "next_cursor": {"type": "string", "nullable": True}}}
 
 RUNS_SHOWN = 20
 LIST_BUDGET_S = 0.05  # CPU time one listing may spend on next runs
@@ -100,14 +102,13 @@ class Schedules(_Base):
     def on_get(self, req, resp):
         user = self.auth.user(req)
         page = page_params(req)
-        query = owned(m.Schedule.select().order_by(m.Schedule.id.desc()), m.Schedule, user, req)
+        query = owned(m.Schedule.select(), m.Schedule, user, req)
         query = access.rows_of_visible_devices(query, m.Schedule, user)
         enabled = req.get_param_as_bool("enabled")
         if enabled is not None:
             query = query.where(m.Schedule.enabled == enabled)
-        rows = list(query.offset(page.offset).limit(page.limit + 1))
-        more = len(rows) > page.limit
-        rows = rows[: page.limit]
+        rows, next_cursor = keyset(query, [m.Schedule.id], page.cursor, page.limit, offset=page.offset)
+        more = next_cursor is not None
         runs, counts = self._runs([s.id for s in rows])
         # A page of schedules works out next runs within one time budget; past it, each shows
         # only its stored next run (every rule is bounded, but a page holds many rules).
@@ -115,7 +116,8 @@ class Schedules(_Base):
         resp.media = {
             "items": [schedule_view(s, self.tz, runs[s.id], counts.get(s.id, 0), expand=time.thread_time() < deadline)
                       for s in rows],
-            "limit": page.limit, "offset": page.offset, "next_offset": page.offset + page.limit if more else None,
+            "limit": page.limit, "offset": page.offset,
+            "next_offset": page.offset + page.limit if more and page.cursor is None else None, "next_cursor": next_cursor,
         }
 
     @doc("Create a one-off or recurring (rrule) schedule (operators of the device's site)", body=ScheduleBody, status=201, answer=SCHEDULE_ANSWER, auth="site operator", errors=(403, 404, 422, 503))

@@ -115,8 +115,15 @@ CONTROL_CHARACTERS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 class PageQuery(Body):
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=10**9)
+    cursor: str | None = Field(default=None,
+                               description="next_cursor of the previous page: the page after it (stable under inserts)")
     since: StorableTime | None = Field(default=None, description="ISO 8601; without a zone, the server's")
     until: StorableTime | None = Field(default=None, description="ISO 8601; without a zone, the server's")
+
+
+class DeviceQuery(Body):
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
 
 
 class OwnedQuery(PageQuery):

@@ -194,7 +194,7 @@ class RequestLogMiddleware:
 def page_params(req: falcon.Request):
     from pumplink.api.schemas import PageQuery
 
-    return PageQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "offset", "since", "until")})
+    return PageQuery.model_validate({k: v for k, v in req.params.items() if k in ("limit", "offset", "cursor", "since", "until")})
 
 
 def owned(query, model, user, req: falcon.Request):

@@ -10,6 +10,7 @@ died, that cannot reconnect, or that carries no message (not even its own probe)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import ssl
@@ -20,8 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 import pykka
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from pumplink.devices.protocol import Drop, Inbound, parse_inbound
+from pumplink.devices.retained import MARKER_WAIT_S, RetainedFetch
 from pumplink.runtime import BrokerStatus, Runtime
 from pumplink.devices.messages import Publish
 from pumplink.timers import tell_later
@@ -37,6 +40,22 @@ DROP_LOG_S = 10.0  # per drop reason, one warning per this many seconds (a flood
 
 class _Watch:
     """Timer message: time to check the link."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetch:
+    """Connected: fetch every device's retained snapshot, a batch at a time (retained.py)."""
+
+    client: object
+
+
+@dataclasses.dataclass(frozen=True)
+class _Marker:
+    """The marker of batch ``seq`` came back (or, ``late``, did not in time)."""
+
+    client: object
+    seq: int
+    late: object = None  # the fetch whose marker is overdue (a timer of an older fetch is stale)
 
 
 class _DropLog:
@@ -77,18 +96,21 @@ def _loop_alive(client: mqtt.Client | None) -> bool:
 
 class MqttActor(pykka.ThreadingActor):
     def __init__(self, rt: Runtime, route: Callable[[Inbound], str], on_connect: Callable[[], None],
-                 status: BrokerStatus, *, watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S,
-                 silence_s: float = SILENCE_S, stuck_s: float = STUCK_S):
+                 status: BrokerStatus, *, retained_topics: Callable[[], list[list[str]]] = list,
+                 watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S, silence_s: float = SILENCE_S,
+                 stuck_s: float = STUCK_S):
         super().__init__()
         self.rt = rt
         self.route = route  # Inbound -> "ok" | a drop reason ("unknown_device", "wrong_protocol")
         self.notify_connected = on_connect
+        self.retained_topics = retained_topics  # per device, the topics of its retained snapshot
+        self._fetch: RetainedFetch | None = None
         self.status = status
         self.watchdog_s, self.probe_s, self.silence_s, self.stuck_s = watchdog_s, probe_s, silence_s, stuck_s
         self.client: mqtt.Client | None = None
         self._base_id = f"pumplink-server-{uuid.uuid4().hex[:12]}"
         self._clients = 0
-        self._probe_topic = ""
+        self._probe_topic = self._marker_topic = ""
         self._started = False  # connect() was called: a loop is expected to run
         self._stopping = False
         self._timer = None
@@ -106,7 +128,8 @@ class MqttActor(pykka.ThreadingActor):
         # A fresh id per client: a replaced client that wakes up later cannot take over the new
         # one's session (same-id clients kick each other off the broker).
         client_id = self._base_id if self._clients == 1 else f"{self._base_id}-{self._clients}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        # MQTT 5 for its subscription option "no retained messages" (see retained.py).
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if url.username:
             client.username_pw_set(unquote(url.username), unquote(url.password) if url.password else None)
         if url.scheme == "mqtts":
@@ -116,6 +139,7 @@ class MqttActor(pykka.ThreadingActor):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._probe_topic = self.rt.topics.probe(client_id)
+        self._marker_topic = self.rt.topics.marker(client_id)
         return client
 
     def connect(self) -> None:
@@ -128,7 +152,8 @@ class MqttActor(pykka.ThreadingActor):
         url = urlsplit(self.rt.config.mqtt_url)
         port = url.port or (8883 if url.scheme == "mqtts" else 1883)
         self._down_since = time.monotonic()
-        self.client.connect_async(url.hostname, port, keepalive=30)
+        # A clean session at every (re)connect: no command queued while away is delivered late.
+        self.client.connect_async(url.hostname, port, keepalive=30, clean_start=True)
         self.client.loop_start()
 
     def on_stop(self) -> None:
@@ -146,6 +171,12 @@ class MqttActor(pykka.ThreadingActor):
                 self.publish(message.topic, message.payload, message.qos)
             elif isinstance(message, _Watch):
                 self._watch()
+            elif isinstance(message, _Fetch):
+                if message.client is self.client:
+                    self._fetch_start()
+            elif isinstance(message, _Marker):
+                if message.client is self.client and (message.late is None or message.late is self._fetch):
+                    self._fetch_next(message.seq, message.late is not None)
         except Exception:  # noqa: BLE001
             log.exception("the MQTT actor failed handling %r", type(message).__name__)
 
@@ -160,6 +191,35 @@ class MqttActor(pykka.ThreadingActor):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
             return False
         return True
+
+    # --- the retained snapshots, a batch at a time (this actor's thread) ------------------------
+    def _fetch_start(self) -> None:
+        self._fetch = RetainedFetch(self.retained_topics())
+        self.rt.metrics.retained_fetch_pending.set(self._fetch.devices)
+        self._fetch_next(-1, False)
+
+    def _fetch_next(self, seq: int, late: bool) -> None:
+        fetch = self._fetch
+        if fetch is None or seq != fetch.seq or not self.status.connected.is_set():
+            return  # a stale marker, or a link that went down (its next connect fetches anew)
+        if late:
+            fetch.timeouts += 1
+            log.warning("retained batch %d not delivered within %.0fs; going on", seq, MARKER_WAIT_S)
+        done = fetch.current
+        if done:
+            # The per-device filters were only for the retained messages; the wildcards carry the rest.
+            self.client.unsubscribe(done)
+        topics = fetch.advance()
+        self.rt.metrics.retained_fetch_pending.set(fetch.pending_devices)
+        if topics is None:
+            self._fetch = None
+            self.rt.metrics.retained_fetch_seconds.set(fetch.elapsed())
+            log.info("retained state of %d devices fetched in %.2fs (%d batches)", fetch.devices, fetch.elapsed(),
+                     len(fetch.batches))
+            return
+        self.client.subscribe([(topic, 1) for topic in topics])
+        self.client.publish(self._marker_topic, str(fetch.seq), qos=1, retain=False)
+        tell_later(self.actor_ref, MARKER_WAIT_S, _Marker(self.client, fetch.seq, late=fetch))
 
     # --- the watchdog (this actor's thread) ---------------------------------------------------
     def _arm(self) -> None:
@@ -236,8 +296,12 @@ class MqttActor(pykka.ThreadingActor):
                 log.error("broker refused the connection: %s", reason_code)
                 return
             _no_delay(client)
-            # Subscribing again makes the broker send every retained state and availability anew.
-            client.subscribe([(topic, 1) for topic in self.rt.topics.subscriptions()] + [(self._probe_topic, 0)])
+            # The wildcards without their retained messages: a fleet's worth at once overflows the
+            # broker's queue for this client. The actor fetches them per device, in batches.
+            no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            client.subscribe([(topic, no_retained) for topic in self.rt.topics.subscriptions()]
+                             + [(self._probe_topic, SubscribeOptions(qos=0)), (self._marker_topic, SubscribeOptions(qos=1))])
+            self.actor_ref.tell(_Fetch(client))
             self._connected_at = self._last_inbound = time.monotonic()
             self.status.connects += 1
             self.status.last_error = None
@@ -271,12 +335,18 @@ class MqttActor(pykka.ThreadingActor):
                 return
             if topic == self._probe_topic:
                 return
+            if topic == self._marker_topic:
+                if msg.payload.isdigit() and len(msg.payload) <= 9:  # our own marker; anything else is not
+                    self.actor_ref.tell(_Marker(client, int(msg.payload)))
+                return
             result = parse_inbound(self.rt.topics.prefix, self.rt.topics.legacy_base, topic, msg.payload,
                                    bool(msg.retain))
             if isinstance(result, Drop):
                 self._drop(result, topic, msg.payload)
                 return
             self.rt.metrics.mqtt_messages.labels(result.kind).inc()
+            if msg.retain:
+                self.rt.metrics.mqtt_retained.labels(result.kind).inc()
             outcome = self.route(result)
             if outcome != "ok":
                 self._drop(Drop(outcome, f"device {result.device_id} ({result.protocol} topic)"), topic, b"")

@@ -21,7 +21,7 @@ import logging
 from pumplink.clock import from_db, to_db
 from pumplink.devices import rules
 from pumplink.devices.reactions import Reactions, actor_of
-from pumplink.devices.messages import TimerFired
+from pumplink.devices.messages import Availability, BrokerConnected, StateReport, TimerFired
 from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Publish, Refusal, RunChanged,
                                     Usage)
 from pumplink.events import Audience
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 TRANSITIONS = (
     "request queued", "request refused: offline", "request refused: off unconfirmed",
     "request refused: broker down", "request refused: queue full",
-    "quota fits", "quota refused for the device", "quota refused for the user",
+    "quota fits", "quota refused for the device", "quota refused for the user", "quota refused for the member at the site",
+    "idle snapshot without rows",
     "ON sent", "ON acked: running", "ON refused", "ON ack timeout: resend", "ON ack timeout: give up, OFF owed",
     "run ends at its time", "cancel queued", "cancel running", "cancel ended", "cancel a user's queue",
     "OFF acked", "OFF refused: owed, stuck", "OFF ack timeout: owed, session closed at likely time",
@@ -73,6 +74,19 @@ class Machine(Reactions):
         self.fx += [Insert(act), Count("accepted", (source,)), RunChanged(act)]
         self._advance()
         return act, self._done()
+
+    def writes_nothing(self, event) -> bool:
+        """Whether ``event`` can only change memory: an OFF report, availability or the broker's
+        return for a device with nothing running, queued, open or owed. A fleet's retained
+        snapshots arrive all at once after a connect; these need no transaction each."""
+        st = self.st
+        if isinstance(event, StateReport):
+            if event.state != "off":
+                return False
+        elif not isinstance(event, (Availability, BrokerConnected)):
+            return False
+        return (st.current is None and st.pending is None and not st.queue and st.session is None
+                and st.unconfirmed_on is None and not st.off_owed and st.device.off_owed_since is None)
 
     def quota_refusal(self, duration_s: int, usage: Usage) -> Refusal | None:
         """Every daily allowance that applies must hold; the one with the least time free decides."""

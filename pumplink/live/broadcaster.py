@@ -20,7 +20,9 @@ import pykka
 from pumplink.storage import models as m
 from pumplink.clock import iso
 from pumplink.storage.db import OPERATIONAL_ERRORS
-from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChanged, SitesChanged, UserAccessChanged
+from pumplink.events import (ActivationChanged, Alert, Audience, DeviceStateChanged, ScheduleChanged, SitesChanged,
+                             UserAccessChanged)
+from pumplink.live.debounce import HOLD_S, Debouncer
 from pumplink.sites.reach import Reach
 from pumplink.runtime import Runtime
 from pumplink.timers import tell_later
@@ -52,13 +54,16 @@ def legacy_frame(state: str) -> str:
     return "on" if state == "on" else "off"
 
 
-def event_body(event, event_id: int) -> tuple[int | None, dict] | None:
-    """``(device_id, JSON body)`` of an event for JSON clients; None for events they do not get."""
+def event_body(event, event_id: int, skipped: int = 0) -> tuple[int | None, dict] | None:
+    """``(device_id, JSON body)`` of an event for JSON clients; None for events they do not get.
+    ``skipped``: earlier state changes of the device this one stands for (debounced)."""
     if isinstance(event, DeviceStateChanged):
         return event.device_id, {
             "type": "device.state", "id": event_id, "device_id": event.device_id, "state": event.state,
             "previous": event.previous, "available": event.available, "activation_id": event.activation_id,
             "reason": event.reason, "at": iso(event.at),
+            # Last, so a client's outbox can add the states it replaced (live.connection.with_skipped).
+            "skipped": skipped,
         }
     if isinstance(event, ActivationChanged):
         act = event.activation
@@ -145,6 +150,13 @@ class CloseAll:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlushHeld:
+    """The debounce timer of a flapping device: send its latest state."""
+
+    device_id: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Recheck:
     """The timer's tick: read the roles of every connected account from the database."""
 
@@ -170,6 +182,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         self.last_event_id = 0
         self.metrics = getattr(rt, "metrics", None)
         self.reach = Reach(rt.db)
+        self.debounce = Debouncer(rt.config.live_changes_per_s)
         self._timer: threading.Timer | None = None
 
     def on_start(self) -> None:
@@ -189,7 +202,11 @@ class BroadcasterActor(pykka.ThreadingActor):
         self._close_all(1001, "The server is shutting down.")
 
     def _dispatch(self, message):
-        if isinstance(message, (DeviceStateChanged, ActivationChanged, ScheduleChanged)):
+        if isinstance(message, DeviceStateChanged):
+            self._state_changed(message)
+        elif isinstance(message, FlushHeld):
+            self._flush_held(message.device_id)
+        elif isinstance(message, (ActivationChanged, ScheduleChanged)):
             self._fan_out(message)
         elif isinstance(message, UserAccessChanged):
             self._access_changed(message)
@@ -316,8 +333,46 @@ class BroadcasterActor(pykka.ThreadingActor):
         return owner
 
     # --- events ----------------------------------------------------------------------------------
-    def _fan_out(self, event) -> None:
-        described = event_body(event, next(self._ids))
+    def _state_changed(self, event: DeviceStateChanged) -> None:
+        now = self.clock.monotonic()
+        send, flagged = self.debounce.offer(event.device_id, event, now)
+        if send is not None:
+            self._fan_out(send)
+            return
+        if self.metrics is not None:
+            self.metrics.live_debounced.inc()
+        if flagged:
+            self._flagged(event)
+            tell_later(self.actor_ref, HOLD_S, FlushHeld(event.device_id))
+
+    def _flush_held(self, device_id: int) -> None:
+        event, count, still = self.debounce.flush(device_id, self.clock.monotonic())
+        if event is not None:
+            self._fan_out(event, skipped=count - 1)
+        if still:
+            tell_later(self.actor_ref, HOLD_S, FlushHeld(device_id))
+        else:
+            log.info("device %s changes state at a calm pace again; its live events are no longer debounced", device_id)
+            self._count_flapping()
+
+    def _flagged(self, event: DeviceStateChanged) -> None:
+        limit = self.rt.config.live_changes_per_s
+        log.warning("device %s changed state more than %d times within a second; its live events are debounced",
+                    event.device_id, limit)
+        self._count_flapping()
+        self.rt.bus.publish(Alert(
+            key=f"device_flapping_live:{event.device_id}:{iso(event.at)}", kind="device_flapping_live",
+            device_id=event.device_id, title=f"Device {event.device_id} is flapping",
+            body=f"Device {event.device_id} changed state more than {limit} times within a second. Every change is "
+                 f"recorded; live views show its latest state a few times a second until it calms down.",
+            audience=Audience.admins()))
+
+    def _count_flapping(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flapping_live.set(self.debounce.flapping())
+
+    def _fan_out(self, event, skipped: int = 0) -> None:
+        described = event_body(event, next(self._ids), skipped)
         if described is None:
             return
         device_id, body = described
@@ -327,14 +382,16 @@ class BroadcasterActor(pykka.ThreadingActor):
         legacy = None
         if isinstance(event, DeviceStateChanged) and event.device_id == self.legacy_device_id:
             legacy = legacy_frame(event.state)
+        # A device's state waiting in a client's outbox is replaced by its newer state.
+        key = ("state", device_id) if isinstance(event, DeviceStateChanged) else None
         gone = []
         for conn in self.clients.values():
             if conn.legacy:
                 if (legacy is not None and self.reach.may_see_device(conn.user_id, conn.role, device_id)
-                        and not conn.offer(legacy)):
+                        and not conn.offer(legacy, "legacy")):
                     gone.append(conn)
             elif (conn.wants(device_id) and receives(self.reach, conn.role, conn.user_id, device_id, audience)
-                  and not conn.offer(text)):
+                  and not conn.offer(text, key)):
                 gone.append(conn)
         for conn in gone:
             self._forget(conn)

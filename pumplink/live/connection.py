@@ -2,25 +2,29 @@
 
 Two greenlets writing one gevent-websocket raise ``ConcurrentObjectUseError``, and a sequential
 broadcast blocks forever on a client that stops reading. Offering a frame never blocks; a
-client whose outbox is full is dropped.
+client whose outbox is full, or whose socket takes no frame for WRITE_STALL_S, is dropped. A
+device's state waiting in the outbox is replaced by its newer state (``live.outbox``): a
+client that is behind gets each device's latest state, with the skipped ones counted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import fcntl
 import itertools
 import logging
 import socket
 import struct
+import termios
 
 import gevent
 import gevent.lock
-import gevent.queue
 from geventwebsocket.exceptions import ProtocolError, WebSocketError
 from geventwebsocket.websocket import Header, WebSocket
 
 from pumplink.clock import Clock
+from pumplink.live.outbox import Empty, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,11 @@ log = logging.getLogger(__name__)
 OUTBOX_LIMIT = 100
 # Without a cap Linux grows a loopback send buffer to megabytes before a stuck client shows.
 SEND_BUFFER_BYTES = 16 * 1024
+# Data waiting for a peer that takes none of it for this long: the client is not reading; cut it
+# off. (Coalescing keeps one flapping pump from filling an outbox, so a full outbox alone no
+# longer finds every stuck client.)
+WRITE_STALL_S = 5.0
+STALL_CHECK_S = 1.0
 # A peer that does not answer our close frame within this time is cut off.
 CLOSE_WAIT_S = 2.0
 # gevent-websocket reads a frame of any announced length into memory; clients only send small JSON.
@@ -121,7 +130,7 @@ class Connection:
         self.role: str | None = None
         self.role_at: dt.datetime | None = None
         self.device_ids: frozenset[int] | None = None  # None: every device
-        self.outbox: gevent.queue.Queue = gevent.queue.Queue(outbox_limit)
+        self.outbox = Outbox(outbox_limit)
         self.last_heard = clock.monotonic()
         self.close_sent = False
         self.peer_close: int | None = None
@@ -134,6 +143,8 @@ class Connection:
         self._ping_sent_at: float | None = None
         self._last_legacy: str | None = None
         self._writer: gevent.Greenlet | None = None
+        self._stall: gevent.Greenlet | None = None  # armed while sent data waits for the peer
+        self._unsent_seen: tuple[int, float] | None = None  # (bytes, since when unchanged)
         self._timers: list[gevent.Greenlet] = []
         self._expiry: gevent.Greenlet | None = None
         self._lock = gevent.lock.Semaphore()
@@ -157,13 +168,12 @@ class Connection:
     def wants(self, device_id: int | None) -> bool:
         return self.device_ids is None or device_id is None or device_id in self.device_ids
 
-    def offer(self, frame) -> bool:
-        """Queue a frame; False (and the client dropped) when its outbox is full."""
+    def offer(self, frame, key=None) -> bool:
+        """Queue a frame (one with a ``key`` replaces a waiting one with that key); False (and the
+        client dropped) when its outbox is full."""
         if self.dead or self._closing:
             return False
-        try:
-            self.outbox.put_nowait(frame)
-        except gevent.queue.Full:
+        if not self.outbox.put(frame, key):
             self.abort(f"its outbox is full ({self.outbox.maxsize} frames): it is not reading")
             return False
         return True
@@ -191,9 +201,7 @@ class Connection:
         if self.dead or self._closing or self.close_sent:
             return
         if self._writer is not None and not self._writer.dead:
-            try:
-                self.outbox.put_nowait(_Close(code, reason))
-            except gevent.queue.Full:
+            if not self.outbox.put(_Close(code, reason)):
                 self.abort(f"its outbox is full while closing ({code})")
                 return
         else:
@@ -225,7 +233,7 @@ class Connection:
 
     def finish(self) -> None:
         """The reading greenlet is done: stop the writer, answer a close frame, release everything."""
-        for timer in self._timers + [self._expiry]:
+        for timer in self._timers + [self._expiry, self._stall]:
             if timer is not None:
                 timer.kill(block=False)
         writer = self._writer
@@ -256,7 +264,7 @@ class Connection:
             while True:
                 try:
                     item = self.outbox.get(timeout=self.ping_s)
-                except gevent.queue.Empty:
+                except Empty:
                     if not self._ping():
                         return
                     continue
@@ -270,13 +278,45 @@ class Connection:
                     if item == self._last_legacy:
                         continue  # the app hears about changes of on/off only
                     self._last_legacy = item
-                self._send_frame(item, OPCODE_TEXT)
+                try:
+                    with gevent.Timeout(WRITE_STALL_S):
+                        self._send_frame(item, OPCODE_TEXT)
+                except gevent.Timeout:
+                    self.abort(f"a frame waited {WRITE_STALL_S:g} s for its socket: it is not reading")
+                    return
+                if self._stall is None:
+                    self._stall = gevent.spawn_later(STALL_CHECK_S, self._check_stall)
         except (WebSocketError, OSError) as exc:
             self.abort(f"writing failed: {exc}")
         except Exception:
             # Whatever it was, this client must not stay registered with a dead writer.
             log.exception("websocket %s writer failed", self.id)
             self.abort("its writer failed")
+
+    def _unsent(self) -> int | None:
+        """Bytes sent but not yet taken by the peer (Linux); None where that cannot be read."""
+        sock = self._socket()
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, AttributeError, ValueError, TypeError):
+            return None
+
+    def _check_stall(self) -> None:
+        """While sent data waits for the peer: cut it off once it has taken nothing for WRITE_STALL_S."""
+        self._stall = None
+        if self.dead:
+            return
+        unsent, now = self._unsent(), self.clock.monotonic()
+        if not unsent:
+            self._unsent_seen = None
+            return
+        seen = self._unsent_seen
+        if seen is None or unsent < seen[0]:
+            self._unsent_seen = (unsent, now)
+        elif now - seen[1] >= WRITE_STALL_S:
+            self.abort(f"it took none of {unsent} waiting bytes for {WRITE_STALL_S:g} s: it is not reading")
+            return
+        self._stall = gevent.spawn_later(STALL_CHECK_S, self._check_stall)
 
     def _ping(self) -> bool:
         if self._ping_sent_at is not None and self.last_heard < self._ping_sent_at:

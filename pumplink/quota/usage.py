@@ -58,16 +58,21 @@ def reserved(now: dt.datetime, *, device_id: int | None = None, user_id: int | N
     return sum(promised(state, duration, ends_at, now) for state, duration, ends_at in rows)
 
 
-def by_device(now: dt.datetime, tz: ZoneInfo) -> dict[int, tuple[float, float]]:
-    """``{device_id: (used_s, reserved_s)}`` for every device, in two queries (``GET /devices``)."""
+def by_device(now: dt.datetime, tz: ZoneInfo, ids=None) -> dict[int, tuple[float, float]]:
+    """``{device_id: (used_s, reserved_s)}`` for every device (or those of ``ids``: a page), in two
+    queries (``GET /devices``)."""
     start, end, where = _sessions_today(now, tz)
+    open_runs = m.Activation.state.in_(OPEN_STATES)
+    if ids is not None:
+        where &= m.Session.device.in_(list(ids))
+        open_runs &= m.Activation.device.in_(list(ids))
     spans = collections.defaultdict(list)
     for device_id, a, b in m.Session.select(m.Session.device, m.Session.started_at, m.Session.ended_at).where(where).tuples():
         spans[device_id].append((from_db(a), from_db(b)))
     reserved_s = collections.defaultdict(float)
     for device_id, state, duration, ends_at in m.Activation.select(
             m.Activation.device, m.Activation.state, m.Activation.duration_s, m.Activation.ends_at
-    ).where(m.Activation.state.in_(OPEN_STATES)).tuples():
+    ).where(open_runs).tuples():
         reserved_s[device_id] += promised(state, duration, ends_at, now)
     return {d: (quota.used_seconds(spans.get(d, ()), start, end, now), reserved_s.get(d, 0.0))
             for d in set(spans) | set(reserved_s)}

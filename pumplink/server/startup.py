@@ -61,7 +61,8 @@ class ActorSystem:
         self.broadcaster = self._listen(BroadcasterActor.start(rt), *BroadcasterActor.EVENTS)
         if rt.config.push_enabled:
             self.notifier = self._listen(NotifierActor.start(rt), Alert)
-        self.mqtt = MqttActor.start(rt, self._route, self._on_broker_connect, self.broker)
+        self.mqtt = MqttActor.start(rt, self._route, self._on_broker_connect, self.broker,
+                                    retained_topics=self._retained_topics)
         self.supervisor = Supervisor(rt, self.mqtt)
         self.supervisor.start_all()  # crash recovery runs here, before any request
         self.mqtt.proxy().connect().get(timeout=10)
@@ -99,6 +100,11 @@ class ActorSystem:
         if self.supervisor is None:
             return "unknown_device"
         return self.supervisor.route(inbound.device_id, inbound.protocol, inbound.message)
+
+    def _retained_topics(self) -> list[list[str]]:
+        if self.supervisor is None:
+            return []
+        return [self.rt.topics.retained(d, self.supervisor.protocol(d) or "pumplink") for d in self.supervisor.ids()]
 
     def _on_broker_connect(self) -> None:
         if self.supervisor is not None:

@@ -14,7 +14,8 @@ from pumplink.clock import from_db, to_db
 from pumplink.devices import rules
 from pumplink.devices.machine import TRANSITIONS, Machine
 from pumplink.devices.messages import Ack, Availability, BrokerConnected, StateReport, TimerFired
-from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Device, DeviceState, Insert, Loaded,
+from pumplink.quota.rules import Limit
+from pumplink.devices.state import (ROWS, Activation, Alert, Arm, Cancel, Count, Device, DeviceState, Insert, Loaded,
                                     Publish, Refusal, RunChanged, Session, Settings, StateChanged, Update,
                                     UpdateDevice, Usage, WriteLog)
 
@@ -120,7 +121,8 @@ def test_queue_full():
     assert refusal.code == "queue_full" and refusal.queued == 2 and refusal.reserved_s == 180
 
 
-@covers("quota fits", "quota refused for the device", "quota refused for the user")
+@covers("quota fits", "quota refused for the device", "quota refused for the user",
+        "quota refused for the member at the site")
 @pytest.mark.parametrize("usage, duration, outcome", [
     (Usage(0.0), 3600, None),  # the device's 60 minutes, exactly
     (Usage(3000.0), 600, None),
@@ -128,6 +130,10 @@ def test_queue_full():
     (Usage(0.0, user_quota_minutes=10, user_used_s=300, user_reserved_s=200), 100, None),
     (Usage(0.0, user_quota_minutes=10, user_used_s=300, user_reserved_s=200), 101, ("user", 100.0)),
     (Usage(3590.0, user_quota_minutes=10), 60, ("device", 10.0)),  # the device is checked first
+    # The strictest allowance decides: the member's at the site, when it has the least time free.
+    (Usage(0.0, member=Limit("member", 600, 400, 100)), 100, None),
+    (Usage(0.0, member=Limit("member", 600, 400, 100)), 101, ("member", 100.0)),
+    (Usage(0.0, user_quota_minutes=10, user_used_s=500, member=Limit("member", 600, 0, 0)), 101, ("user", 100.0)),
 ])
 def test_quota(usage, duration, outcome):
     s = Shell()
@@ -136,6 +142,27 @@ def test_quota(usage, duration, outcome):
         assert isinstance(result, Activation)
     else:
         assert (result.code, result.quota, result.free_s) == ("quota_exhausted", *outcome)
+
+
+@covers("idle snapshot without rows")
+@pytest.mark.parametrize("event", [StateReport("off", "retained", None, True), Availability(False, True),
+                                   Availability(True, True), BrokerConnected()])
+def test_an_idle_devices_snapshot_changes_memory_only(event):
+    s = Shell()
+    assert s.m.writes_nothing(event)
+    fx = s.on(event, 1)
+    assert not [e for e in fx if isinstance(e, ROWS)]
+
+
+@pytest.mark.parametrize("busy", ["running", "owed"])
+def test_a_busy_device_takes_a_transaction_for_its_reports(busy):
+    s = Shell()
+    if busy == "running":
+        s.running(60)
+    else:
+        s.st.off_owed = True
+    assert not s.m.writes_nothing(StateReport("off", "manual", None, False))
+    assert not Shell().m.writes_nothing(StateReport("on", "manual", None, True))
 
 
 def test_quota_counts_what_this_device_promised():
