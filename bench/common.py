@@ -251,8 +251,9 @@ def insert_devices(url: str, count: int, *, max_run_minutes: float = 24 * 60) ->
     try:
         with conn, conn.cursor() as cur:
             ids = psycopg2.extras.execute_values(
-                cur, "INSERT INTO device (name, protocol, daily_quota_minutes, max_run_minutes, created_at) "
-                     "VALUES %s RETURNING id", rows, page_size=5000, fetch=True)
+                cur, "INSERT INTO device (name, protocol, daily_quota_minutes, max_run_minutes, created_at, site_id) "
+                     "VALUES %s RETURNING id", rows, page_size=5000, fetch=True,
+                template="(%s, %s, %s, %s, %s, (SELECT id FROM site WHERE is_default))")
     finally:
         conn.close()
     return sorted(i for (i,) in ids)

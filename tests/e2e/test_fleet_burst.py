@@ -27,8 +27,9 @@ def _insert_devices(url: str, count: int) -> list[int]:
     try:
         with conn, conn.cursor() as cur:
             ids = psycopg2.extras.execute_values(
-                cur, "INSERT INTO device (name, protocol, daily_quota_minutes, max_run_minutes, created_at) VALUES %s "
-                     "RETURNING id", [(f"Fleet pump {n}", "pumplink", None, 60, now) for n in range(count)],
+                cur, "INSERT INTO device (name, protocol, daily_quota_minutes, max_run_minutes, created_at, site_id) "
+                     "VALUES %s RETURNING id", [(f"Fleet pump {n}", "pumplink", None, 60, now) for n in range(count)],
+                template="(%s, %s, %s, %s, %s, (SELECT id FROM site WHERE is_default))",
                 fetch=True)
     finally:
         conn.close()
