@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 class Config:
     database_url: str = "sqlite:///pumplink.db"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_protocol: str = "5"  # 5, or 3.1.1 for a broker without MQTT 5 (the demo's embedded one)
     mqtt_prefix: str = "pumplink"
     legacy_base: str = "device"
     bind: str = "127.0.0.1:8080"
@@ -195,6 +196,12 @@ def _admin_password(name: str, raw: str) -> str | None:
     return raw
 
 
+def _mqtt_protocol(name: str, raw: str) -> str:
+    if raw not in ("5", "3.1.1"):
+        raise ConfigError(f"{name}: expected 5 or 3.1.1, got {raw!r}")
+    return raw
+
+
 def _database_url(name: str, raw: str) -> str:
     scheme = urlsplit(raw).scheme
     if scheme not in ("sqlite", "postgresql", "postgres"):
@@ -271,6 +278,7 @@ def _log_level(name: str, raw: str) -> str:
 _PARSERS = {
     "database_url": _database_url,
     "mqtt_url": _mqtt_url,
+    "mqtt_protocol": _mqtt_protocol,
     "mqtt_prefix": _topic_part,
     "legacy_base": _topic_part,
     "bind": _bind,

@@ -129,7 +129,8 @@ class MqttActor(pykka.ThreadingActor):
         # one's session (same-id clients kick each other off the broker).
         client_id = self._base_id if self._clients == 1 else f"{self._base_id}-{self._clients}"
         # MQTT 5 for its subscription option "no retained messages" (see retained.py).
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        protocol = mqtt.MQTTv5 if self.rt.config.mqtt_protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if url.username:
             client.username_pw_set(unquote(url.username), unquote(url.password) if url.password else None)
         if url.scheme == "mqtts":
@@ -298,10 +299,17 @@ class MqttActor(pykka.ThreadingActor):
             _no_delay(client)
             # The wildcards without their retained messages: a fleet's worth at once overflows the
             # broker's queue for this client. The actor fetches them per device, in batches.
-            no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-            client.subscribe([(topic, no_retained) for topic in self.rt.topics.subscriptions()]
-                             + [(self._probe_topic, SubscribeOptions(qos=0)), (self._marker_topic, SubscribeOptions(qos=1))])
-            self.actor_ref.tell(_Fetch(client))
+            if self.rt.config.mqtt_protocol == "5":
+                no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+                client.subscribe([(topic, no_retained) for topic in self.rt.topics.subscriptions()]
+                                 + [(self._probe_topic, SubscribeOptions(qos=0)),
+                                    (self._marker_topic, SubscribeOptions(qos=1))])
+                self.actor_ref.tell(_Fetch(client))
+            else:
+                # MQTT 3.1.1 has no such option: the retained messages come with the wildcards,
+                # as many as the broker queues for one client (fine for a small install).
+                client.subscribe([(topic, 1) for topic in self.rt.topics.subscriptions()]
+                                 + [(self._probe_topic, 0), (self._marker_topic, 1)])
             self._connected_at = self._last_inbound = time.monotonic()
             self.status.connects += 1
             self.status.last_error = None

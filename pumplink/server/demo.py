@@ -127,6 +127,7 @@ def run_demo(args) -> int:
         env = dict(os.environ)
         env.update({
             "PUMPLINK_MQTT_URL": mqtt_url,
+            "PUMPLINK_MQTT_PROTOCOL": "3.1.1",  # the embedded broker (amqtt) speaks MQTT 3.1.1 only
             "PUMPLINK_BIND": config.bind,
             "PUMPLINK_DATABASE_URL": config.database_url,
             "PUMPLINK_AUTO_APPROVE": "true",
