@@ -113,6 +113,25 @@ def wait_line(lines: queue.Queue, wanted: str, timeout: float) -> None:
             return
 
 
+def start_member_process(hosts, node, root, session_timeout_s, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster.member_process", hosts, node, root, str(session_timeout_s), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_under_gevent_a_member_uses_kazoos_gevent_handler_and_takes_its_partitions(zookeeper, zk_root, observer):
+    proc = start_member_process(zookeeper.hosts, "green:8080", zk_root, 10.0, "gevent")
+    try:
+        lines = read_lines(proc)
+        wait_line(lines, "SequentialGeventHandler", WAIT_S)
+        wait_line(lines, f"owned {PARTITIONS}", WAIT_S)
+        assert_each_partition_has_one_owner(observer, zk_root, ["green:8080"])
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_a_dead_members_partitions_move_only_after_its_session_expired(zookeeper, members, observer, zk_root):
     victim_timeout = 4.0
     nodes = ["node-a:8080", "node-b:8080", "victim:8080"]
@@ -125,11 +144,7 @@ def test_a_dead_members_partitions_move_only_after_its_session_expired(zookeeper
     survivors = [members(node, on_acquired=record) for node in nodes[:2]]
     for member in survivors:
         assert member.wait_for(owns_its_share(nodes[:2]), WAIT_S)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.cluster.member_process", zookeeper.hosts, "victim:8080", zk_root,
-         str(victim_timeout)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = start_member_process(zookeeper.hosts, "victim:8080", zk_root, victim_timeout)
     try:
         lines = read_lines(proc)  # it joins a party of three at once, so it only ever acquires
         wait_line(lines, f"owned {len(share['victim:8080'])}", WAIT_S)
