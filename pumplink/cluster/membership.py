@@ -177,7 +177,8 @@ class Member:
         if state == KazooState.SUSPENDED:
             self._set_session(Session.SUSPENDED)
         elif state == KazooState.LOST:
-            self._lost |= set(self._held)
+            with self._changed:
+                self._lost |= set(self._held)
             self._joined = False
             self._set_held({})
             self._set_session(Session.LOST)
@@ -224,9 +225,10 @@ class Member:
                     failed = True
 
     def _reconcile(self) -> None:
-        for p in sorted(self._lost):
+        with self._changed:
+            lost, self._lost = self._lost, set()
+        for p in sorted(lost):
             self._on_released(p)
-        self._lost.clear()
         if self._session is not Session.CONNECTED:
             return
         if not self._joined:

@@ -8,6 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
+
 from tests.support import free_port
 
 JAR = Path("/usr/share/java/zookeeper.jar")  # its manifest names the jars it needs
@@ -26,6 +29,9 @@ class ZooKeeper:
             f"tickTime=200\ndataDir={home / 'data'}\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
             "minSessionTimeout=1000\nmaxSessionTimeout=30000\nadmin.enableServer=false\n"
             "4lw.commands.whitelist=ruok\n"
+            # A test server: no fsync and no 64 MB log preallocation, which a loaded disk makes slow.
+            # A SIGKILLed server still keeps what it wrote (the page cache), so sessions survive a restart.
+            "forceSync=no\npreAllocSize=1024\n"
         )
 
     def start(self) -> "ZooKeeper":
@@ -42,7 +48,7 @@ class ZooKeeper:
         while time.monotonic() < deadline:  # a process start-up: nothing to wait on but the port
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ZooKeeper exited: see {self.home / 'zookeeper.log'}")
-            if self._ok():
+            if self._ok() and self._takes_sessions(deadline - time.monotonic()):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"ZooKeeper did not answer in {START_TIMEOUT_S} s")
@@ -54,6 +60,18 @@ class ZooKeeper:
                 return s.recv(4) == b"imok"
         except OSError:
             return False
+
+    def _takes_sessions(self, within: float) -> bool:
+        # Ready means a session can be created (its first write), not just an open port.
+        client = KazooClient(hosts=self.hosts, timeout=10)
+        try:
+            client.start(timeout=max(1.0, within))
+            return True
+        except KazooTimeoutError:
+            return False
+        finally:
+            client.stop()
+            client.close()
 
     def kill(self) -> None:
         """Gone at once, as after a crash: clients see their connection drop."""
