@@ -147,7 +147,12 @@ class Member:
     # -- life --------------------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> "Member":
         self.client.add_listener(self._on_state)
-        self.client.start(timeout=timeout)
+        try:
+            self.client.start(timeout=timeout)
+        except Exception:
+            self.client.stop()  # else kazoo keeps trying to connect in the background
+            self.client.close()
+            raise
         self._set_session(Session.CONNECTED)
         self._worker = self.client.handler.spawn(self._run)
         self._poke()
