@@ -1,0 +1,4 @@
+"""Running PumpLink as several nodes: the partition map and partition ownership on ZooKeeper.
+
+Nothing here is imported by single-node serving.
+"""

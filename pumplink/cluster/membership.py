@@ -1,0 +1,333 @@
+"""This node's membership and partition ownership on ZooKeeper, through kazoo's recipes.
+
+- Membership: kazoo's ``Party`` under ``<root>/members`` (one ephemeral znode per node, holding
+  its name and internal address). Every node reads the party and computes the same assignment
+  (``partitions.assign``).
+- Ownership: one kazoo ``Lock`` per partition under ``<root>/partitions/<p>``. A node takes the
+  locks of the partitions assigned to it and gives back those it no longer has. The lock's
+  znode is ephemeral and sequential: its sequence number is the partition's **epoch**, a
+  fencing token that only grows (ZooKeeper numbers a parent's children in order, and the
+  partition's znode is never deleted).
+- A dead node's locks and party znode go only when ZooKeeper expires its session, so its
+  partitions move only then. A node leaving cleanly (``stop``) releases at once.
+- Session SUSPENDED: ``may_send_on`` is False at once (OFF stays allowed); the locks may still
+  be ours, and are again if the session comes back. LOST: every partition is gone.
+
+Callbacks (``on_acquired(p, epoch)``, ``on_released(p)``) run in the member's own worker, never
+in kazoo's connection thread. ``on_acquired`` runs before the partition counts as owned (the place
+for the moved devices' recovery; if it raises, the lock is given back and tried again soon);
+``on_released`` runs before the lock is given back.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.protocol.states import KazooState
+
+from pumplink.cluster.partitions import PARTITIONS, assign, partition_of
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_ERROR_S = 0.5
+_LOCK_MARK = "__lock__"
+_PARTY_MARK = "__party__"
+
+
+class Session(str, enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    SUSPENDED = "suspended"  # connection lost, session may still live: no ON
+    LOST = "lost"  # session expired: nothing is ours any more
+    STOPPED = "stopped"
+
+
+def make_handler():
+    """kazoo's gevent handler when the process runs under gevent (the server), else threads."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        monkey = None
+    if monkey is not None and monkey.is_module_patched("socket"):
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        return SequentialGeventHandler()
+    from kazoo.handlers.threading import SequentialThreadingHandler
+
+    return SequentialThreadingHandler()
+
+
+def make_client(hosts: str, session_timeout_s: float) -> KazooClient:
+    # Reconnect quickly (≤ 1 s apart): a session only survives if we are back before it expires.
+    return KazooClient(
+        hosts=hosts,
+        timeout=session_timeout_s,
+        handler=make_handler(),
+        connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
+    )
+
+
+def _sequence(lock_node: str) -> int:
+    return int(lock_node[-10:])
+
+
+class Member:
+    """One node: joins the party, owns the partitions assigned to it, follows the session."""
+
+    def __init__(
+        self,
+        hosts: str,
+        node: str,
+        address: str,
+        *,
+        root: str = "/pumplink",
+        session_timeout_s: float = 10.0,
+        partitions: int = PARTITIONS,
+        on_acquired: Callable[[int, int], None] | None = None,
+        on_released: Callable[[int], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.partitions = partitions
+        self._root = root.rstrip("/")
+        self._members_path = f"{self._root}/members"
+        self._on_acquired = on_acquired or (lambda p, epoch: None)
+        self._on_released = on_released or (lambda p: None)
+        self.client = make_client(hosts, session_timeout_s)
+        self._party = self.client.Party(self._members_path, json.dumps({"node": node, "address": address}))
+        self._session = Session.CONNECTING
+        self._joined = False
+        self._held: Mapping[int, tuple[object, int]] = MappingProxyType({})  # p -> (Lock, epoch)
+        self._lost: set[int] = set()  # taken by a LOST session; told to on_released by the worker
+        self._stopping = False
+        self._changed = threading.Condition()
+        self._wake = self.client.handler.event_object()
+        self._mutex = self.client.handler.lock_object()
+        self._worker = None
+
+    # -- what the device layer reads -------------------------------------------------------
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    def owned(self) -> dict[int, int]:
+        """Partitions this node holds the lock of, with their epochs."""
+        return {p: epoch for p, (_, epoch) in self._held.items()}
+
+    def epoch_for(self, device_id: int) -> int | None:
+        held = self._held.get(partition_of(device_id, self.partitions))
+        return held[1] if held else None
+
+    def may_send_on(self, device_id: int) -> bool:
+        """Only while the session is healthy and the device's partition is ours. OFF is always safe."""
+        return self._session is Session.CONNECTED and partition_of(device_id, self.partitions) in self._held
+
+    def status(self) -> dict:
+        owned = self.owned()
+        return {
+            "node": self.node,
+            "address": self.address,
+            "session": self._session.value,
+            "may_send_on": self._session is Session.CONNECTED and bool(owned),
+            "partitions": owned,
+        }
+
+    def wait_for(self, predicate: Callable[["Member"], bool], timeout: float) -> bool:
+        """Waits until ``predicate(self)`` holds (re-checked on every change of session or ownership)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    # -- life --------------------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> "Member":
+        self.client.add_listener(self._on_state)
+        try:
+            self.client.start(timeout=timeout)
+        except Exception:
+            self.client.stop()  # else kazoo keeps trying to connect in the background
+            self.client.close()
+            raise
+        self._set_session(Session.CONNECTED)
+        self._worker = self.client.handler.spawn(self._run)
+        self._poke()
+        return self
+
+    def stop(self) -> None:
+        """A planned leave: leave the party, give back every partition at once, close the session."""
+        self._stopping = True
+        self._poke()
+        with self._mutex:
+            try:
+                if self._session is Session.CONNECTED:
+                    self._party.leave()
+                    for p in sorted(self._held):
+                        self._release(p)
+            except KazooException:
+                log.warning("cluster: clean handover failed; partitions move when the session expires", exc_info=True)
+            finally:
+                self._set_held({})
+                self.client.remove_listener(self._on_state)
+                self._set_session(Session.STOPPED)
+                self.client.stop()
+                self.client.close()
+
+    # -- kazoo's connection thread: only record and wake -------------------------------------
+    def _on_state(self, state: str) -> bool:
+        if state == KazooState.SUSPENDED:
+            self._set_session(Session.SUSPENDED)
+        elif state == KazooState.LOST:
+            with self._changed:
+                self._lost |= set(self._held)
+            self._joined = False
+            self._set_held({})
+            self._set_session(Session.LOST)
+        elif state == KazooState.CONNECTED:
+            self._set_session(Session.CONNECTED)
+        self._poke()
+        return False  # keep listening
+
+    def _poke(self, *_event) -> None:
+        self._wake.set()
+
+    def _set_session(self, session: Session) -> None:
+        if session is not self._session:
+            log.info("cluster: %s session %s", self.node, session.value)
+        with self._changed:
+            self._session = session
+            self._changed.notify_all()
+
+    def _set_held(self, held: Mapping[int, tuple[object, int]]) -> None:
+        with self._changed:
+            self._held = MappingProxyType(dict(held))
+            self._changed.notify_all()
+
+    # -- the worker: one reconcile at a time ---------------------------------------------------
+    def _run(self) -> None:
+        failed = False
+        while not self._stopping:
+            self._wake.wait(RETRY_AFTER_ERROR_S if failed else None)
+            self._wake.clear()
+            if self._stopping:
+                break
+            with self._mutex:
+                if self._stopping:
+                    break
+                try:
+                    self._reconcile()
+                    failed = False
+                except KazooException as exc:
+                    # Connection trouble also arrives as a state change; other errors retry soon.
+                    log.info("cluster: %s reconcile failed (%s); retrying", self.node, exc.__class__.__name__)
+                    failed = True
+                except Exception:
+                    log.exception("cluster: %s reconcile failed in a callback; retrying", self.node)
+                    failed = True
+
+    def _reconcile(self) -> None:
+        with self._changed:
+            lost, self._lost = self._lost, set()
+        for p in sorted(lost):
+            self._on_released(p)
+        if self._session is not Session.CONNECTED:
+            return
+        if not self._joined:
+            self._party.join()
+            self._joined = True
+        wanted = assign(self._members(), self.partitions).get(self.node, frozenset())
+        for p in sorted(set(self._held) - wanted):
+            self._release(p)
+        for p in sorted(wanted - set(self._held)):
+            if self._session is not Session.CONNECTED:
+                return
+            self._try_acquire(p)
+
+    def _members(self) -> list[str]:
+        children = self.client.get_children(self._members_path, watch=self._poke)
+        names = []
+        for child in children:
+            if _PARTY_MARK not in child:
+                continue
+            try:
+                data, _ = self.client.get(f"{self._members_path}/{child}")
+            except NoNodeError:
+                continue
+            names.append(json.loads(data)["node"])
+        return names
+
+    def _partition_path(self, p: int) -> str:
+        return f"{self._root}/partitions/{p}"
+
+    def _try_acquire(self, p: int) -> None:
+        lock = self.client.Lock(self._partition_path(p), identifier=self.node)
+        if lock.acquire(blocking=False):
+            epoch = _sequence(lock.node)
+            try:
+                self._on_acquired(p, epoch)  # e.g. recover the partition's devices before it counts as ours
+            except Exception:
+                lock.release()
+                raise
+            self._set_held({**self._held, p: (lock, epoch)})
+            log.info("cluster: %s owns partition %d, epoch %d", self.node, p, epoch)
+            return
+        # Someone else holds it (leaving, or dead and not yet expired): wake when that znode goes.
+        holder = _holder(self.client, self._partition_path(p))
+        if holder is None or self.client.exists(f"{self._partition_path(p)}/{holder}", watch=self._poke) is None:
+            self._poke()
+
+    def _release(self, p: int) -> None:
+        self._on_released(p)
+        lock, _ = self._held[p]
+        lock.release()
+        held = dict(self._held)
+        del held[p]
+        self._set_held(held)
+        log.info("cluster: %s released partition %d", self.node, p)
+
+
+def _holder(client: KazooClient, path: str) -> str | None:
+    """The lock znode that holds a partition: the lowest sequence among its contenders."""
+    try:
+        children = [c for c in client.get_children(path) if _LOCK_MARK in c]
+    except NoNodeError:
+        return None
+    return min(children, key=_sequence) if children else None
+
+
+def cluster_map(client: KazooClient, root: str = "/pumplink", partitions: int = PARTITIONS) -> dict:
+    """The cluster as ZooKeeper sees it: members with their addresses, and each partition's
+    owner and epoch (None when nobody holds it)."""
+    root = root.rstrip("/")
+    members: dict[str, str] = {}
+    try:
+        children = client.get_children(f"{root}/members")
+    except NoNodeError:
+        children = []
+    for child in children:
+        try:
+            data, _ = client.get(f"{root}/members/{child}")
+        except NoNodeError:
+            continue
+        member = json.loads(data)
+        members[member["node"]] = member["address"]
+    owners: dict[int, dict | None] = {}
+    for p in range(partitions):
+        path = f"{root}/partitions/{p}"
+        holder = _holder(client, path)
+        owners[p] = None
+        if holder is not None:
+            try:
+                data, _ = client.get(f"{path}/{holder}")
+            except NoNodeError:
+                continue
+            owners[p] = {"node": data.decode("utf-8"), "epoch": _sequence(holder)}
+    nodes = {name: {"address": address, "partitions": {}} for name, address in members.items()}
+    for p, owner in owners.items():
+        if owner is not None:
+            nodes.setdefault(owner["node"], {"address": None, "partitions": {}})["partitions"][p] = owner["epoch"]
+    return {"members": members, "owners": owners, "nodes": nodes}
