@@ -51,7 +51,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         self.mqtt = mqtt
         self.device: m.Device | None = None  # the row: name and limits for requests and views
         self.machine: Machine | None = None
-        self.timers: dict[str, threading.Timer] = {}  # one of each kind: ack | off | owed | flap
+        self.timers: dict[str, threading.Timer] = {}  # one of each kind: ack | off | owed | flap | adopt
         self.queued_counted = 0  # this device's part of the queued-activations gauge
         self.shown = "unknown"
         # Messages that arrived while the database was away, replayed in order when it returns.
