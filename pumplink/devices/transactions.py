@@ -1,4 +1,6 @@
-"""The shell's transactions: each message in one transaction, in order; while the database is
+"""The shell's transactions: each message in order, a pump's message or a timer through the
+group writer (writer.py: many devices' rows in one transaction), an ask of the API in a
+transaction of its own (its quota check reads under the user's lock); while the database is
 away, messages wait in a backlog (a due OFF does not: Machine.without_database) and are
 replayed when it returns; an ON is published only once the rows recording it committed.
 
@@ -26,6 +28,10 @@ REPLAY_S = 1.0  # while the database is away, try the backlog again this often
 DatabaseDown = DatabaseUnavailable
 
 
+class Unsaved(DatabaseUnavailable):
+    """A group commit failed after the message was handled in memory: its rows wait (unsaved)."""
+
+
 def transactional(method):
     """An ask of the API: earlier messages are caught up first, then one transaction."""
 
@@ -49,8 +55,9 @@ class Transactions:
             self.replay_armed = False
         try:
             self._catch_up()
-        except DatabaseDown:
-            self._safety_without_database(message)
+        except DatabaseDown as exc:
+            if not isinstance(exc, Unsaved) or self.backlog:  # an Unsaved message is handled already
+                self._safety_without_database(message)
             if not self.replay_armed:
                 self.replay_armed = True
                 tell_later(self.actor_ref, REPLAY_S, Replay())
@@ -73,10 +80,15 @@ class Transactions:
         if self.resync_needed:
             self._in_transaction(self._resync)
             self.resync_needed = False
+        if self.unsaved is not None:
+            self._group_committed(self._save_unsaved)
         while self.backlog:
             message = self.backlog[0]
             try:
-                self._in_transaction(self._dispatch, message)
+                self._group_committed(self._dispatch, message)
+            except Unsaved:
+                self.backlog.popleft()
+                raise
             except DatabaseDown:
                 raise
             except Exception:
@@ -115,6 +127,29 @@ class Transactions:
             if outermost:
                 self._deferred_on = None
             self._close_connection()
+
+    def _group_committed(self, fn, *args):
+        """A pump's message or a timer: no connection of its own; its rows are committed with
+        other devices' by the writer (writer.py), and it waits until they are durable."""
+        if not self.writer.available():
+            log.warning("device %s: database unavailable; %d message(s) wait", self.device_id, len(self.backlog))
+            raise DatabaseDown()
+        self._grouped = True
+        try:
+            return fn(*args)
+        except Unsaved:
+            log.error("device %s: a group commit failed; its rows are written when the database returns",
+                      self.device_id)
+            raise
+        finally:
+            self._grouped = False
+
+    def _save_unsaved(self) -> None:
+        """The rows of a message handled while the database went away, then what followed them."""
+        rows, rest = self.unsaved
+        self.writer.commit(rows, self.machine.st.device)  # DatabaseDown: they wait again
+        self.unsaved = None
+        self._carry_out(rest)
 
     def _close_connection(self, broken: bool = False) -> None:
         try:
