@@ -5,7 +5,7 @@ A device actor handing the rows of a pump's message (a report, an ack, a timer) 
 after the row recording it committed, exactly as with a transaction of its own; meanwhile the
 writer's thread gathers what other devices handed over. Batches form by themselves: while one
 transaction commits, the next one's units queue up (no timed wait, so an idle device pays
-nothing); a batch holds at most ``MAX_ROWS`` rows.
+nothing); a batch holds at most ``MAX_UNITS`` messages and ``MAX_ROWS`` rows.
 
 A failed batch fails every unit in it with ``DatabaseUnavailable``: each device takes the path
 it takes when its own transaction fails mid-way (backlog, replay, resync from the database).
@@ -26,6 +26,9 @@ from pumplink.storage.db import OPERATIONAL_ERRORS
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 500  # rows in one transaction at most: a commit never waits on a huge batch
+# Messages in one transaction at most: their devices' events are released together when it
+# commits, and a burst larger than a WebSocket client's outbox (live/connection.py) drops it.
+MAX_UNITS = 32
 DOWN_RECHECK_S = 0.5  # while down, whether the database is back is asked at most this often
 
 
@@ -92,7 +95,7 @@ class GroupWriter:
             if unit is None:
                 return
             batch, rows = [unit], len(unit.rows)
-            while rows < MAX_ROWS:
+            while rows < MAX_ROWS and len(batch) < MAX_UNITS:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
