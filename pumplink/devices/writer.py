@@ -18,6 +18,8 @@ import queue
 import threading
 import time
 
+import peewee
+
 from pumplink.devices import records
 from pumplink.errors import DatabaseUnavailable
 from pumplink.metrics import Metrics
@@ -49,6 +51,8 @@ class GroupWriter:
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.down = False  # the last batch failed: devices keep their messages until it is back
+        # Multi-row inserts need their ids back in order: PostgreSQL's RETURNING (SQLite: row by row).
+        self.bulk = isinstance(db, peewee.PostgresqlDatabase)
         self._checked_at = 0.0
 
     def start(self) -> "GroupWriter":
@@ -130,9 +134,12 @@ class GroupWriter:
     def _transaction(self, batch: list[_Unit]) -> None:
         with self.db.connection_context():
             with self.db.atomic():
-                for unit in batch:
-                    for effect in unit.rows:
-                        records.write(effect, unit.device)
+                if self.bulk:
+                    records.write_many([(unit.rows, unit.device) for unit in batch])
+                else:
+                    for unit in batch:
+                        for effect in unit.rows:
+                            records.write(effect, unit.device)
         self.down = False
 
     def _alone(self, unit: _Unit) -> BaseException | None:
