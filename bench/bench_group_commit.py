@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,8 @@ def main(argv=None) -> int:
             r = json.loads(out.read_text())
             results.setdefault(name, {})[label] = summary(name, r)
             print(f"{name} / {label}: {json.dumps(results[name][label])}", flush=True)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
