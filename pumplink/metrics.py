@@ -46,6 +46,13 @@ class Metrics:
         self.schedule_lateness = Histogram("pumplink_schedule_lateness_seconds",
                                            "How late due schedule runs were handed to their device",
                                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300), registry=r)
+        self.commit_batch = Histogram("pumplink_group_commit_batch_size",
+                                      "Device messages whose rows were committed in one transaction",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.commit_wait = Histogram("pumplink_group_commit_wait_seconds",
+                                     "From a device handing its rows to the writer until they were durable",
+                                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+                                     registry=r)
 
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:

@@ -22,7 +22,8 @@ from pumplink.devices.machine import Machine
 from pumplink.devices.messages import Publish, TimerFired
 from pumplink.devices.records import DeviceRecords
 from pumplink.devices.requests import Requests
-from pumplink.devices.transactions import Transactions
+from pumplink.devices.transactions import DatabaseDown, Transactions, Unsaved
+from pumplink.devices.writer import GroupWriter
 from pumplink.errors import NotFound
 from pumplink.events import ActivationChanged, Alert, DeviceStateChanged
 from pumplink.runtime import Runtime
@@ -40,8 +41,12 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
     # made starting 10,000 actors quadratic. Actors are stopped explicitly at shutdown anyway.
     use_daemon_thread = True
 
-    def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef, preload: "DeviceRecords | None" = None):
+    def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef, writer: GroupWriter,
+                 preload: "DeviceRecords | None" = None):
         super().__init__()
+        self.writer = writer
+        self._grouped = False  # this message's rows go to the writer, not to a transaction of ours
+        self.unsaved: tuple[list, list] | None = None  # (rows, effects after them) of a failed group commit
         self.device_id = device_id
         self.preload = preload
         self.rt = rt
@@ -51,7 +56,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         self.mqtt = mqtt
         self.device: m.Device | None = None  # the row: name and limits for requests and views
         self.machine: Machine | None = None
-        self.timers: dict[str, threading.Timer] = {}  # one of each kind: ack | off | owed | flap
+        self.timers: dict[str, threading.Timer] = {}  # one of each kind: ack | off | owed | flap | adopt
         self.queued_counted = 0  # this device's part of the queued-activations gauge
         self.shown = "unknown"
         # Messages that arrived while the database was away, replayed in order when it returns.
@@ -98,14 +103,33 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
 
     # --- carrying out effects --------------------------------------------------------------
     def _apply(self, effects: list) -> None:
-        """In order, except that OFF commands go first: a safety OFF never waits on a row."""
+        """In order, except that OFF commands go first (a safety OFF never waits on a row) and rows
+        come next (in the message's transaction, or committed by the group writer)."""
         for e in effects:
             if isinstance(e, state.Publish) and e.command.action == "off":
                 self._publish(e.command)
-        for e in effects:
-            if isinstance(e, state.ROWS):
+        # Then the rows, so that every later effect finds the ids of the records they inserted.
+        rows = [e for e in effects if isinstance(e, state.ROWS)]
+        rest = [e for e in effects if not isinstance(e, state.ROWS)
+                and not (isinstance(e, state.Publish) and e.command.action == "off")]
+        if rows and self._grouped:
+            try:
+                self.writer.commit(rows, self.machine.st.device)  # durable on return: an ON may follow
+            except DatabaseDown:
+                # The message is handled in memory: its timers run now (a due OFF must not wait);
+                # its rows, ONs and events wait until the rows are durable (Transactions.unsaved).
+                self._carry_out([e for e in rest if isinstance(e, (state.Arm, state.Cancel))])
+                self.unsaved = (rows, [e for e in rest if not isinstance(e, (state.Arm, state.Cancel))])
+                raise Unsaved() from None
+        else:
+            for e in rows:
                 records.write(e, self.machine.st.device)
-            elif isinstance(e, state.Publish):
+        self._carry_out(rest)
+
+    def _carry_out(self, effects: list) -> None:
+        """Every effect but rows and OFF commands, in order."""
+        for e in effects:
+            if isinstance(e, state.Publish):
                 if e.command.action == "on":
                     self._publish(e.command)
             elif isinstance(e, state.Arm):
@@ -125,6 +149,9 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
                                           audience=e.audience))
             elif isinstance(e, state.Count):
                 self._count(e)
+        self._count_queued()
+
+    def _count_queued(self) -> None:
         queued = len(self.machine.st.queue)
         if queued != self.queued_counted:
             self.rt.metrics.queued.inc(queued - self.queued_counted)

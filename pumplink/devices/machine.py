@@ -18,12 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pumplink.clock import from_db, to_db
+from pumplink.clock import from_db, iso, to_db
 from pumplink.devices import rules
 from pumplink.devices.reactions import Reactions, actor_of
-from pumplink.devices.messages import Availability, BrokerConnected, StateReport, TimerFired
+from pumplink.devices.messages import StateReport, TimerFired
 from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Publish, Refusal, RunChanged,
-                                    Usage)
+                                    Update, Usage)
 from pumplink.events import Audience
 from pumplink.quota import rules as quota_rules
 from pumplink.quota.usage import promised
@@ -34,7 +34,6 @@ TRANSITIONS = (
     "request queued", "request refused: offline", "request refused: off unconfirmed",
     "request refused: broker down", "request refused: queue full",
     "quota fits", "quota refused for the device", "quota refused for the user", "quota refused for the member at the site",
-    "idle snapshot without rows",
     "ON sent", "ON acked: running", "ON refused", "ON ack timeout: resend", "ON ack timeout: give up, OFF owed",
     "run ends at its time", "cancel queued", "cancel running", "cancel ended", "cancel a user's queue",
     "OFF acked", "OFF refused: owed, stuck", "OFF ack timeout: owed, session closed at likely time",
@@ -44,6 +43,8 @@ TRANSITIONS = (
     "OFF report ends the run", "pump fault ends the run", "report of ON for our command", "force stop",
     "force stop when idle", "flapping flagged", "flapping cleared", "recovery: run past its end",
     "recovery: run still due", "recovery: pending ON at crash", "recovery: legacy session stays open",
+    "recovery: pending ON waits for the pump's word", "adopted: the pump confirms, the run goes on to its end",
+    "adoption refused: the pump says otherwise", "adoption refused: no word within the ack timeout",
     "recovery: queued wait again", "database away: due OFF sent", "database away: owed OFF resent",
     "database away: pending OFF resent", "broker back: owed OFF paid, queue moves", "protocol changed on reload",
 )
@@ -74,19 +75,6 @@ class Machine(Reactions):
         self.fx += [Insert(act), Count("accepted", (source,)), RunChanged(act)]
         self._advance()
         return act, self._done()
-
-    def writes_nothing(self, event) -> bool:
-        """Whether ``event`` can only change memory: an OFF report, availability or the broker's
-        return for a device with nothing running, queued, open or owed. A fleet's retained
-        snapshots arrive all at once after a connect; these need no transaction each."""
-        st = self.st
-        if isinstance(event, StateReport):
-            if event.state != "off":
-                return False
-        elif not isinstance(event, (Availability, BrokerConnected)):
-            return False
-        return (st.current is None and st.pending is None and not st.queue and st.session is None
-                and st.unconfirmed_on is None and not st.off_owed and st.device.off_owed_since is None)
 
     def quota_refusal(self, duration_s: int, usage: Usage) -> Refusal | None:
         """Every daily allowance that applies must hold; the one with the least time free decides."""
@@ -199,17 +187,17 @@ class Machine(Reactions):
         self._step(now)
         st = self.st
         if resync:
-            self.fx += [Cancel(kind) for kind in ("off", "owed", "flap", "ack")]
+            self.fx += [Cancel(kind) for kind in ("off", "owed", "flap", "ack", "adopt")]
             st.owed_armed = st.flap_armed = False
             st.owed_token += 1
             st.flap_token += 1
             st.queue.clear()
-            st.current = st.pending = None
+            st.current = st.pending = st.adopting = None
         st.device, st.session = loaded.device, loaded.session
         st.manual_starts = list(loaded.manual_starts)
         by_id = {act.id: act for act in loaded.activations}
         plan = rules.recover(
-            [rules.Run(a.id, a.state, from_db(a.ends_at) if a.ends_at else None) for a in loaded.activations],
+            [rules.Run(a.id, a.state, _end_of(a)) for a in loaded.activations],
             session_activation_id=loaded.session.run_id if loaded.session else None,
             has_session=loaded.session is not None, protocol=loaded.device.protocol,
             off_owed_before=loaded.device.off_owed_since is not None, now=now)
@@ -219,6 +207,12 @@ class Machine(Reactions):
             st.current = by_id[act_id]
             self.fx.append(Arm("off", act_id, remaining))
             log.info("device %s activation %s resumes after restart: %.1fs left", st.device.id, act_id, remaining)
+        if plan.adopt is not None:
+            # Its ON may have landed: the pump's retained report, once the broker is up, says
+            # whether it runs it (the adopt timer is armed then).
+            st.current = st.adopting = by_id[plan.adopt]
+            log.info("device %s activation %s was starting at the crash; waiting for the pump's report",
+                     st.device.id, plan.adopt)
         for close in plan.close:
             act = by_id[close.id]
             if close.unconfirmed_on:
@@ -234,6 +228,60 @@ class Machine(Reactions):
         if resync:
             self._pay_off_debt()
         return self._done()
+
+    # --- a run whose ON was sent before a crash --------------------------------------------------
+    def _adopted(self, report: StateReport) -> bool:
+        """The first report while a run started before a crash waits: adopted (True), or it
+        fails and the report is read as any other (False)."""
+        act = self.st.adopting
+        if rules.adoption(state=report.state, reason=report.reason, remaining_s=report.remaining_s,
+                          duration_s=act.duration_s) == "adopt":
+            self._adopt(act)
+            self._refresh(report.reason)
+            return True
+        self._refute(act, f"the pump reported {report.state} ({report.reason})")
+        return False
+
+    def _adopt(self, act: Activation) -> None:
+        """The pump runs our command on its own timer: the run goes on to its original end."""
+        st = self.st
+        st.adopting, st.reported = None, "on"
+        act.state = "running"
+        ends = from_db(act.started_at) + dt.timedelta(seconds=act.duration_s)
+        act.ends_at = to_db(ends)
+        self.fx += [Cancel("adopt"), Update(act, ("state", "ends_at"))]
+        if st.session is not None:
+            self._close_session("superseded")
+        self._open_session(act, "command", started_at=from_db(act.started_at))
+        self._log("on", "command", actor_of(act), activation=act,
+                  detail="confirmed by the pump's report after a restart")
+        self.fx += [Arm("off", act.id, max(0.0, (ends - self.now).total_seconds())), RunChanged(act)]
+        log.info("device %s activation %s adopted after a restart: the pump runs it until %s", st.device.id, act.id,
+                 iso(ends))
+
+    def _refute(self, act: Activation, why: str) -> None:
+        """The pump says otherwise, or nothing in time: the run fails and the pump is sent OFF
+        until it confirms (a report of ON is still this run's session)."""
+        st = self.st
+        self._finish(act, "failed", "recovered", "system", detail=why)
+        st.unconfirmed_on = act
+        self._owe_off()
+        self._pay_off_debt()
+
+    def _on_adopt_timer(self, activation_id) -> None:
+        act = self.st.adopting
+        if act is None or act.id != activation_id:
+            return
+        self._refute(act, "the pump did not report within the ack timeout")
+        self._refresh("ack_timeout")
+        self._advance()
+
+
+def _end_of(act: Activation) -> dt.datetime | None:
+    """A running run's end; a starting one's end had its ON landed when it was sent."""
+    if act.state == "starting" and act.started_at is not None:
+        return from_db(act.started_at) + dt.timedelta(seconds=act.duration_s)
+    return from_db(act.ends_at) if act.ends_at else None
 
 
 __all__ = ["Machine", "actor_of"]

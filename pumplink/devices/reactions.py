@@ -15,7 +15,6 @@ from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Command, Cou
 from pumplink.events import Audience
 
 log = logging.getLogger(__name__)
-
 def actor_of(act: Activation) -> str:
     if act.schedule_id is not None:
         return f"schedule:{act.schedule_id}"
@@ -51,9 +50,10 @@ class Reactions:
                 self._pay_off_debt()
                 self._advance()
         elif isinstance(event, TimerFired):
-            {"ack": self._on_ack_timeout, "off": self._on_off_timer, "owed": self._on_owed_timer,
-             "flap": self._on_flap_timer}.get(event.kind, lambda token: None)(event.token)
+            getattr(self, f"_on_{event.kind}_timer", lambda token: None)(event.token)  # _on_adopt_timer: Machine
         elif isinstance(event, BrokerConnected):
+            if self.st.adopting is not None:  # its retained report comes now: the ack timeout counts from here
+                self.fx.append(Arm("adopt", self.st.adopting.id, self.cfg.ack_timeout_s))
             self._pay_off_debt()
             self._advance()
         else:
@@ -97,7 +97,7 @@ class Reactions:
         self._refresh(p.reason if p.action == "off" else "command")
         self._advance()
 
-    def _on_ack_timeout(self, command_id) -> None:
+    def _on_ack_timer(self, command_id) -> None:
         st = self.st
         p = st.pending
         if p is None or p.id != command_id:
@@ -131,6 +131,8 @@ class Reactions:
 
     def _on_state(self, report: StateReport) -> None:
         st = self.st
+        if st.adopting is not None and self._adopted(report):  # Machine: a run started before a crash
+            return
         awaiting_on_ack = st.pending is not None and st.pending.action == "on"
         if report.state == "on":
             st.reported = "on"
@@ -349,6 +351,9 @@ class Reactions:
         if self.st.current is act:
             self.st.current = None
             self.fx.append(Cancel("off"))
+        if self.st.adopting is act:
+            self.st.adopting = None
+            self.fx.append(Cancel("adopt"))
         log.info("device %s activation %s %s (reason %s, by %s)%s", self.st.device.id, act.id, state, reason, by,
                  f": {detail}" if detail else "")
         self.fx.append(RunChanged(act))

@@ -94,22 +94,54 @@ def _id(record) -> int | None:
     return record.id if record is not None else None
 
 
+def _inserted(r: state.Activation | state.Session, device: state.Device) -> tuple[type, dict]:
+    if isinstance(r, state.Activation):
+        return m.Activation, {k: getattr(r, k) for k in _ACTIVATION}
+    return m.Session, dict(device=device.id, activation=r.run_id, user=r.user_id, started_at=r.started_at,
+                           intended_s=r.intended_s, start_cause=r.start_cause, ended_at=r.ended_at,
+                           actual_s=r.actual_s, end_reason=r.end_reason)
+
+
+def _logged(e: state.WriteLog, device: state.Device) -> dict:
+    return dict(device=device.id, session=_id(e.session), activation=_id(e.activation), event=e.event,
+                cause=e.cause, actor=e.actor, detail=e.detail, at=to_db(e.at))
+
+
 def write(effect, device: state.Device) -> None:
     """Carry out one row effect of the machine; a record it inserts gets its id."""
     if isinstance(effect, state.Insert):
-        r = effect.row
-        if isinstance(r, state.Activation):
-            effect.record.id = m.Activation.insert({k: getattr(r, k) for k in _ACTIVATION}).execute()
-        else:
-            effect.record.id = m.Session.insert(device=device.id, activation=r.run_id, user=r.user_id, started_at=r.started_at,
-                                    intended_s=r.intended_s, start_cause=r.start_cause, ended_at=r.ended_at,
-                                    actual_s=r.actual_s, end_reason=r.end_reason).execute()
+        model, values = _inserted(effect.row, device)
+        effect.record.id = model.insert(values).execute()
     elif isinstance(effect, state.Update):
         model = m.Activation if isinstance(effect.record, state.Activation) else m.Session
         model.update(effect.values).where(model.id == effect.record.id).execute()
     elif isinstance(effect, state.UpdateDevice):
         m.Device.update(effect.values).where(m.Device.id == device.id).execute()
     elif isinstance(effect, state.WriteLog):
-        m.DeviceLog.create(device=device.id, session=_id(effect.session), activation=_id(effect.activation),
-                           event=effect.event, cause=effect.cause, actor=effect.actor, detail=effect.detail,
-                           at=to_db(effect.at))
+        m.DeviceLog.insert(_logged(effect, device)).execute()
+
+
+def write_many(units: list[tuple[list, state.Device]]) -> None:
+    """The row effects of many devices' messages in a few statements: the inserts of each table in
+    one (PostgreSQL returns their ids in order), then the updates in order, then the log rows in
+    one. Rows of different devices do not depend on each other; within a message an update or a
+    log row may name a record inserted before it, which by then has its id."""
+    inserts: dict[type, list] = collections.defaultdict(list)
+    updates, logs = [], []
+    for rows, device in units:
+        for e in rows:
+            if isinstance(e, state.Insert):
+                model, values = _inserted(e.row, device)
+                inserts[model].append((e, values))
+            elif isinstance(e, state.WriteLog):
+                logs.append((e, device))
+            else:
+                updates.append((e, device))
+    for model, items in inserts.items():
+        ids = model.insert_many([values for _, values in items]).returning(model.id).tuples().execute()
+        for (e, _), (id_,) in zip(items, ids, strict=True):
+            e.record.id = id_
+    for e, device in updates:
+        write(e, device)
+    if logs:
+        m.DeviceLog.insert_many([_logged(e, device) for e, device in logs]).execute()

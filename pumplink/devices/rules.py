@@ -108,6 +108,17 @@ def on_report(*, awaiting_on_ack: bool, reason: str, has_session: bool, unconfir
     return "nothing"
 
 
+ADOPT_SLACK_S = 1.0  # a pump's remaining_s is rounded: this much over the asked duration still fits
+
+
+def adoption(*, state: str, reason: str, remaining_s: float | None, duration_s: int) -> str:
+    """What a report means for a run whose ON was sent before a crash and never acknowledged:
+    ``adopt`` (the pump runs our command on its own timer: the run goes on to its original
+    end) or ``refute`` (the pump says otherwise: the run fails)."""
+    fits = remaining_s is not None and remaining_s <= duration_s + ADOPT_SLACK_S
+    return "adopt" if state == "on" and reason == "command" and fits else "refute"
+
+
 def off_report_ends_run(*, run_state: str | None, awaiting_on_ack: bool) -> bool:
     """A report of OFF ends the run only once it is running and no ON of ours is on its way."""
     return run_state == "running" and not awaiting_on_ack
@@ -150,7 +161,7 @@ class Run:
 
     id: int
     state: str  # queued | starting | running
-    ends_at: dt.datetime | None = None
+    ends_at: dt.datetime | None = None  # of a starting run: when it would end had its ON landed when sent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +177,7 @@ class Close:
 class Recovery:
     queued: list[int] = dataclasses.field(default_factory=list)
     resume: tuple[int, float] | None = None  # (activation id, seconds left)
+    adopt: int | None = None  # a starting run whose ON may have landed: it waits for the pump's word
     close: list[Close] = dataclasses.field(default_factory=list)
     off_owed: bool = False
 
@@ -173,8 +185,10 @@ class Recovery:
 def recover(runs: list[Run], *, session_activation_id: int | None, has_session: bool, protocol: str,
             off_owed_before: bool, now: dt.datetime) -> Recovery:
     """Each unfinished activation's fate after a restart: queued ones wait again; the first
-    running one with time left resumes; the rest are closed as recovered (a running one
-    completed at its end, a starting one failed) and an OFF is owed."""
+    running one with time left resumes; a starting one with time left on a pump with its own
+    timer waits for the pump's retained report (``adopt``), unless an OFF is owed anyway; the
+    rest are closed as recovered (a running one completed at its end, a starting one failed)
+    and an OFF is owed."""
     plan = Recovery()
     session_run_open = has_session and session_activation_id is not None
     for run in runs:
@@ -182,9 +196,12 @@ def recover(runs: list[Run], *, session_activation_id: int | None, has_session: 
             plan.queued.append(run.id)
         elif run.state == "running" and run.ends_at is not None and run.ends_at > now and plan.resume is None:
             plan.resume = (run.id, (run.ends_at - now).total_seconds())
+        elif (run.state == "starting" and run.ends_at is not None and run.ends_at > now and protocol != "legacy"
+              and plan.adopt is None and plan.resume is None):
+            plan.adopt = run.id
         else:
             state = "completed" if run.state == "running" else "failed"
-            ended_at = min(run.ends_at, now) if run.ends_at else now
+            ended_at = min(run.ends_at, now) if run.ends_at and run.state == "running" else now
             # A pumplink controller's own timer stopped it by then. A legacy one has no timer:
             # its session stays open until it confirms the owed OFF.
             closes = session_run_open and session_activation_id == run.id and protocol != "legacy"
@@ -196,4 +213,8 @@ def recover(runs: list[Run], *, session_activation_id: int | None, has_session: 
         plan.off_owed = True  # a session of an activation that has ended: the pump may still be on
     # An OFF owed before the restart is owed still: only the pump's confirmation pays it.
     plan.off_owed = plan.off_owed or off_owed_before
+    if plan.adopt is not None and (plan.off_owed or plan.resume is not None):
+        # The OFF that is owed would stop it anyway: closed as before, without waiting.
+        plan.close.append(Close(plan.adopt, "failed", now, False, True))
+        plan.adopt, plan.off_owed = None, True
     return plan

@@ -98,6 +98,7 @@ class DeviceState:
     session: Session | None = None
     pending: Command | None = None
     unconfirmed_on: Activation | None = None  # an ON sent before a crash, never acknowledged
+    adopting: Activation | None = None  # ... whose run waits for the pump's retained report (current too)
     off_owed: bool = False  # an OFF was never confirmed: sent again until it is (off_owed_since)
     off_stuck: bool = False  # a whole round of an OFF failed: no new runs
     owed_round: int = 0  # rounds of the owed OFF sent so far: the re-send interval doubles

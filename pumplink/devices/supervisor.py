@@ -18,6 +18,7 @@ from pumplink.errors import NotFound
 from pumplink.runtime import Runtime
 from pumplink.devices.actor import DeviceActor, DeviceRecords
 from pumplink.devices.messages import BrokerConnected
+from pumplink.devices.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Supervisor:
         self._protocols: dict[int, str] = {}
         self._rechecked: dict[int, float] = {}
         self._lock = threading.RLock()
+        self.writer = GroupWriter(rt.db, rt.metrics).start()  # the devices' group commits
 
     def start_all(self) -> None:
         # Read once for all devices: 10,000 actors each querying at start exhausted the pool.
@@ -57,7 +59,7 @@ class Supervisor:
                 self._protocols[device_id] = records.device.protocol
             else:
                 self._protocols[device_id] = self._load_protocol(device_id)
-            ref = DeviceActor.start(device_id, self.rt, self.mqtt, records)
+            ref = DeviceActor.start(device_id, self.rt, self.mqtt, self.writer, records)
             self._refs[device_id] = ref
             return ref
 
@@ -166,3 +168,4 @@ class Supervisor:
                 future.get(timeout=5)
             except (pykka.Timeout, pykka.ActorDeadError):
                 log.warning("a device actor did not stop within 5 s")
+        self.writer.stop()

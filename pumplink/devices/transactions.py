@@ -1,4 +1,6 @@
-"""The shell's transactions: each message in one transaction, in order; while the database is
+"""The shell's transactions: each message in order, a pump's message or a timer through the
+group writer (writer.py: many devices' rows in one transaction), an ask of the API in a
+transaction of its own (its quota check reads under the user's lock); while the database is
 away, messages wait in a backlog (a due OFF does not: Machine.without_database) and are
 replayed when it returns; an ON is published only once the rows recording it committed.
 
@@ -13,7 +15,6 @@ import logging
 import pykka
 
 from pumplink.devices.messages import Publish, Replay, RunRequest, RunSettled
-from pumplink.devices.state import ROWS
 from pumplink.errors import DatabaseUnavailable
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.timers import tell_later
@@ -25,6 +26,10 @@ REPLAY_S = 1.0  # while the database is away, try the backlog again this often
 
 # The database could not be reached; what was being done is not done.
 DatabaseDown = DatabaseUnavailable
+
+
+class Unsaved(DatabaseUnavailable):
+    """A group commit failed after the message was handled in memory: its rows wait (unsaved)."""
 
 
 def transactional(method):
@@ -50,8 +55,9 @@ class Transactions:
             self.replay_armed = False
         try:
             self._catch_up()
-        except DatabaseDown:
-            self._safety_without_database(message)
+        except DatabaseDown as exc:
+            if not isinstance(exc, Unsaved) or self.backlog:  # an Unsaved message is handled already
+                self._safety_without_database(message)
             if not self.replay_armed:
                 self.replay_armed = True
                 tell_later(self.actor_ref, REPLAY_S, Replay())
@@ -74,13 +80,15 @@ class Transactions:
         if self.resync_needed:
             self._in_transaction(self._resync)
             self.resync_needed = False
+        if self.unsaved is not None:
+            self._group_committed(self._save_unsaved)
         while self.backlog:
             message = self.backlog[0]
             try:
-                if not self.resync_needed and self.machine.writes_nothing(message):
-                    self._without_transaction(message)
-                else:
-                    self._in_transaction(self._dispatch, message)
+                self._group_committed(self._dispatch, message)
+            except Unsaved:
+                self.backlog.popleft()
+                raise
             except DatabaseDown:
                 raise
             except Exception:
@@ -120,6 +128,29 @@ class Transactions:
                 self._deferred_on = None
             self._close_connection()
 
+    def _group_committed(self, fn, *args):
+        """A pump's message or a timer: no connection of its own; its rows are committed with
+        other devices' by the writer (writer.py), and it waits until they are durable."""
+        if not self.writer.available():
+            log.warning("device %s: database unavailable; %d message(s) wait", self.device_id, len(self.backlog))
+            raise DatabaseDown()
+        self._grouped = True
+        try:
+            return fn(*args)
+        except Unsaved:
+            log.error("device %s: a group commit failed; its rows are written when the database returns",
+                      self.device_id)
+            raise
+        finally:
+            self._grouped = False
+
+    def _save_unsaved(self) -> None:
+        """The rows of a message handled while the database went away, then what followed them."""
+        rows, rest = self.unsaved
+        self.writer.commit(rows, self.machine.st.device)  # DatabaseDown: they wait again
+        self.unsaved = None
+        self._carry_out(rest)
+
     def _close_connection(self, broken: bool = False) -> None:
         try:
             if not self.db.is_closed() and not self.db.in_transaction():
@@ -128,21 +159,6 @@ class Transactions:
                 self.db.close_idle()
         except Exception:  # a connection already broken; the pool replaces it
             log.debug("closing a broken connection failed", exc_info=True)
-
-    def _without_transaction(self, message) -> None:
-        """A message that only changes memory takes no pooled connection: 10,000 idle devices'
-        retained snapshots after a connect must not queue for a pool of 16."""
-        effects = self.machine.handle(message, self.clock.now())
-        if any(isinstance(e, ROWS) for e in effects):
-            # The machine wrote after all; memory has moved, so a failure here resynchronises.
-            log.warning("device %s: %r wrote rows; carried out in a transaction", self.device_id, message)
-            try:
-                self._in_transaction(self._apply, effects)
-            except DatabaseDown:
-                self.resync_needed = True
-                raise
-        else:
-            self._apply(effects)
 
     def _dispatch(self, message) -> None:
         self._apply(self.machine.handle(message, self.clock.now()))

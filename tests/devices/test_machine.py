@@ -15,7 +15,7 @@ from pumplink.devices import rules
 from pumplink.devices.machine import TRANSITIONS, Machine
 from pumplink.devices.messages import Ack, Availability, BrokerConnected, StateReport, TimerFired
 from pumplink.quota.rules import Limit
-from pumplink.devices.state import (ROWS, Activation, Alert, Arm, Cancel, Count, Device, DeviceState, Insert, Loaded,
+from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Device, DeviceState, Insert, Loaded,
                                     Publish, Refusal, RunChanged, Session, Settings, StateChanged, Update,
                                     UpdateDevice, Usage, WriteLog)
 
@@ -142,27 +142,6 @@ def test_quota(usage, duration, outcome):
         assert isinstance(result, Activation)
     else:
         assert (result.code, result.quota, result.free_s) == ("quota_exhausted", *outcome)
-
-
-@covers("idle snapshot without rows")
-@pytest.mark.parametrize("event", [StateReport("off", "retained", None, True), Availability(False, True),
-                                   Availability(True, True), BrokerConnected()])
-def test_an_idle_devices_snapshot_changes_memory_only(event):
-    s = Shell()
-    assert s.m.writes_nothing(event)
-    fx = s.on(event, 1)
-    assert not [e for e in fx if isinstance(e, ROWS)]
-
-
-@pytest.mark.parametrize("busy", ["running", "owed"])
-def test_a_busy_device_takes_a_transaction_for_its_reports(busy):
-    s = Shell()
-    if busy == "running":
-        s.running(60)
-    else:
-        s.st.off_owed = True
-    assert not s.m.writes_nothing(StateReport("off", "manual", None, False))
-    assert not Shell().m.writes_nothing(StateReport("on", "manual", None, True))
 
 
 def test_quota_counts_what_this_device_promised():
@@ -460,13 +439,80 @@ def test_recovery_run_still_due():
 @covers("recovery: pending ON at crash")
 def test_recovery_pending_on():
     s = Shell(available=None)
-    act = run(1, "starting", -3)
+    act = run(1, "starting", -63)  # its pump's own timer would have ended it at -3
     s.apply(s.m.recover(loaded([act]), at(0)))
     assert (act.state, act.reason) == ("failed", "recovered") and s.st.unconfirmed_on is act and s.st.off_owed
     fx = s.on(StateReport("on", "command", None, True), 1)  # it did land
     session = s.st.session
-    assert session.activation is act and from_db(session.started_at) == at(-3)
+    assert session.activation is act and from_db(session.started_at) == at(-63)
     assert "after a restart" in of(fx, WriteLog)[0].detail and sent(fx) == [("off", "owed")]
+
+
+@covers("recovery: pending ON waits for the pump's word", "adopted: the pump confirms, the run goes on to its end")
+def test_recovery_adopts_the_run_the_pump_confirms():
+    s = Shell(available=None)
+    act = run(1, "starting", -3)  # ON sent 3 s before now for 60 s; the crash came before its ack
+    fx = s.apply(s.m.recover(loaded([act]), at(0)))
+    assert act.state == "starting" and s.st.current is act and not s.st.off_owed and not of(fx, Update) + of(fx, Arm)
+    fx = s.on(BrokerConnected(), 0.1)  # its retained report comes now: the ack timeout counts from here
+    assert Arm("adopt", 1, SETTINGS.ack_timeout_s) in fx and sent(fx) == []  # nothing owed: the pump is not stopped
+    assert s.m.activate(at(0.2), user_id=1, duration_s=60, source="api", schedule_id=None, usage=Usage(0.0),
+                        broker_connected=True)[0].state == "queued"  # the next waits for it
+    fx = s.on(StateReport("on", "command", 60, True), 0.5)  # retained since the pump switched on
+    assert (act.state, from_db(act.ends_at), from_db(act.started_at)) == ("running", at(57), at(-3))
+    assert Update(act, ("state", "ends_at")) in fx and Cancel("adopt") in fx and sent(fx) == []
+    assert Arm("off", 1, 56.5) in fx and s.st.shown == "on" and s.st.adopting is None
+    session = s.st.session
+    assert session.activation is act and from_db(session.started_at) == at(-3) and of(fx, Insert)[0].record is session
+    assert "after a restart" in of(fx, WriteLog)[0].detail
+    assert s.on(TimerFired("adopt", 1), 2) == []  # its timer, if it still fires, is stale
+    fx = s.on(TimerFired("off", 1), 57)  # the original end
+    assert sent(fx) == [("off", "completed")] and act.state == "completed"
+
+
+@covers("adoption refused: the pump says otherwise")
+@pytest.mark.parametrize("report", [
+    StateReport("off", "timer", None, True),  # it never got the ON (or ran out)
+    StateReport("on", "manual", None, True),  # on, but not for our command
+    StateReport("on", "command", 600, True),  # its timer runs longer than the run asked for
+    StateReport("on", "command", None, True),  # no timer of its own to vouch for the end
+])
+def test_adoption_refused_when_the_pump_says_otherwise(report):
+    s = Shell(available=None)
+    act = run(1, "starting", -3)
+    s.apply(s.m.recover(loaded([act]), at(0)))
+    fx = s.on(report, 0.5)
+    assert (act.state, act.reason) == ("failed", "recovered") and s.st.current is None and s.st.adopting is None
+    assert sent(fx) == [("off", "owed")] and Cancel("adopt") in fx
+    if report.state == "on":  # the time it ran is still on record, as this run's
+        assert s.st.session.activation is act and s.st.off_owed
+
+
+@covers("adoption refused: no word within the ack timeout")
+def test_adoption_refused_without_a_report():
+    s = Shell(available=None)
+    act = run(1, "starting", -3)
+    s.apply(s.m.recover(loaded([act]), at(0)))
+    s.on(BrokerConnected(), 0)
+    queued = s.m.activate(at(0.5), user_id=1, duration_s=60, source="api", schedule_id=None, usage=Usage(0.0),
+                          broker_connected=True)[0]
+    fx = s.on(TimerFired("adopt", 1), 2)
+    assert (act.state, act.reason) == ("failed", "recovered") and s.st.off_owed and s.st.unconfirmed_on is act
+    assert sent(fx) == [("off", "owed")] and list(s.st.queue) == [queued]  # the queue waits for the OFF's ack
+    fx = s.on(Ack(s.st.pending.id, True, "off"), 2.1)
+    assert not s.st.off_owed and sent(fx) == [("on", "command")] and s.st.current is queued
+
+
+def test_adopting_run_can_be_cancelled_and_legacy_or_owed_never_adopt():
+    s = Shell(available=None)
+    act = run(1, "starting", -3)
+    s.apply(s.m.recover(loaded([act]), at(0)))
+    _, fx = s.m.cancel(at(1), 1, "user:1")
+    assert act.state == "stopped" and sent(fx) == [("off", "cancelled")] and Cancel("adopt") in fx
+    for shell, records in ((Shell(available=None, protocol="legacy"), loaded([run(1, "starting", -3)], protocol="legacy")),
+                           (Shell(available=None), loaded([run(1, "starting", -3)], off_owed_since=to_db(at(-5))))):
+        shell.apply(shell.m.recover(records, at(0)))
+        assert shell.st.adopting is None and shell.st.off_owed and records.activations[0].state == "failed"
 
 
 @covers("recovery: legacy session stays open")

@@ -209,6 +209,13 @@ NOW = at(1000)
      [Close(1, "completed", at(900), False, False)], True),
     # an unconfirmed ON: failed now; a report of ON would be this run's
     ([Run(1, "starting")], None, "pumplink", False, [], None, [Close(1, "failed", NOW, False, True)], True),
+    # an unconfirmed ON whose run would still be going: it waits for the pump's report
+    ([Run(1, "starting", at(1030))], None, "pumplink", False, [], None, [], False),
+    # ... not on a legacy pump (no timer of its own), nor when an OFF is owed anyway
+    ([Run(1, "starting", at(1030))], None, "legacy", False, [], None, [Close(1, "failed", NOW, False, True)], True),
+    ([Run(1, "starting", at(1030))], None, "pumplink", True, [], None, [Close(1, "failed", NOW, False, True)], True),
+    # ... nor past its end (the pump's own timer has stopped it)
+    ([Run(1, "starting", at(990))], None, "pumplink", False, [], None, [Close(1, "failed", NOW, False, True)], True),
     # two running with time left: only the first resumes
     ([Run(1, "running", at(1030)), Run(2, "running", at(1060))], None, "pumplink", False, [], (1, 30.0),
      [Close(2, "completed", NOW, False, False)], True),
@@ -221,6 +228,18 @@ def test_recovery(runs, session, protocol, owed_before, queued, resume, close, o
     plan = rules.recover(runs, session_activation_id=None if session in (None, "manual") else session,
                            has_session=session is not None, protocol=protocol, off_owed_before=owed_before, now=NOW)
     assert (plan.queued, plan.resume, plan.close, plan.off_owed) == (queued, resume, close, owed)
+    waits = [r.id for r in runs if r.state == "starting" and all(c.id != r.id for c in close)]
+    assert plan.adopt == (waits[0] if waits else None)
+
+
+@pytest.mark.parametrize("state, reason, remaining, outcome", [
+    ("on", "command", 60, "adopt"), ("on", "command", 0, "adopt"), ("on", "command", 60.9, "adopt"),
+    ("on", "command", 62, "refute"),  # a longer timer than the run asked for is not our command
+    ("on", "command", None, "refute"), ("on", "manual", 30, "refute"), ("on", "boot", 30, "refute"),
+    ("off", "timer", None, "refute"), ("off", "command", None, "refute"),
+])
+def test_adoption(state, reason, remaining, outcome):
+    assert rules.adoption(state=state, reason=reason, remaining_s=remaining, duration_s=60) == outcome
 
 
 # --- the legacy protocol and the one command encoding -------------------------------------------

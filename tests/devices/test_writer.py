@@ -1,0 +1,94 @@
+"""The group writer (pumplink/devices/writer.py) against a real PostgreSQL: many devices' rows in
+one transaction, ids set before the caller goes on, a failure told to every caller in the batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from pumplink.clock import to_db
+from pumplink.devices import records, state
+from pumplink.errors import DatabaseUnavailable
+from pumplink.metrics import Metrics
+from pumplink.devices.writer import GroupWriter
+from pumplink.storage import models as m
+from pumplink.storage.db import make_database
+from pumplink.storage.migrations import migrate
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
+DEVICES = 40
+
+
+@pytest.fixture
+def db(pg_factory):
+    db = make_database(pg_factory())
+    m.bind_models(db)
+    migrate(db)
+    with db.connection_context():
+        for n in range(DEVICES):
+            m.Device.create(name=f"Pump {n}")
+    yield db
+    db.close_all()
+
+
+def _rows(device_id: int):
+    session = state.Session(to_db(T0), "manual")
+    return session, [state.Insert(session), state.WriteLog("on", "manual", "device", T0, session)]
+
+
+def _samples(histogram) -> dict:
+    return {s.name.rsplit("_", 1)[-1]: s.value for s in histogram.collect()[0].samples if not s.labels.get("le")}
+
+
+def test_many_devices_share_transactions_and_every_row_lands_with_its_id(db):
+    metrics = Metrics()
+    writer = GroupWriter(db, metrics).start()
+    try:
+        devices = [records.device_value(d) for d in m.Device.select().order_by(m.Device.id)]
+        start = threading.Barrier(DEVICES)
+        sessions, errors = {}, []
+
+        def device(d: state.Device):
+            session, rows = _rows(d.id)
+            start.wait()
+            try:
+                writer.commit(rows, d)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            sessions[d.id] = session.id  # set by the writer before commit returned
+
+        threads = [threading.Thread(target=device, args=(d,)) for d in devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert errors == []
+        with db.connection_context():
+            stored = {s.id: s.device_id for s in m.Session.select()}
+            logs = {(entry.device_id, entry.session_id) for entry in m.DeviceLog.select()}
+        assert stored == {sid: did for did, sid in sessions.items()}
+        assert logs == {(did, sid) for did, sid in sessions.items()}  # each log row names its own session
+        batch = _samples(metrics.commit_batch)
+        assert batch["count"] < DEVICES and batch["sum"] == DEVICES  # fewer transactions than messages
+        assert _samples(metrics.commit_wait)["count"] == DEVICES
+    finally:
+        writer.stop()
+
+
+def test_a_message_whose_rows_fail_fails_alone_and_the_writer_goes_on(db):
+    writer = GroupWriter(db, Metrics()).start()
+    try:
+        device = records.device_value(m.Device.get_by_id(1))
+        bad = state.Device(999_999, "gone", "pumplink", None)  # no such device: its log row violates a key
+        _, rows = _rows(1)
+        with pytest.raises(Exception) as failed:
+            writer.commit(_rows(bad.id)[1], bad)
+        assert not isinstance(failed.value, DatabaseUnavailable)  # a bug, not an outage
+        writer.commit(rows, device)  # the writer goes on
+        with db.connection_context():
+            assert m.Session.select().count() == 1 and m.DeviceLog.select().count() == 1
+        assert writer.available()
+    finally:
+        writer.stop()
