@@ -83,6 +83,10 @@ def test_stateful_sequences_get_no_server_errors(fuzz_server):
     # Valid data only: sequences are for reaching real resources, negatives are covered above.
     schema.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE])
     schema = schema.exclude(path=list(SKIP))
+    # Site names are unique (the CLI names sites), so a replayed POST /sites answers 409 where the
+    # first run got 201 and fed a site id onwards: hypothesis then sees its own replay diverge
+    # (FlakyStrategyDefinition). Creating sites is fuzzed per operation above.
+    schema = schema.exclude(path="/api/v1/sites", method="POST")
     Machine = schema.as_state_machine()
     failures, statuses, steps = [], collections.Counter(), collections.Counter()
 
