@@ -106,8 +106,11 @@ export function Devices({ store }) {
   const done = (saved, isNew) => {
     store.put(saved);
     setEditing(null);
-    if (isNew) setCreated(saved);
     load();
+    if (isNew) {
+      api.post(`/devices/${saved.id}/broker-credentials`).then((creds) => setCreated({ device: saved, creds }),
+        (err) => setCreated({ device: saved, error: `No firmware credentials: ${err.message}` }));
+    }
   };
   const remove = async (d) => {
     if (!confirm(`Delete ${d.name}? It is sent OFF first.`)) return;
@@ -117,10 +120,15 @@ export function Devices({ store }) {
   return html`<section aria-labelledby="devices-h">
     <h1 id="devices-h" tabindex="-1">Devices</h1>
     <${DeviceForm} onDone=${done} />
-    ${created ? html`<div class="card once" role="status">
-      <h2>${created.name} was created (device ${created.id})</h2>
-      <p>Its controller's broker login and ACL stanza are made on the server, shown once:
-        run <code>pumplink device-credentials ${created.id}</code> there and copy what it prints into the firmware.</p>
+    ${created ? html`<div class="card once" role="status" data-credentials=${created.device.id}>
+      <h2>${created.device.name} was created (device ${created.device.id})</h2>
+      ${created.creds ? html`<p>Its controller's broker login, shown only now: copy it into the firmware, and give the
+        password line and ACL stanza to the server's operator for Mosquitto (as
+        <code>pumplink device-credentials ${created.device.id}</code> on the server would print).</p>
+        <dl class="checks"><dt>Username</dt><dd><code class="cred-user">${created.creds.username}</code></dd>
+        <dt>Password</dt><dd><code class="cred-password">${created.creds.password}</code></dd></dl>
+        <h3>Password line</h3><pre class="cred-line">${created.creds.password_line}</pre>
+        <h3>ACL stanza</h3><pre class="cred-acl">${created.creds.acl}</pre>` : html`<${Message} error=${created.error} />`}
       <button type="button" onClick=${() => setCreated(null)}>Done</button></div>` : null}
     <${Message} error=${error} />
     <${Message} ...${msg} />

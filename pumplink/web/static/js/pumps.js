@@ -27,9 +27,15 @@ function useCountdown(endsAt) {
   return endsAt ? Math.max(0, (Date.parse(endsAt) - now) / 1000) : null;
 }
 
+// Site names from GET /sites, by id; the device list carries only site_id.
+export const siteNames = new Map();
+
 export function siteOf(device) {
   const site = device.site;
-  if (site == null) return null;
+  if (site == null) {
+    if (device.site_id == null) return null;
+    return siteNames.get(device.site_id) || `Site ${device.site_id}`;
+  }
   return typeof site === "object" ? site.name || `Site ${site.id}` : String(site);
 }
 
@@ -160,7 +166,7 @@ function Slot({ store, id, eager }) {
   return html`<div class="tile slot" ref=${ref}><h3>${d ? d.name : `Pump ${id}`}</h3></div>`;
 }
 
-export function Pumps({ store, loaded, loadError }) {
+export function Pumps({ store, loaded, loadError, sitesVersion }) {
   const ids = useList(store);
   const [filter, setFilter] = useState("");
   const groups = useMemo(() => {
@@ -175,7 +181,7 @@ export function Pumps({ store, loaded, loadError }) {
       out.get(site).push(id);
     }
     return out;
-  }, [ids, filter]);
+  }, [ids, filter, sitesVersion]);
   return html`
     <section aria-labelledby="pumps-h">
       <h1 id="pumps-h" tabindex="-1">Pumps</h1>
