@@ -30,6 +30,11 @@ def test_a_manager_runs_members_invitations_and_reads_the_audit_log(console_serv
         tab = tabs(console_server.base).open().sign_in(manager.email, PASSWORD)
         # The pump's tile sits under its site's name.
         expect(tab.page.locator("section.site", has=tab.tile(device)).get_by_role("heading", level=2)).to_have_text(name)
+        # A manager's controls only where the caller manages; the default site's pump (an operator there) has none.
+        expect(tab.tile(device).get_by_role("button", name="Force shutdown")).to_be_visible()
+        default_pump = tab.page.locator("section.site", has_text="Default site").locator("article.tile").first
+        expect(default_pump.get_by_role("button", name="Start")).to_be_visible()
+        expect(default_pump.get_by_role("button", name="Force shutdown")).to_have_count(0)
 
         tab.go("sites")
         page = tab.page
@@ -60,9 +65,21 @@ def test_a_manager_runs_members_invitations_and_reads_the_audit_log(console_serv
         page.get_by_role("button", name="Done").click()
         expect(code).to_have_count(0)
 
+        # A manager gets the firmware login of the site's pump, once.
+        page.get_by_role("button", name="New firmware login for North well").click()
+        once = page.locator(f'[data-credentials="{device}"]')
+        expect(once.locator(".cred-line")).to_contain_text(f"device-{device}:$7$")
+        expect(once.locator(".cred-acl")).to_contain_text(f"/devices/{device}/command")
+        tab.axe("firmware login")
+        tab.shot(shots, "site-firmware-login-desktop")
+        once.get_by_role("button", name="Done").click()
+        expect(once).to_have_count(0)
+
         # The site's audit log shows what the manager did.
         audit = page.locator(f'[data-site-audit="{site}"]')
-        for action in ("member.add", "member.update", "invitation.create"):
+        tab.go("pumps")
+        tab.go("sites")
+        for action in ("member.add", "member.update", "invitation.create", "device.broker_credentials"):
             expect(audit.locator("td.action", has_text=action).first).to_be_visible()
 
         page.get_by_role("button", name=f"Remove {newcomer.email}").click()

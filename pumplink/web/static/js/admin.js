@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "../vendor/hooks.js";
 import { html, when, Message } from "./ui.js";
 import * as api from "./api.js";
+import { Credentials } from "./credentials.js";
 
 // Data for a screen, read again when ``deps`` change; only the latest read's answer is kept
 // (filters typed quickly must not be overwritten by an earlier, slower answer).
@@ -120,16 +121,8 @@ export function Devices({ store }) {
   return html`<section aria-labelledby="devices-h">
     <h1 id="devices-h" tabindex="-1">Devices</h1>
     <${DeviceForm} onDone=${done} />
-    ${created ? html`<div class="card once" role="status" data-credentials=${created.device.id}>
-      <h2>${created.device.name} was created (device ${created.device.id})</h2>
-      ${created.creds ? html`<p>Its controller's broker login, shown only now: copy it into the firmware, and give the
-        password line and ACL stanza to the server's operator for Mosquitto (as
-        <code>pumplink device-credentials ${created.device.id}</code> on the server would print).</p>
-        <dl class="checks"><dt>Username</dt><dd><code class="cred-user">${created.creds.username}</code></dd>
-        <dt>Password</dt><dd><code class="cred-password">${created.creds.password}</code></dd></dl>
-        <h3>Password line</h3><pre class="cred-line">${created.creds.password_line}</pre>
-        <h3>ACL stanza</h3><pre class="cred-acl">${created.creds.acl}</pre>` : html`<${Message} error=${created.error} />`}
-      <button type="button" onClick=${() => setCreated(null)}>Done</button></div>` : null}
+    ${created ? html`<${Credentials} ...${created} title=${`${created.device.name} was created (device ${created.device.id})`}
+      onDone=${() => setCreated(null)} />` : null}
     <${Message} error=${error} />
     <${Message} ...${msg} />
     ${list === null ? html`<p>Loading…</p>` : html`<div class="scroll"><table class="devices">

@@ -5,7 +5,7 @@ import { html, zone, Message, clock } from "./ui.js";
 import * as api from "./api.js";
 import { DeviceStore } from "./store.js";
 import { Live } from "./live.js";
-import { Pumps, siteNames } from "./pumps.js";
+import { Pumps, siteNames, siteRoles } from "./pumps.js";
 import { Schedules } from "./schedules.js";
 import { History } from "./history.js";
 import { Accounts, Devices, Audit, System, EmergencyStop } from "./admin.js";
@@ -181,7 +181,7 @@ function Console({ user }) {
     load();
     api.get("/sites").then((d) => {
       if (!alive) return;
-      for (const s of d.sites) siteNames.set(s.id, s.name);
+      for (const s of d.sites) { siteNames.set(s.id, s.name); siteRoles.set(s.id, s.role); }
       setSitesVersion((v) => v + 1);
     }, () => {});
     const live = new Live({

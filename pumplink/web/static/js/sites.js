@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "../vendor/hooks.js";
 import { html, when, Message } from "./ui.js";
 import * as api from "./api.js";
+import { Credentials } from "./credentials.js";
 
 const ROLES = [["viewer", "Viewer"], ["operator", "Operator"], ["manager", "Manager"]];
 
@@ -41,6 +42,24 @@ function SiteAudit({ site, version }) {
       <thead><tr><th scope="col">When</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Target</th></tr></thead>
       <tbody>${page.items.map((e) => html`<tr key=${e.id}><td>${when(e.at)}</td><td>${e.actor_id ?? "system"}</td>
         <td class="action">${e.action}</td><td>${e.target}</td></tr>`)}</tbody></table></div>`}`;
+}
+
+// The site's pumps, each with a new firmware login on demand (shown once).
+function SitePumps({ site }) {
+  const [list, setList] = useState(null);
+  const [error, setError] = useState("");
+  const [shown, setShown] = useState(null);
+  useEffect(() => {
+    api.all("/devices", "devices").then((all) => setList(all.filter((d) => d.site_id === site.id)), (err) => setError(err.message));
+  }, [site.id]);
+  const issue = (device) => api.post(`/devices/${device.id}/broker-credentials`).then(
+    (creds) => setShown({ device, creds }), (err) => setShown({ device, error: err.message }));
+  return html`<h3>Pumps</h3>
+    <${Message} error=${error} />
+    ${list === null ? html`<p>Loading…</p>` : list.length === 0 ? html`<p>No pumps here yet; a server admin adds them.</p>`
+      : html`<ul class="site-pumps">${list.map((d) => html`<li key=${d.id}>${d.name}
+        <button type="button" onClick=${() => issue(d)}>New firmware login<span class="sr"> for ${d.name}</span></button></li>`)}</ul>`}
+    ${shown ? html`<${Credentials} ...${shown} title=${`Firmware login for ${shown.device.name}`} onDone=${() => setShown(null)} />` : null}`;
 }
 
 function Manage({ site }) {
@@ -98,6 +117,7 @@ function Manage({ site }) {
       <p><code class="invite-code">${invite.code}</code></p>
       <button type="button" onClick=${() => setInvite(null)}>Done</button></div>` : null}
     <${Message} ...${msg} />
+    <${SitePumps} site=${site} />
     <${SiteAudit} site=${site} version=${version} />`;
 }
 
