@@ -82,6 +82,8 @@ def test_a_manager_runs_members_invitations_and_reads_the_audit_log(console_serv
         for action in ("member.add", "member.update", "invitation.create", "device.broker_credentials"):
             expect(audit.locator("td.action", has_text=action).first).to_be_visible()
 
+        page.set_viewport_size(PHONE)
+        tab.shot(shots, "sites-manager-phone")
         page.get_by_role("button", name=f"Remove {newcomer.email}").click()
         expect(page.locator(f'tr[data-member="{newcomer.email}"]')).to_have_count(0)
         tab.assert_clean(allow=("409",))
