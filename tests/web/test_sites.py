@@ -55,6 +55,7 @@ def test_a_manager_runs_members_invitations_and_reads_the_audit_log(console_serv
         expect(row.get_by_role("status")).to_have_text("Saved.")
         assert w.login(newcomer.email, PASSWORD).get(f"sites/{site}").json()["role"] == "operator"
 
+        page.get_by_label("Role", exact=True).nth(1).select_option("viewer")
         page.get_by_role("button", name="Create invitation").click()
         code = page.locator(".invite-code")
         expect(code).to_be_visible()
@@ -94,12 +95,18 @@ def test_a_manager_runs_members_invitations_and_reads_the_audit_log(console_serv
         other.go("sites")
         other.page.get_by_label("Invitation code", exact=True).fill(invitation)
         other.page.get_by_role("button", name="Join site").click()
-        expect(other.page.get_by_role("status").filter(has_text="You joined")).to_have_text(f"You joined {name} as operator.")
+        expect(other.page.get_by_role("status").filter(has_text="You joined")).to_have_text(f"You joined {name} as viewer.")
         other.axe("sites phone")
         other.shot(shots, "sites-phone")
         other.page.get_by_label("Invitation code", exact=True).fill(invitation)
         other.page.get_by_role("button", name="Join site").click()
         expect(other.page.get_by_role("alert")).to_be_visible()
+        # A viewer watches the site's pump: no start form, no manager's controls.
+        other.page.reload()
+        other.go("pumps")
+        tile = other.tile(device)
+        expect(tile).to_contain_text("running it is for its site's operators")
+        expect(tile.get_by_role("button")).to_have_count(0)
         other.assert_clean(allow=("404", "422"))
     finally:
         w.close()
