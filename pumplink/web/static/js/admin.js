@@ -2,6 +2,7 @@
 import { useEffect, useRef, useState } from "../vendor/hooks.js";
 import { html, when, Message } from "./ui.js";
 import * as api from "./api.js";
+import { Credentials } from "./credentials.js";
 
 // Data for a screen, read again when ``deps`` change; only the latest read's answer is kept
 // (filters typed quickly must not be overwritten by an earlier, slower answer).
@@ -106,8 +107,11 @@ export function Devices({ store }) {
   const done = (saved, isNew) => {
     store.put(saved);
     setEditing(null);
-    if (isNew) setCreated(saved);
     load();
+    if (isNew) {
+      api.post(`/devices/${saved.id}/broker-credentials`).then((creds) => setCreated({ device: saved, creds }),
+        (err) => setCreated({ device: saved, error: `No firmware credentials: ${err.message}` }));
+    }
   };
   const remove = async (d) => {
     if (!confirm(`Delete ${d.name}? It is sent OFF first.`)) return;
@@ -117,11 +121,8 @@ export function Devices({ store }) {
   return html`<section aria-labelledby="devices-h">
     <h1 id="devices-h" tabindex="-1">Devices</h1>
     <${DeviceForm} onDone=${done} />
-    ${created ? html`<div class="card once" role="status">
-      <h2>${created.name} was created (device ${created.id})</h2>
-      <p>Its controller's broker login and ACL stanza are made on the server, shown once:
-        run <code>pumplink device-credentials ${created.id}</code> there and copy what it prints into the firmware.</p>
-      <button type="button" onClick=${() => setCreated(null)}>Done</button></div>` : null}
+    ${created ? html`<${Credentials} ...${created} title=${`${created.device.name} was created (device ${created.device.id})`}
+      onDone=${() => setCreated(null)} />` : null}
     <${Message} error=${error} />
     <${Message} ...${msg} />
     ${list === null ? html`<p>Loading…</p>` : html`<div class="scroll"><table class="devices">

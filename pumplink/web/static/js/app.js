@@ -5,11 +5,12 @@ import { html, zone, Message, clock } from "./ui.js";
 import * as api from "./api.js";
 import { DeviceStore } from "./store.js";
 import { Live } from "./live.js";
-import { Pumps } from "./pumps.js";
+import { Pumps, siteNames, siteRoles } from "./pumps.js";
 import { Schedules } from "./schedules.js";
 import { History } from "./history.js";
 import { Accounts, Devices, Audit, System, EmergencyStop } from "./admin.js";
 import { Alerts, alertFrom, flapped } from "./alerts.js";
+import { Sites } from "./sites.js";
 
 const store = new DeviceStore();
 const bus = new EventTarget();  // live events for screens other than the tiles
@@ -21,6 +22,7 @@ const SCREENS = [
   ["schedules", "Schedules", null],
   ["history", "History", null],
   ["alerts", "Alerts", null],
+  ["sites", "Sites", null],
   ["accounts", "Accounts", "admin"],
   ["devices", "Devices", "admin"],
   ["audit", "Audit log", "admin"],
@@ -160,6 +162,7 @@ function Console({ user }) {
   const [loadError, setLoadError] = useState("");
   const [menu, setMenu] = useState(false);
   const [toast, setToast] = useState(null);
+  const [sitesVersion, setSitesVersion] = useState(0);
   const heading = useRef(null);
   useEffect(() => {
     const onHash = () => { setScreen(route()); setMenu(false); };
@@ -176,6 +179,11 @@ function Console({ user }) {
     const load = () => loadDevices().then(() => { if (alive) { setLoaded(true); setLoadError(""); } },
       (err) => { if (alive) setLoadError(err.message); });
     load();
+    api.get("/sites").then((d) => {
+      if (!alive) return;
+      for (const s of d.sites) { siteNames.set(s.id, s.name); siteRoles.set(s.id, s.role); }
+      setSitesVersion((v) => v + 1);
+    }, () => {});
     const live = new Live({
       onEvent,
       onStatus: (up, why) => { setOnline(up); setOfflineWhy(why || ""); },
@@ -189,10 +197,11 @@ function Console({ user }) {
   const admin = user.role === "admin";
   const screens = SCREENS.filter(([, , role]) => !role || admin);
   const body = {
-    pumps: html`<${Pumps} store=${store} loaded=${loaded} loadError=${loadError} />`,
+    pumps: html`<${Pumps} store=${store} loaded=${loaded} loadError=${loadError} sitesVersion=${sitesVersion} />`,
     schedules: html`<${Schedules} store=${store} bus=${bus} />`,
     history: html`<${History} store=${store} />`,
     alerts: html`<${Alerts} alerts=${alerts} bus=${bus} />`,
+    sites: html`<${Sites} />`,
     accounts: admin ? html`<${Accounts} />` : null,
     devices: admin ? html`<${Devices} store=${store} />` : null,
     audit: admin ? html`<${Audit} />` : null,

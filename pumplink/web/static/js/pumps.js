@@ -27,9 +27,17 @@ function useCountdown(endsAt) {
   return endsAt ? Math.max(0, (Date.parse(endsAt) - now) / 1000) : null;
 }
 
+// Site names from GET /sites, by id; the device list carries only site_id.
+export const siteNames = new Map();
+// The caller's role in each site (a server admin: manager); controls follow it, the server still decides.
+export const siteRoles = new Map();
+
 export function siteOf(device) {
   const site = device.site;
-  if (site == null) return null;
+  if (site == null) {
+    if (device.site_id == null) return null;
+    return siteNames.get(device.site_id) || `Site ${device.site_id}`;
+  }
   return typeof site === "object" ? site.name || `Site ${site.id}` : String(site);
 }
 
@@ -44,6 +52,7 @@ function availability(device) {
 
 const mine = (act) => session.user && (session.user.role === "admin" || act.user_id === session.user.id);
 
+// Its sitesVersion prop (unused here) redraws it when the caller's roles arrive.
 const Tile = memo(function Tile({ store, id }) {
   const device = useDevice(store, id);
   const [amount, setAmount] = useState("5");
@@ -73,6 +82,10 @@ const Tile = memo(function Tile({ store, id }) {
     const body = { device_id: device.id, [unit === "s" ? "duration_s" : "duration"]: value };
     act("Started.", () => post("/activate", body));
   };
+  const role = siteRoles.get(device.site_id);
+  const canRun = role !== "viewer";
+  const shutdown = () => confirm(`Force ${device.name} off now and cancel its queue?`)
+    && act("Shut down.", () => post(`/devices/${device.id}/force-shutdown`));
   const today = device.today || {};
   const quota = device.daily_quota_minutes;
   const labelId = `pump-${device.id}-name`;
@@ -114,7 +127,7 @@ const Tile = memo(function Tile({ store, id }) {
         ${quota ? html`<meter min="0" max=${quota} value=${Math.min(quota, today.used_minutes || 0)}
             aria-label=${`Quota used on ${device.name}`}></meter>` : null}
       </p>
-      <form class="start" onSubmit=${start}>
+      ${canRun ? html`<form class="start" onSubmit=${start}>
         <label for=${`dur-${device.id}`}>Run for</label>
         <input id=${`dur-${device.id}`} type="number" min="0" step="any" required value=${amount}
                onInput=${(e) => setAmount(e.currentTarget.value)} />
@@ -124,7 +137,9 @@ const Tile = memo(function Tile({ store, id }) {
           <option value="s">seconds</option>
         </select>
         <button type="submit" disabled=${busy}>${running ? "Queue" : "Start"}</button>
-      </form>
+      </form>` : html`<p class="muted">You may watch this pump; running it is for its site's operators.</p>`}
+      ${role === "manager" ? html`<p class="actions"><button type="button" class="danger" disabled=${busy}
+          onClick=${shutdown}>Force shutdown<span class="sr"> ${device.name}</span></button></p>` : null}
       <${Message} ...${msg} />
     </article>`;
 });
@@ -151,16 +166,16 @@ function watch(el, show) {
   return () => { observer.unobserve(el); slots.delete(el); };
 }
 
-function Slot({ store, id, eager }) {
+function Slot({ store, id, eager, sitesVersion }) {
   const [shown, setShown] = useState(eager);
   const ref = useRef(null);
   useEffect(() => (shown || !ref.current ? undefined : watch(ref.current, () => setShown(true))), [shown]);
-  if (shown) return html`<${Tile} store=${store} id=${id} />`;
+  if (shown) return html`<${Tile} store=${store} id=${id} sitesVersion=${sitesVersion} />`;
   const d = store.get(id);
   return html`<div class="tile slot" ref=${ref}><h3>${d ? d.name : `Pump ${id}`}</h3></div>`;
 }
 
-export function Pumps({ store, loaded, loadError }) {
+export function Pumps({ store, loaded, loadError, sitesVersion }) {
   const ids = useList(store);
   const [filter, setFilter] = useState("");
   const groups = useMemo(() => {
@@ -175,7 +190,7 @@ export function Pumps({ store, loaded, loadError }) {
       out.get(site).push(id);
     }
     return out;
-  }, [ids, filter]);
+  }, [ids, filter, sitesVersion]);
   return html`
     <section aria-labelledby="pumps-h">
       <h1 id="pumps-h" tabindex="-1">Pumps</h1>
@@ -190,7 +205,7 @@ export function Pumps({ store, loaded, loadError }) {
         <section class="site" key=${site || "-"} aria-label=${site ? `Site ${site}` : "All pumps"}>
           ${site ? html`<h2>${site}</h2>` : null}
           <div class="tiles">
-            ${list.map((id, i) => html`<${Slot} key=${id} store=${store} id=${id} eager=${i < EAGER} />`)}
+            ${list.map((id, i) => html`<${Slot} key=${id} store=${store} id=${id} eager=${i < EAGER} sitesVersion=${sitesVersion} />`)}
           </div>
         </section>`)}
     </section>`;
