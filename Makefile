@@ -16,7 +16,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@$(VENV)/bin/pumplink demo

@@ -11,7 +11,7 @@ import itertools
 
 import gevent.event
 
-SKIPPED = ',"skipped":'  # how a state frame ends (live.broadcaster.event_body puts it last)
+SKIPPED = ',"skipped":'  # how a state frame ends (live.frames.event_body puts it last)
 
 
 def skipped_in(frame) -> int:

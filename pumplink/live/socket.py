@@ -27,7 +27,8 @@ from pumplink.clock import iso
 from pumplink.config import Config
 from pumplink.errors import DatabaseUnavailable, PumpLinkError, Unauthorized, Unavailable
 from pumplink.sites import access
-from pumplink.live.broadcaster import Connection, Register, Seen, Subscribe, Unregister, dumps, legacy_frame
+from pumplink.live.broadcaster import Connection, Register, Seen, Subscribe, Unregister
+from pumplink.live.frames import dumps, legacy_frame
 from pumplink.storage.db import OPERATIONAL_ERRORS
 
 log = logging.getLogger(__name__)

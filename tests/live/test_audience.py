@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pumplink.live.broadcaster import ADMINS, EVERYONE, audience_of, lost_access, may_see
+from pumplink.live.frames import ADMINS, EVERYONE, audience_of, lost_access, may_see
 from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChanged
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
