@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Two test processes, each with its own database, topic prefix and servers; a module stays in one.
+TEST_WORKERS ?= 2
 
 .PHONY: test demo install bench clean web
 
@@ -16,7 +18,8 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m 'not solo' $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=5 -m solo $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] || exit $$rc  # 5: none selected
 
 demo: $(STAMP)
 	@$(VENV)/bin/pumplink demo

@@ -10,6 +10,11 @@ import time
 import requests
 
 from tests.conftest import ADMIN
+import pytest
+
+# They measure how fast the server answers while it is under attack: run alone (make test),
+# not beside another test process competing for the same two cores.
+pytestmark = pytest.mark.solo
 
 LOGINS = 8
 HEALTH_LIMIT_S = 0.2

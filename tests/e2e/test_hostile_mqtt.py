@@ -27,6 +27,10 @@ from tests.e2e.test_broker_security import secured_broker  # noqa: F401 - a fixt
 from tests.e2e.test_metrics import metric
 from tests.support import MQTT_URL, wait_until
 
+# They measure how fast the server answers while it is under attack: run alone (make test),
+# not beside another test process competing for the same two cores.
+pytestmark = pytest.mark.solo
+
 ON_WITHIN_S = 1.0
 HEALTH_MAX_S = 0.1  # the bound, per request
 BROKER_PORT = int(MQTT_URL.rsplit(":", 1)[1])
@@ -372,6 +376,7 @@ import paho.mqtt.client as mqtt
 from pumplink import config as configuration
 from pumplink.devices.link import MqttActor
 from pumplink.runtime import BrokerStatus, Runtime
+
 url, prefix = sys.argv[1], sys.argv[2]
 cfg = configuration.load({"PUMPLINK_MQTT_URL": url, "PUMPLINK_MQTT_PREFIX": prefix,
                           "PUMPLINK_LEGACY_BASE": prefix + "-legacy", "PUMPLINK_DATABASE_URL": "sqlite:///:memory:"},

@@ -13,6 +13,11 @@ import requests
 
 from tests.conftest import World
 from tests.support import wait_until
+import pytest
+
+# They measure how fast the server answers while it is under attack: run alone (make test),
+# not beside another test process competing for the same two cores.
+pytestmark = pytest.mark.solo
 
 UTC = dt.timezone.utc
 HEALTH_BOUND_S = 0.1

@@ -20,6 +20,10 @@ import websocket
 from tests.conftest import ADMIN
 from tests.support import free_port
 
+# They measure how fast the server answers while it is under attack: run alone (make test),
+# not beside another test process competing for the same two cores.
+pytestmark = pytest.mark.solo
+
 HEADER_S = 1.0
 IDLE_S = 1.5
 SLOTS = 10
