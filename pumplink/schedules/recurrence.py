@@ -14,8 +14,10 @@ nothing (``FREQ=SECONDLY;BYMONTH=2;BYMONTHDAY=30``) is scanned period by period 
   FREQ and INTERVAL), not at the rule's start, so its cost does not grow with the rule's age.
   COUNT is counted here, from a stored position, never by dateutil from the first run.
 
-Wall times are naive local times in the schedule's zone (the rule is read in local time, so
-06:00 stays 06:00 across daylight-saving changes); answers are aware UTC.
+Wall times are naive local times in the schedule's zone (06:00 stays 06:00 across daylight-saving
+changes); answers are aware UTC. As in RFC 5545 3.3.5, a wall time in a spring-forward gap takes
+the offset before it (02:30 runs at 03:30), a repeated one its first instant, but the start (an
+instant) is its own; runs on one instant are one run. See docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ class Recurrence:
         return dt.timedelta(0)
 
     def _aware(self, wall: dt.datetime) -> dt.datetime:
-        return wall.replace(tzinfo=self.tz).astimezone(UTC)
+        # fold=0 (see the module docstring); the start may be a repeated time's second instant.
+        return self.start if wall == self._wall0 else wall.replace(tzinfo=self.tz).astimezone(UTC)
 
     def _wall(self, when: dt.datetime) -> dt.datetime:
         return when.astimezone(self.tz).replace(tzinfo=None)
@@ -315,12 +318,9 @@ class Recurrence:
                 return
             if last is not None and when <= last:
                 continue  # a wall time in a spring-forward gap is the same instant as another
-            if anchor is not None:
-                if when < anchor:
-                    continue
-                last, i = when, i + 1
-            else:
-                last = when
+            if anchor is not None and when < anchor:
+                continue
+            last, i = when, i + (anchor is not None)  # only a COUNT rule (with an anchor) counts
             if self.count is not None and i >= self.count:
                 return
             if (self._until is not None and when > self._until) or (limit is not None and when > limit):

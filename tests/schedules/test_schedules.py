@@ -228,6 +228,103 @@ def test_a_recurring_start_with_fractions_of_a_second_still_runs_on_its_first_da
     assert rec.first().astimezone(BERLIN).date() == dt.date(2026, 4, 2)
 
 
+# --- daylight-saving changes (docs/decisions.md, "Daylight-saving changes") --------------------------
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def local(runs, tz) -> list[str]:
+    return [r.astimezone(tz).strftime("%m-%d %H:%M%z") for r in runs]
+
+
+def every_way(rec: Recurrence, n: int) -> list[list[dt.datetime]]:
+    """The first ``n`` runs as the scheduler steps (by stored index), as it steps without an
+    index, as a listing shows them, and as searches from just after each run find them."""
+    by_index, pos = [], rec.next_after(rec.start - dt.timedelta(days=1), -1)
+    while pos.at is not None and len(by_index) < n + 1:
+        by_index.append(pos.at)
+        pos = rec.next_after(pos.at, pos.index)
+    plain = [rec.first()]
+    while plain[-1] is not None and len(plain) < n:
+        plain.append(rec.after(plain[-1]))
+    searched = [rec.first()] + [rec.at_or_after(r + dt.timedelta(seconds=1), r, i).at for i, r in enumerate(plain[:-1])]
+    return [by_index[:n + 1], plain, rec.upcoming(rec.first(), n), searched]
+
+
+@pytest.mark.parametrize("tz, day", [(BERLIN, dt.date(2026, 3, 29)), (NEW_YORK, dt.date(2026, 3, 8))])
+@pytest.mark.parametrize("text, wall", [("FREQ=HOURLY;INTERVAL=1;BYHOUR=2", "03:00"), ("FREQ=DAILY;BYHOUR=2", "03:00"),
+                                        ("FREQ=DAILY;BYHOUR=2;BYMINUTE=30", "03:30"),
+                                        ("FREQ=MINUTELY;INTERVAL=30;BYHOUR=2,3", None)])
+@pytest.mark.parametrize("count", ["", ";COUNT=3"])
+def test_a_run_in_the_spring_forward_gap_runs_once_just_after_it_whichever_way_it_is_found(tz, day, text, wall,
+                                                                                           count):
+    start = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(1, 0), tz)
+    rec = Recurrence(start.astimezone(UTC), text + count, tz)
+    n = 3 if count else 6
+    ways = every_way(rec, n)
+    if count:
+        assert len(ways[0]) == 3  # and not one more
+    assert all(way[:n] == ways[0][:n] and len(way) >= len(ways[0][:n]) for way in ways), [local(w, tz) for w in ways]
+    runs = local(ways[0], tz)
+    if wall is None:  # 02:00 and 02:30 are 03:00 and 03:30, the same instants as the 03:xx runs: once each
+        expected = [f"{day - dt.timedelta(days=1):%m-%d} {t}" for t in ("02:00", "02:30", "03:00", "03:30")]
+        assert [r[:11] for r in runs[:n]] == (expected + [f"{day:%m-%d} 03:00", f"{day:%m-%d} 03:30"])[:n]
+        assert len(set(ways[0])) == len(ways[0])
+    else:
+        assert runs[1].startswith(f"{day:%m-%d} {wall}") and runs[0][6:11] == runs[2][6:11] == wall.replace("3:", "2:")
+
+
+@pytest.mark.parametrize("tz, day, text", [(BERLIN, dt.date(2026, 10, 25), "FREQ=DAILY;BYHOUR=2;BYMINUTE=30"),
+                                           (NEW_YORK, dt.date(2026, 11, 1), "FREQ=DAILY;BYHOUR=1;BYMINUTE=30"),
+                                           (NEW_YORK, dt.date(2026, 11, 1), "FREQ=HOURLY;BYHOUR=1;COUNT=3")])
+def test_a_run_at_a_repeated_time_runs_once_at_its_first_occurrence(tz, day, text):
+    start = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(0, 0), tz)
+    rec = Recurrence(start.astimezone(UTC), text, tz)
+    ways = every_way(rec, 3)
+    assert all(way[:3] == ways[0][:3] for way in ways), [local(w, tz) for w in ways]
+    first, repeated, after = ways[0][:3]
+    assert repeated.astimezone(tz).date() == day and repeated.astimezone(tz).utcoffset() == first.astimezone(tz).utcoffset()
+    assert after - repeated == dt.timedelta(hours=25)  # the second occurrence does not run
+
+
+def test_an_hourly_rule_runs_the_repeated_hour_once_and_the_missing_hour_not_at_all():
+    fall = Recurrence(dt.datetime(2026, 10, 24, 22, 0, tzinfo=UTC), "FREQ=HOURLY", BERLIN)  # 00:00 CEST
+    assert local(fall.upcoming(fall.first(), 4), BERLIN) == [
+        "10-25 00:00+0200", "10-25 01:00+0200", "10-25 02:00+0200", "10-25 03:00+0100"]
+    spring = Recurrence(dt.datetime(2026, 3, 28, 23, 0, tzinfo=UTC), "FREQ=HOURLY;COUNT=4", BERLIN)  # 00:00 CET
+    assert local(every_way(spring, 4)[0], BERLIN) == [
+        "03-29 00:00+0100", "03-29 01:00+0100", "03-29 03:00+0200", "03-29 04:00+0200"]
+
+
+@pytest.mark.parametrize("count", ["", ";COUNT=3"])
+def test_a_start_at_the_second_occurrence_of_a_repeated_time_is_the_first_run(count):
+    start = dt.datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # 02:30 CET, the second 02:30 in Berlin
+    rec = Recurrence(start, "FREQ=DAILY" + count, BERLIN)
+    ways = every_way(rec, 3)
+    assert all(way[:3] == ways[0][:3] for way in ways), [local(w, BERLIN) for w in ways]
+    assert local(ways[0][:3], BERLIN) == ["10-25 02:30+0100", "10-26 02:30+0100", "10-27 02:30+0100"]
+    assert check_new(rec, 60, start) == start
+
+
+def test_a_local_start_in_the_gap_is_the_instant_after_it_and_the_rule_counts_from_there():
+    start = parse_start("2026-03-29T02:30", BERLIN)
+    assert local([start], BERLIN) == ["03-29 03:30+0200"]
+    daily = Recurrence(start, "FREQ=DAILY", BERLIN)  # the time of day comes from the start: 03:30
+    assert local(daily.upcoming(daily.first(), 2), BERLIN) == ["03-29 03:30+0200", "03-30 03:30+0200"]
+    # BYHOUR=2's 02:30 that day is before the start's 03:30 on the wall clock: its first run is the next day.
+    rec = Recurrence(start, "FREQ=HOURLY;INTERVAL=1;BYHOUR=2;COUNT=2", BERLIN)
+    assert local(every_way(rec, 2)[0], BERLIN) == ["03-30 02:30+0200", "03-31 02:30+0200"]
+
+
+def test_a_rule_whose_interval_never_reaches_its_hours_is_422_not_500():
+    # From an even hour, INTERVAL=2 only reaches even hours: dateutil's "byxxx generates an empty set".
+    with pytest.raises(Unprocessable) as err:
+        Recurrence(dt.datetime(2026, 3, 28, 1, 0, tzinfo=UTC), "FREQ=HOURLY;INTERVAL=2;BYHOUR=3", BERLIN)
+    assert err.value.status == 422 and err.value.code == "invalid_rrule" and "empty set" in err.value.message
+    # From 03:30 (a local 02:30 in the gap) it does reach 03:00, 05:00...: accepted.
+    rec = Recurrence(parse_start("2026-03-29T02:30", BERLIN), "FREQ=HOURLY;INTERVAL=2;BYHOUR=3", BERLIN)
+    assert local([rec.first()], BERLIN) == ["03-29 03:30+0200"]
+
+
 @pytest.mark.parametrize("text, reason", [
     ("FREQ=FOO", "invalid 'FREQ'"),
     ("FREQ=DAILY;BYHOUR=25", "hour must be in 0..23"),
