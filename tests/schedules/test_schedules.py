@@ -12,6 +12,7 @@ from dateutil import rrule as du
 from pumplink.clock import FakeClock
 from pumplink.errors import BadRequest, Conflict, TooManyRequests, Unavailable, Unprocessable
 from pumplink.schedules.planning import DueQueue, Recurrence, check_new, outcome_of, parse_start, plan
+from tests.schedules.test_rule_budget import expected_runs
 
 UTC = dt.timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -238,7 +239,8 @@ def local(runs, tz) -> list[str]:
 
 def every_way(rec: Recurrence, n: int) -> list[list[dt.datetime]]:
     """The first ``n`` runs as the scheduler steps (by stored index), as it steps without an
-    index, as a listing shows them, and as searches from just after each run find them."""
+    index, as a listing shows them, as searches from just after each run find them, and as
+    dateutil expands the rule (read as docs/decisions.md says)."""
     by_index, pos = [], rec.next_after(rec.start - dt.timedelta(days=1), -1)
     while pos.at is not None and len(by_index) < n + 1:
         by_index.append(pos.at)
@@ -247,7 +249,8 @@ def every_way(rec: Recurrence, n: int) -> list[list[dt.datetime]]:
     while plain[-1] is not None and len(plain) < n:
         plain.append(rec.after(plain[-1]))
     searched = [rec.first()] + [rec.at_or_after(r + dt.timedelta(seconds=1), r, i).at for i, r in enumerate(plain[:-1])]
-    return [by_index[:n + 1], plain, rec.upcoming(rec.first(), n), searched]
+    expanded = expected_runs(rec.text.split(";COUNT=")[0], rec.start, rec.tz)  # dateutil, from the start
+    return [by_index[:n + 1], plain, rec.upcoming(rec.first(), n), searched, expanded]
 
 
 @pytest.mark.parametrize("tz, day", [(BERLIN, dt.date(2026, 3, 29)), (NEW_YORK, dt.date(2026, 3, 8))])
@@ -282,7 +285,8 @@ def test_a_run_at_a_repeated_time_runs_once_at_its_first_occurrence(tz, day, tex
     ways = every_way(rec, 3)
     assert all(way[:3] == ways[0][:3] for way in ways), [local(w, tz) for w in ways]
     first, repeated, after = ways[0][:3]
-    assert repeated.astimezone(tz).date() == day and repeated.astimezone(tz).utcoffset() == first.astimezone(tz).utcoffset()
+    assert repeated.astimezone(tz).date() == day
+    assert repeated.astimezone(tz).utcoffset() == first.astimezone(tz).utcoffset()  # summer time: the first
     assert after - repeated == dt.timedelta(hours=25)  # the second occurrence does not run
 
 
