@@ -122,7 +122,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
                 self.unsaved = (rows, [e for e in rest if not isinstance(e, (state.Arm, state.Cancel))])
                 raise Unsaved() from None
         else:
-            for e in rows:
+            for e in records.fold(rows):
                 records.write(e, self.machine.st.device)
         self._carry_out(rest)
 

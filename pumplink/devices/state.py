@@ -167,6 +167,12 @@ class Insert:
     def __post_init__(self):
         object.__setattr__(self, "row", dataclasses.replace(self.record))
 
+    def with_values(self, values: dict) -> "Insert":
+        """The same insert with a later update's values in its row (the shell folds them)."""
+        folded = Insert(self.record)
+        object.__setattr__(folded, "row", dataclasses.replace(self.row, **values))
+        return folded
+
 
 @dataclasses.dataclass(frozen=True)
 class Update:

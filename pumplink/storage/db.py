@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from urllib.parse import unquote, urlsplit
 
 import peewee
@@ -22,7 +23,7 @@ def make_database(url: str) -> peewee.Database:
             path,
             pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"},
         )
-    return PooledPostgresqlDatabase(
+    return _Pool(
         unquote(parts.path.lstrip("/")),
         user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
@@ -35,6 +36,40 @@ def make_database(url: str) -> peewee.Database:
         timeout=10,
         connect_timeout=3,
     )
+
+
+PING_AFTER_S = 1.0  # a pooled connection idle for longer is pinged before it is handed out
+
+
+class _Pool(PooledPostgresqlDatabase):
+    """peewee's pool, pinging (``SELECT 1``) only a connection that idled for a while.
+
+    The stock pool pings every connection it hands out: a round trip before every request and
+    every device transaction (two of the dozen in an activation). A connection given back less
+    than PING_AFTER_S ago was working then; if the server went away since, its first statement
+    fails, which is the same DatabaseUnavailable an outage gives, and the idle ones are dropped.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._returned: dict[int, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _close(self, conn, close_conn=False):
+        self._returned[self.conn_key(conn)] = time.monotonic()
+        super()._close(conn, close_conn)
+
+    def _close_raw(self, conn):
+        self._returned.pop(self.conn_key(conn), None)
+        super()._close_raw(conn)
+
+    def _is_closed(self, conn):
+        if conn.closed:
+            return True
+        returned = self._returned.get(self.conn_key(conn))
+        if returned is not None and time.monotonic() - returned < PING_AFTER_S \
+                and self._adapter.txn_status(conn) == self._adapter.txn_idle:
+            return False
+        return super()._is_closed(conn)
 
 
 # A full pool is a dependency that is not there for us right now, like a database that is down.

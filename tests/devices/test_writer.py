@@ -47,19 +47,19 @@ def test_many_devices_share_transactions_and_every_row_lands_with_its_id(db):
     writer = GroupWriter(db, metrics).start()
     try:
         devices = [records.device_value(d) for d in m.Device.select().order_by(m.Device.id)]
-        start = threading.Barrier(DEVICES)
+        start = threading.Barrier(len(devices), timeout=30)  # a lost thread fails the test, never hangs it
         sessions, errors = {}, []
 
         def device(d: state.Device):
             session, rows = _rows(d.id)
-            start.wait()
             try:
+                start.wait()
                 writer.commit(rows, d)
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
             sessions[d.id] = session.id  # set by the writer before commit returned
 
-        threads = [threading.Thread(target=device, args=(d,)) for d in devices]
+        threads = [threading.Thread(target=device, args=(d,), daemon=True) for d in devices]
         for t in threads:
             t.start()
         for t in threads:
@@ -71,8 +71,9 @@ def test_many_devices_share_transactions_and_every_row_lands_with_its_id(db):
         assert stored == {sid: did for did, sid in sessions.items()}
         assert logs == {(did, sid) for did, sid in sessions.items()}  # each log row names its own session
         batch = _samples(metrics.commit_batch)
-        assert batch["count"] < DEVICES and batch["sum"] == DEVICES  # fewer transactions than messages
-        assert _samples(metrics.commit_wait)["count"] == DEVICES
+        assert len(sessions) == len(devices)  # every device's rows landed
+        assert batch["count"] < len(devices) and batch["sum"] == len(devices)  # fewer transactions than messages
+        assert _samples(metrics.commit_wait)["count"] == len(devices)
     finally:
         writer.stop()
 
@@ -92,3 +93,34 @@ def test_a_message_whose_rows_fail_fails_alone_and_the_writer_goes_on(db):
         assert writer.available()
     finally:
         writer.stop()
+
+
+def test_an_update_of_a_record_inserted_in_the_same_rows_is_folded_into_its_insert():
+    act = state.Activation(1, 2, None, 60, "api", to_db(T0))
+    first = state.Insert(act)
+    act.state, act.command_id = "starting", "c-1"
+    rows = [first, state.Update(act, ("state", "command_id")), state.WriteLog("on", "api", "user:2", T0, None, act)]
+    folded = records.fold(rows)
+    assert [type(e) for e in folded] == [state.Insert, state.WriteLog]
+    assert (folded[0].row.state, folded[0].row.command_id) == ("starting", "c-1")
+    assert folded[0].record is act
+    assert (first.row.state, first.row.command_id) == ("queued", None)  # the machine's effect is left as it was
+
+
+def test_many_sessions_closed_in_one_batch_each_get_their_own_values(db):
+    """A batch of OFF reports closes every session with its own end (one UPDATE with CASE)."""
+    devices = [records.device_value(d) for d in m.Device.select().order_by(m.Device.id)][:5]
+    opened = []
+    with db.connection_context():
+        for n, d in enumerate(devices):
+            s = state.Session(to_db(T0 + dt.timedelta(seconds=n)), "manual")
+            records.write(state.Insert(s), d)
+            opened.append(s)
+        units = []
+        for n, (s, d) in enumerate(zip(opened, devices)):
+            s.ended_at, s.actual_s, s.end_reason = to_db(T0 + dt.timedelta(seconds=10 + n)), 10.0 + n, f"why{n}"
+            units.append(([state.Update(s, ("ended_at", "actual_s", "end_reason"))], d))
+        with db.atomic():
+            records.write_many(units)
+        stored = {row.id: (row.ended_at, row.actual_s, row.end_reason) for row in m.Session.select()}
+    assert stored == {s.id: (s.ended_at, s.actual_s, s.end_reason) for s in opened}
