@@ -53,6 +53,13 @@ class Metrics:
                                      "From a device handing its rows to the writer until they were durable",
                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
                                      registry=r)
+        # Cluster mode (docs/cluster.md): calls this node sent to a device's owner, and those it served.
+        self.forwarded = Counter("pumplink_forwarded_requests",
+                                 "Gateway calls forwarded to the node owning the device, by operation and outcome",
+                                 ["op", "outcome"], registry=r)
+        self.forwarded_served = Counter("pumplink_forwarded_served",
+                                        "Forwarded calls received from other nodes, by outcome", ["outcome"],
+                                        registry=r)
 
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:
