@@ -18,6 +18,7 @@ from pumplink.config import ConfigError, load  # noqa: E402
 def _serve(args) -> int:
     config = load()
     config.require_jwt_secret()
+    config.require_cluster_settings()
     from gunicorn.app.wsgiapp import WSGIApplication
 
     sys.argv = ["pumplink serve", "-c", "python:pumplink.server.gunicorn"]

@@ -31,6 +31,7 @@ def bootstrap_admin(config: Config, accounts: Accounts) -> None:
 class PumpLinkService:
     def __init__(self, config: Config, clock: Clock | None = None):
         config.require_jwt_secret()
+        config.require_cluster_settings()
         self.config = config
         self.db = make_database(config.database_url)
         migrations.migrate(self.db)
