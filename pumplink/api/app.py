@@ -69,9 +69,9 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         **live.routes(auth, clock, bus, config.max_push_tokens_per_user),
     }
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]
-    if getattr(config, "zookeeper", None):
+    if config.clustered:
         # Cluster mode: calls other nodes forward here, signed (not in the OpenAPI document).
-        app.add_route(internal.PATH, internal.InternalCall(gateway, getattr(config, "cluster_secret", None), metrics))
+        app.add_route(internal.PATH, internal.InternalCall(gateway, config.cluster_secret, metrics))
     # Paths older clients use (the seed's activation name, the app's WebSocket at the root),
     # probes at the root, and Prometheus's conventional path (keep it off the public proxy).
     registered += [
