@@ -201,3 +201,10 @@ class Router:
             raise Unavailable(f"{len(missing)} devices are changing hands between servers and were not reached "
                               f"(first: {missing[0]}); the others were. Try again in a moment.",
                               "partition_moving", retry_after=RETRY_AFTER_S, device_ids=missing[:100])
+
+
+def router_for(member, config, metrics=None, root: str = "/pumplink") -> Router:
+    """The gateway's router in cluster mode (the actor system sets ``gateway.router`` to it)."""
+    from pumplink.cluster.forward import Forwarder
+
+    return Router(member, Owners(member.client, root), Forwarder(member.node, config.cluster_secret, metrics))
