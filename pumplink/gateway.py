@@ -58,6 +58,11 @@ class Gateway:
         # Cluster mode (docs/cluster.md): a cluster.routing.Router; a device whose partition another
         # node owns is forwarded there. None: this node owns every device.
         self.router = None
+        cluster = getattr(supervisor, "cluster", None)
+        if cluster is not None:
+            from pumplink.cluster.routing import router_for  # kazoo: cluster mode only
+
+            self.router = router_for(cluster, config, getattr(supervisor.rt, "metrics", None))
 
     # --- cluster -----------------------------------------------------------------------------
     def _remote(self, device_id: int) -> bool:

@@ -109,11 +109,15 @@ class Owners:
 class Router:
     """For the gateway: is a device's partition ours, and if not, where to forward to."""
 
-    def __init__(self, member, owners: Owners, forwarder, partitions: int = PARTITIONS):
+    def __init__(self, member, owners: Owners, forwarder, partitions: int = PARTITIONS,
+                 runs_here: Callable[[int], bool] | None = None):
         self.member = member  # cluster.membership.Member: what this node owns, and its name
         self.owners = owners
         self.forwarder = forwarder  # cluster.forward.Forwarder
         self.partitions = partitions
+        # Whether the device layer runs the device here (cluster.node.ClusterNode.owns): it stops
+        # before the Member gives the partition back, and starts before the Member counts it.
+        self.runs_here = runs_here or (lambda device_id: True)
         self.owner_only = False
 
     @property
@@ -123,13 +127,14 @@ class Router:
     def as_owner(self) -> "Router":
         """The router of a call forwarded to us: it never forwards again (no ping-pong while a
         partition moves); a device not ours is a 503 the forwarding node passes on."""
-        other = Router(self.member, self.owners, self.forwarder, self.partitions)
+        other = Router(self.member, self.owners, self.forwarder, self.partitions, self.runs_here)
         other.owner_only = True
         return other
 
     def is_local(self, device_id: int) -> bool:
-        """True: this node owns the device's partition. False: another node does (``address``)."""
-        if self.member.epoch_for(device_id) is not None:
+        """True: this node owns the device's partition (recovered, not being given back). False:
+        ask ``address`` (another node's, or a 503 while the partition moves)."""
+        if self.member.epoch_for(device_id) is not None and self.runs_here(device_id):
             return True
         if self.owner_only:
             raise moving(device_id, "no longer owned by the server it was sent to")
@@ -143,7 +148,7 @@ class Router:
             if owner is None:
                 raise moving(device_id, "no server holds it")
             if owner == self.node:
-                raise moving(device_id, "this server is taking it over")
+                raise moving(device_id, "this server is taking it over or giving it back")
             address = self.owners.members().get(owner)
         except KazooException as exc:
             log.warning("cluster: owner of partition %d unknown (%s)", p, exc.__class__.__name__)
@@ -203,8 +208,10 @@ class Router:
                               "partition_moving", retry_after=RETRY_AFTER_S, device_ids=missing[:100])
 
 
-def router_for(member, config, metrics=None, root: str = "/pumplink") -> Router:
-    """The gateway's router in cluster mode (the actor system sets ``gateway.router`` to it)."""
+def router_for(cluster, config, metrics=None) -> Router:
+    """The gateway's router for this node (``cluster``: cluster.node.ClusterNode)."""
     from pumplink.cluster.forward import Forwarder
 
-    return Router(member, Owners(member.client, root), Forwarder(member.node, config.cluster_secret, metrics))
+    member = cluster.member
+    return Router(member, Owners(member.client, cluster.root), Forwarder(member.node, config.cluster_secret, metrics),
+                  runs_here=cluster.owns)
