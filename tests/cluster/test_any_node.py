@@ -1,0 +1,165 @@
+"""Any node answers any request: two real `pumplink serve` nodes on one ZooKeeper, PostgreSQL,
+broker topic prefix and simulated pumps. A call for a device owned by the other node is
+forwarded there and answers as the owner; live events cross nodes, filtered as on one node."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import uuid
+
+import pytest
+import requests
+
+from pumplink.cluster.membership import cluster_map
+from pumplink.cluster.partitions import PARTITIONS, partition_of
+from tests.conftest import TEST_LIMITS, World
+from tests.e2e.test_ws import connect, recv_json, recv_until, ws_url
+from tests.support import Server, server_env, wait_until
+
+WAIT_S = 30.0
+_n = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_factory, zookeeper, run_tag, log_dir):
+    """Two nodes sharing everything but their names and ports; both own half the partitions."""
+    from kazoo.client import KazooClient
+
+    root = f"/pltest-{uuid.uuid4().hex[:12]}"
+    database, prefix, secret = pg_factory(), f"pltest-{run_tag}-cl{next(_n)}", secrets.token_urlsafe(48)
+    nodes = []
+    for name in ("node-a", "node-b"):
+        env = server_env(database, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=zookeeper.hosts + root,
+                         PUMPLINK_CLUSTER_SECRET=secret, PUMPLINK_NODE_NAME=name, PUMPLINK_ZK_SESSION_TIMEOUT_S="4")
+        env["PUMPLINK_INTERNAL_URL"] = "http://" + env["PUMPLINK_BIND"]
+        if nodes:  # one JWT secret for the service: a token from one node works on the other
+            env["PUMPLINK_JWT_SECRET"] = nodes[0].env["PUMPLINK_JWT_SECRET"]
+        node = Server(env, log_dir / f"cluster-{prefix}-{name}.log")
+        node.name, node.prefix, node.legacy_base = name, prefix, env["PUMPLINK_LEGACY_BASE"]
+        nodes.append(node.start())
+    observer = KazooClient(hosts=zookeeper.hosts, timeout=10)
+    observer.start(timeout=15)
+
+    def owners():
+        return cluster_map(observer, root)["owners"]
+
+    wait_until(lambda: all(o is not None for o in owners().values())
+               and {o["node"] for o in owners().values()} == {"node-a", "node-b"}, timeout=WAIT_S,
+               what="both nodes own partitions")
+    yield nodes, owners
+    for node in nodes:
+        node.stop()
+    observer.stop()
+    observer.close()
+
+
+@pytest.fixture
+def two(cluster):
+    (a, b), owners = cluster
+    world = World(a)
+    yield a, b, owners, world
+    world.close()
+
+
+def device_owned_by(world: World, owners, node: str, **fields) -> int:
+    """A new device (created through node a) whose partition ``node`` owns."""
+    for _ in range(40):
+        device_id = world.device(f"Pump {secrets.token_hex(2)}", **fields)
+        owner = owners()[partition_of(device_id)]
+        if owner is not None and owner["node"] == node:
+            return device_id
+    raise AssertionError(f"no device landed on {node}")
+
+
+def api_on(node: Server, api):
+    return node.api(api.token)
+
+
+def metric(node: Server, line_start: str) -> float:
+    for line in requests.get(node.base + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_an_activation_through_the_other_node_starts_the_pump_and_answers_as_the_owner(two):
+    a, b, owners, world = two
+    device_id = device_owned_by(world, owners, "node-b")
+    pump = world.pump(device_id)
+    user = world.user()
+    on_a, on_b = api_on(a, user), api_on(b, user)
+    wait_until(lambda: on_a.get(f"devices/{device_id}").json().get("state") == "off", what="device off, seen on a")
+
+    r = on_a.post("activate", {"device_id": device_id, "duration_s": 2})
+    assert r.status_code == 202, r.text
+    activation = r.json()["activation"]
+    cmd = pump.wait_for(lambda p: p.commands and p.commands[0], what="ON command")
+    assert cmd["action"] == "on" and cmd["duration_s"] == 2
+    pump.wait_for(lambda p: p.state == "on", what="pump on")
+    assert activation["device_id"] == device_id and activation["user_id"] == user.user_id
+    assert metric(a, 'pumplink_forwarded_requests_total{op="activate",outcome="ok"}') >= 1
+    # A second run is queued by the owner's actor, whichever node it is sent to.
+    queued = on_a.post("activate", {"device_id": device_id, "duration_s": 1})
+    assert queued.status_code == 202 and queued.json()["activation"]["state"] == "queued", queued.text
+    cancelled = on_a.delete(f"activations/{queued.json()['activation']['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["activation"]["state"] == "cancelled", cancelled.text
+
+    pump.wait_for(lambda p: p.state == "off", timeout=6, what="pump off")
+    wait_until(lambda: on_b.get(f"activations/{activation['id']}").json()["state"] == "completed",
+               what="activation completed")
+    # At rest, both nodes give the same answers for the device, its status and the list.
+    for path in (f"devices/{device_id}", f"device/{device_id}/status"):
+        assert on_a.get(path).json() == on_b.get(path).json()
+    listed = [on.get("devices").json()["devices"] for on in (on_a, on_b)]
+    assert listed[0] == listed[1] and device_id in {d["id"] for d in listed[0]}
+    # Errors too: the owner's refusal, passed on unchanged.
+    too_long = {"device_id": device_id, "duration_s": 10 ** 6}
+    ra, rb = on_a.post("activate", too_long), on_b.post("activate", too_long)
+    assert (ra.status_code, ra.json()) == (rb.status_code, rb.json()) and ra.status_code == 422
+
+
+def test_a_websocket_client_on_one_node_sees_a_device_of_the_other(two):
+    a, b, owners, world = two
+    device_id = device_owned_by(world, owners, "node-b")
+    world.pump(device_id)
+    user = world.user()
+    wait_until(lambda: api_on(b, user).get(f"devices/{device_id}").json().get("state") == "off", what="device off")
+    ws = connect(ws_url(a), token=user.token, timeout=10)
+    snapshot = recv_json(ws)
+    assert snapshot["type"] == "snapshot" and device_id in {d["device_id"] for d in snapshot["devices"]}
+    r = api_on(b, user).post("activate", {"device_id": device_id, "duration_s": 1})
+    assert r.status_code == 202, r.text
+    on, _ = recv_until(ws, lambda m: m["type"] == "device.state" and m["device_id"] == device_id and m["state"] == "on")
+    assert on["activation_id"] == r.json()["activation"]["id"]
+    done, _ = recv_until(ws, lambda m: m["type"] == "activation" and m["state"] == "completed")
+    assert done["device_id"] == device_id
+    ws.close()
+
+
+def test_a_viewer_gets_no_events_of_a_device_it_may_not_see_from_either_node(two):
+    a, b, owners, world = two
+    site = world.admin.post("sites", {"name": f"Private {secrets.token_hex(3)}"})
+    assert site.status_code == 201, site.text
+    hidden = device_owned_by(world, owners, "node-b", site_id=site.json()["id"])
+    sentinel = device_owned_by(world, owners, "node-b")
+    pumps = {d: world.pump(d) for d in (hidden, sentinel)}
+    user = world.user()
+    admin_b = api_on(b, world.admin)
+    wait_until(lambda: all(admin_b.get(f"devices/{d}").json().get("state") == "off" for d in pumps), what="both off")
+    ws, ws_admin = (connect(ws_url(a), token=api.token, timeout=10) for api in (user, world.admin))
+    assert recv_json(ws)["type"] == recv_json(ws_admin)["type"] == "snapshot"
+    assert admin_b.post("activate", {"device_id": hidden, "duration_s": 1}).status_code == 202
+    # Once its owner shows the hidden device on, its event is in the owner's broadcaster, which
+    # relays in order: everything about it has crossed once the sentinel's next change has.
+    wait_until(lambda: admin_b.get(f"devices/{hidden}").json()["state"] == "on", what="hidden device on")
+    pumps[sentinel].manual("on")
+    last, before = recv_until(ws, lambda m: m["type"] == "device.state" and m["device_id"] == sentinel)
+    assert last["state"] == "on"
+    assert [f for f in before if f.get("device_id") == hidden] == []
+    # The admin on the same node did get them: the events did cross.
+    last, before = recv_until(ws_admin, lambda m: m["type"] == "device.state" and m["device_id"] == sentinel)
+    assert any(f["type"] == "device.state" and f["device_id"] == hidden and f["state"] == "on" for f in before)
+    pumps[sentinel].manual("off")
+    ws.close()
+    ws_admin.close()
