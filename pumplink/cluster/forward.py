@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 import requests
+import requests.adapters
 
 from pumplink.cluster import signing
 from pumplink.errors import PumpLinkError, Unavailable
@@ -29,6 +29,8 @@ PATH = "/internal/v1/call"
 CONNECT_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 15.0  # above the owner's own wait on its actor (gateway.ASK_TIMEOUT_S)
 RETRY_AFTER_S = 1
+POOLS = 16  # owners whose connections are kept
+POOL_SIZE = 64  # connections kept per owner: calls in flight at once beyond it open and close their own
 
 
 def rebuild(status: int, body: Any, retry_after: str | None) -> PumpLinkError:
@@ -53,13 +55,15 @@ class Forwarder:
         self.node = node
         self.secret = secret
         self.metrics = metrics
-        self._local = threading.local()  # a pooled session per thread (greenlet under gevent)
+        # One pool of keep-alive connections per owner, shared by every request (a session per
+        # greenlet would open a connection per request and leave it to the garbage collector).
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=POOLS, pool_maxsize=POOL_SIZE)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+    def close(self) -> None:
+        self._session.close()
 
     def _count(self, op: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -70,7 +74,7 @@ class Forwarder:
         headers = {"Content-Type": "application/json", **signing.sign(self.secret, self.node, "POST", PATH, body)}
         url = address.rstrip("/") + PATH
         try:
-            answer = self._session().post(url, data=body, headers=headers, timeout=(CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S))
+            answer = self._session.post(url, data=body, headers=headers, timeout=(CONNECT_TIMEOUT_S, ANSWER_TIMEOUT_S))
         except requests.ConnectionError as exc:
             if isinstance(exc, requests.ConnectTimeout) or "Read timed out" not in str(exc):
                 self._count(op, "unreachable")
