@@ -163,3 +163,33 @@ def test_a_viewer_gets_no_events_of_a_device_it_may_not_see_from_either_node(two
     pumps[sentinel].manual("off")
     ws.close()
     ws_admin.close()
+
+
+def test_while_a_dead_nodes_partitions_have_no_owner_calls_are_a_retryable_503(two):
+    """Last in the module: it kills node b (and starts it again)."""
+    a, b, owners, world = two
+    device_id = device_owned_by(world, owners, "node-b")
+    pump = world.pump(device_id)
+    user = world.user()
+    on_a = api_on(a, user)
+    wait_until(lambda: on_a.get(f"devices/{device_id}").json().get("state") == "off", what="device off")
+    b.kill()
+    # Until ZooKeeper expires b's session (4 s) b still holds the partition, then a recovers it.
+    answers = []
+
+    def activated():
+        r = on_a.post("activate", {"device_id": device_id, "duration_s": 1})
+        answers.append(r)
+        return r.status_code == 202
+
+    wait_until(activated, timeout=4 + 3 + 5, interval=0.2, what="an activation through a accepted")
+    refused = answers[:-1]
+    assert refused, "b's partition was taken over before its session could expire"
+    for r in refused:
+        assert r.status_code == 503 and r.headers.get("Retry-After"), (r.status_code, r.text)
+        assert r.json()["code"] in ("owner_unreachable", "partition_moving"), r.text
+    pump.wait_for(lambda p: p.state == "on", what="pump on, commanded by a")
+    assert owners()[partition_of(device_id)]["node"] == "node-a"
+    b.start()
+    wait_until(lambda: {o["node"] for o in owners().values() if o} == {"node-a", "node-b"}, timeout=WAIT_S,
+               what="b owns partitions again")
