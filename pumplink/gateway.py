@@ -55,14 +55,12 @@ class Gateway:
         # Set by the actor system once the scheduler runs: the scheduler fires through this gateway.
         self.scheduler = scheduler
         self._proxies: dict[int, tuple[pykka.ActorRef, DeviceProxy]] = {}
-        # Cluster mode (docs/cluster.md): a cluster.routing.Router; a device whose partition another
-        # node owns is forwarded there. None: this node owns every device.
+        # Cluster mode (docs/cluster.md): calls for devices other nodes own are forwarded there.
         self.router = None
-        cluster = getattr(supervisor, "cluster", None)
-        if cluster is not None:
+        if getattr(supervisor, "cluster", None) is not None:
             from pumplink.cluster.routing import router_for  # kazoo: cluster mode only
 
-            self.router = router_for(cluster, config, getattr(supervisor.rt, "metrics", None))
+            self.router = router_for(supervisor.cluster, config, supervisor.rt.metrics)
 
     # --- cluster -----------------------------------------------------------------------------
     def _remote(self, device_id: int) -> bool:
@@ -80,9 +78,7 @@ class Gateway:
 
     def _each_node(self, local: Callable[[], list], op: str, user: m.User | None = None, **args) -> list:
         """``local()`` here and ``op`` on every other node (each for the devices it owns), joined."""
-        if self.router is None:
-            return local()
-        return self.router.each_node(local, op, user.id if user is not None else None, **args)
+        return local() if self.router is None else self.router.each_node(local, op, user and user.id, **args)
 
     def _split(self, ids: list[int], local: Callable[[list[int]], list], op: str) -> list:
         """Per-device answers for ``ids``: ours from ``local``, the others' from their owners, in order."""
