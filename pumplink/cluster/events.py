@@ -28,6 +28,8 @@ from pumplink.events import ActivationChanged, DeviceStateChanged, ScheduleChang
 
 log = logging.getLogger(__name__)
 
+MAX_QUEUED = 10_000
+
 TYPES = {cls.__name__: cls for cls in (DeviceStateChanged, ActivationChanged, ScheduleChanged, UserAccessChanged,
                                       SitesChanged)}
 
@@ -72,6 +74,8 @@ class ClusterEvents:
         if url.scheme == "mqtts":
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # While the broker is away paho keeps what we publish; past this, new events are dropped.
+        self.client.max_queued_messages_set(MAX_QUEUED)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
