@@ -165,6 +165,47 @@ def test_a_viewer_gets_no_events_of_a_device_it_may_not_see_from_either_node(two
     ws_admin.close()
 
 
+def test_schedules_shutdowns_changes_and_the_emergency_stop_reach_the_owner(two):
+    import datetime as dt
+
+    a, b, owners, world = two
+    mine, theirs = device_owned_by(world, owners, "node-a"), device_owned_by(world, owners, "node-b")
+    pumps = {d: world.pump(d) for d in (mine, theirs)}
+    user = world.user()
+    on_a, admin_a = api_on(a, user), api_on(a, world.admin)
+    wait_until(lambda: all(on_a.get(f"devices/{d}").json().get("state") == "off" for d in pumps), what="both off")
+
+    # A schedule made through a for b's device is planned and fired by b.
+    start = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=2)).isoformat(timespec="milliseconds")
+    r = on_a.post("schedules", {"device_id": theirs, "start_time": start, "duration_s": 30})
+    assert r.status_code == 201, r.text
+    schedule_id = r.json()["schedule"]["id"]
+    pumps[theirs].wait_for(lambda p: p.state == "on", timeout=8, what="scheduled run on b's pump")
+    r = on_a.patch(f"schedules/{schedule_id}", {"enabled": False})
+    assert r.status_code == 200 and r.json()["enabled"] is False, r.text
+    # Force shutdown through a of b's running device.
+    r = admin_a.post(f"devices/{theirs}/force-shutdown", {})
+    assert r.status_code == 200 and r.json()["device_id"] == theirs, r.text
+    pumps[theirs].wait_for(lambda p: p.state == "off", timeout=3, what="b's pump off")
+    # A change through a reaches b's actor.
+    r = admin_a.patch(f"devices/{theirs}", {"name": "Renamed on b"})
+    assert r.status_code == 200 and r.json()["name"] == "Renamed on b", r.text
+    assert api_on(b, user).get(f"devices/{theirs}").json()["name"] == "Renamed on b"
+
+    # The emergency stop through a stops the pumps of both nodes and lists every device.
+    for d in pumps:
+        assert on_a.post("activate", {"device_id": d, "duration_s": 30}).status_code == 202
+    for pump in pumps.values():
+        pump.wait_for(lambda p: p.state == "on", what="pump on")
+    r = admin_a.post("admin/emergency-stop", {})
+    assert r.status_code == 200, r.text
+    assert set(pumps) <= {d["device_id"] for d in r.json()["devices"]}
+    for pump in pumps.values():
+        pump.wait_for(lambda p: p.state == "off", timeout=3, what="pump off after emergency stop")
+    assert admin_a.delete(f"devices/{theirs}").status_code == 200
+    assert api_on(b, world.admin).get(f"devices/{theirs}").status_code == 404
+
+
 def test_while_a_dead_nodes_partitions_have_no_owner_calls_are_a_retryable_503(two):
     """Last in the module: it kills node b (and starts it again)."""
     a, b, owners, world = two
