@@ -4,54 +4,24 @@ forwarded there and answers as the owner; live events cross nodes, filtered as o
 
 from __future__ import annotations
 
-import itertools
 import secrets
-import uuid
 
 import pytest
 import requests
 
-from pumplink.cluster.membership import cluster_map
-from pumplink.cluster.partitions import PARTITIONS, partition_of
-from tests.conftest import TEST_LIMITS, World
+from pumplink.cluster.partitions import partition_of
+from tests.cluster.nodes import WAIT_S, running_cluster
+from tests.conftest import World
 from tests.e2e.test_ws import connect, recv_json, recv_until, ws_url
-from tests.support import Server, server_env, wait_until
-
-WAIT_S = 30.0
-_n = itertools.count()
+from tests.support import Server, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(pg_factory, zookeeper, run_tag, log_dir):
     """Two nodes sharing everything but their names and ports; both own half the partitions."""
-    from kazoo.client import KazooClient
-
-    root = f"/pltest-{uuid.uuid4().hex[:12]}"
-    database, prefix, secret = pg_factory(), f"pltest-{run_tag}-cl{next(_n)}", secrets.token_urlsafe(48)
-    nodes = []
-    for name in ("node-a", "node-b"):
-        env = server_env(database, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=zookeeper.hosts + root,
-                         PUMPLINK_CLUSTER_SECRET=secret, PUMPLINK_NODE_NAME=name, PUMPLINK_ZK_SESSION_TIMEOUT_S="4")
-        env["PUMPLINK_INTERNAL_URL"] = "http://" + env["PUMPLINK_BIND"]
-        if nodes:  # one JWT secret for the service: a token from one node works on the other
-            env["PUMPLINK_JWT_SECRET"] = nodes[0].env["PUMPLINK_JWT_SECRET"]
-        node = Server(env, log_dir / f"cluster-{prefix}-{name}.log")
-        node.name, node.prefix, node.legacy_base = name, prefix, env["PUMPLINK_LEGACY_BASE"]
-        nodes.append(node.start())
-    observer = KazooClient(hosts=zookeeper.hosts, timeout=10)
-    observer.start(timeout=15)
-
-    def owners():
-        return cluster_map(observer, root)["owners"]
-
-    wait_until(lambda: all(o is not None for o in owners().values())
-               and {o["node"] for o in owners().values()} == {"node-a", "node-b"}, timeout=WAIT_S,
-               what="both nodes own partitions")
-    yield nodes, owners
-    for node in nodes:
-        node.stop()
-    observer.stop()
-    observer.close()
+    with running_cluster(["node-a", "node-b"], database=pg_factory(), zookeeper=zookeeper, run_tag=run_tag,
+                         log_dir=log_dir) as (nodes, owners):
+        yield nodes, owners
 
 
 @pytest.fixture
