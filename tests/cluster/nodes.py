@@ -8,6 +8,7 @@ import itertools
 import secrets
 import uuid
 
+import pytest
 from kazoo.client import KazooClient
 
 from pumplink.cluster.membership import cluster_map
@@ -22,6 +23,8 @@ _n = itertools.count()
 def running_cluster(names, *, database: str, zookeeper, run_tag: str, log_dir, session_timeout_s: int = 4):
     """Yields ``(nodes, owners)``: the started servers, and a function reading each partition's
     owner from ZooKeeper. Returns once every partition has an owner and every node owns some."""
+    # Until the nodes own partitions (h-cluster-own's cluster/node.py) there is nothing to route.
+    pytest.importorskip("pumplink.cluster.node", reason="nodes do not own partitions yet")
     root = f"/pltest-{uuid.uuid4().hex[:12]}"
     prefix, secret, jwt = f"pltest-{run_tag}-cl{next(_n)}", secrets.token_urlsafe(48), secrets.token_urlsafe(40)
     nodes: list[Server] = []
