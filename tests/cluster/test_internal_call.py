@@ -126,3 +126,9 @@ def test_errors_come_back_as_the_public_api_writes_them(node, world):
         assert public.status_code in (403, 404, 422)
         assert (error.status, {"error": error.message, "code": error.code, **error.extra}) == (
             public.status_code, public.json())
+
+
+def test_a_single_node_has_no_internal_endpoint(server):
+    raw = body("activate", 1, device_id=1, duration_s=2)
+    r = post(server, raw, signing.sign(SECRET, "node-b", "POST", PATH, raw))
+    assert r.status_code == 404 and r.json()["code"] == "not_found"
