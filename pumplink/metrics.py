@@ -60,6 +60,9 @@ class Metrics:
         self.forwarded_served = Counter("pumplink_forwarded_served",
                                         "Forwarded calls received from other nodes, by outcome", ["outcome"],
                                         registry=r)
+        self.cluster_events = Counter("pumplink_cluster_events",
+                                      "Live events sent to or received from other nodes, by direction",
+                                      ["direction"], registry=r)
 
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:

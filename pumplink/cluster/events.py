@@ -60,9 +60,10 @@ def decode(payload: bytes):
 class ClusterEvents:
     """Publishes this node's events; hands every other node's to ``deliver`` (from paho's thread)."""
 
-    def __init__(self, config: Config, deliver: Callable[[object], None]):
+    def __init__(self, config: Config, deliver: Callable[[object], None], metrics=None):
         self.config = config
         self.deliver = deliver
+        self.metrics = metrics
         self.sender = f"{config.node}/{uuid.uuid4().hex[:8]}"  # a restarted node is another sender
         self.topic = topic(config.mqtt_prefix)
         self.v5 = config.mqtt_protocol == "5"
@@ -79,8 +80,6 @@ class ClusterEvents:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = self._on_disconnect
-        self.received = 0
-        self.published = 0
 
     def start(self) -> "ClusterEvents":
         url = urlsplit(self.config.mqtt_url)
@@ -100,7 +99,8 @@ class ClusterEvents:
         """Queued by paho; while the broker is away, paho keeps QoS 1 messages until it is back."""
         if type(event).__name__ in TYPES:
             self.client.publish(self.topic, encode(event, self.sender), qos=1)
-            self.published += 1
+            if self.metrics is not None:
+                self.metrics.cluster_events.labels("sent").inc()
 
     # --- paho's thread: never raise ----------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
@@ -125,7 +125,8 @@ class ClusterEvents:
             sender, event = decoded
             if sender == self.sender:
                 return  # our own, echoed by a broker without "no local"
-            self.received += 1
+            if self.metrics is not None:
+                self.metrics.cluster_events.labels("received").inc()
             self.deliver(event)
         except Exception:  # noqa: BLE001 - an exception here would end paho's thread
             log.exception("cluster events: delivering a message failed")

@@ -126,7 +126,7 @@ class BroadcasterActor(pykka.ThreadingActor):
             from pumplink.cluster.events import ClusterEvents  # paho, only in cluster mode
 
             ref = self.actor_ref
-            self.relay = ClusterEvents(self.rt.config, lambda event: ref.tell(Remote(event))).start()
+            self.relay = ClusterEvents(self.rt.config, lambda event: ref.tell(Remote(event)), self.metrics).start()
 
     def on_receive(self, message):
         try:

@@ -12,6 +12,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 
 from pumplink.cluster.events import encode, topic
 from pumplink.events import ActivationChanged, DeviceStateChanged
@@ -143,6 +144,8 @@ def test_events_of_another_node_reach_only_the_clients_that_may_see_them(world, 
     last, before = recv_until(ws_user, lambda m: m["type"] == "device.state" and m["device_id"] == visible)
     assert last["state"] == "on" and last["reason"] == "manual"
     assert [f for f in before if f.get("device_id") == hidden or f["type"] == "activation"] == []
+    metrics = requests.get(world.server.base + "/metrics", timeout=5).text
+    assert 'pumplink_cluster_events_total{direction="received"}' in metrics
     # The admin sees all three.
     seen = [recv_until(ws_admin, lambda m: m["type"] in ("device.state", "activation"))[0] for _ in range(3)]
     assert [(f["type"], f["device_id"]) for f in seen] == [("device.state", hidden), ("activation", visible),
