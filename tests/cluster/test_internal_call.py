@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import uuid
 
 import pytest
 import requests
@@ -17,6 +16,7 @@ import requests
 from pumplink.cluster import signing
 from pumplink.cluster.forward import PATH, Forwarder
 from pumplink.errors import PumpLinkError
+from tests.cluster.nodes import running_cluster
 from tests.conftest import World
 from tests.support import wait_until
 
@@ -24,17 +24,11 @@ SECRET = secrets.token_urlsafe(48)
 
 
 @pytest.fixture(scope="module")
-def node(server_factory, zookeeper):
-    root = f"/pltest-{uuid.uuid4().hex[:12]}"
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=zookeeper.hosts, timeout=10)
-    client.start(timeout=15)
-    client.ensure_path(root)  # the node's chroot
-    client.stop()
-    client.close()
-    return server_factory(PUMPLINK_ZOOKEEPER=zookeeper.hosts + root, PUMPLINK_CLUSTER_SECRET=SECRET,
-                          PUMPLINK_NODE_NAME="node-a", PUMPLINK_ZK_SESSION_TIMEOUT_S="4")
+def node(pg_factory, zookeeper, run_tag, log_dir):
+    """One node in cluster mode (it owns every partition)."""
+    with running_cluster(["node-a"], database=pg_factory(), zookeeper=zookeeper, run_tag=run_tag, log_dir=log_dir,
+                         routing=False, secret=SECRET) as (nodes, _):
+        yield nodes[0]
 
 
 @pytest.fixture

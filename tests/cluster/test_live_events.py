@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import queue
 import secrets
-import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -16,6 +15,7 @@ import requests
 
 from pumplink.cluster.events import encode, topic
 from pumplink.events import ActivationChanged, DeviceStateChanged
+from tests.cluster.nodes import running_cluster
 from tests.conftest import World
 from tests.e2e.test_ws import connect, recv_json, recv_until, ws_url
 from tests.support import MQTT_URL, wait_until
@@ -24,17 +24,11 @@ UTC = dt.timezone.utc
 
 
 @pytest.fixture(scope="module")
-def node(server_factory, zookeeper):
-    from kazoo.client import KazooClient
-
-    root = f"/pltest-{uuid.uuid4().hex[:12]}"
-    client = KazooClient(hosts=zookeeper.hosts, timeout=10)
-    client.start(timeout=15)
-    client.ensure_path(root)
-    client.stop()
-    client.close()
-    return server_factory(PUMPLINK_ZOOKEEPER=zookeeper.hosts + root, PUMPLINK_CLUSTER_SECRET=secrets.token_urlsafe(48),
-                          PUMPLINK_NODE_NAME="node-a", PUMPLINK_ZK_SESSION_TIMEOUT_S="4")
+def node(pg_factory, zookeeper, run_tag, log_dir):
+    """One node in cluster mode (it owns every partition)."""
+    with running_cluster(["node-a"], database=pg_factory(), zookeeper=zookeeper, run_tag=run_tag, log_dir=log_dir,
+                         routing=False) as (nodes, _):
+        yield nodes[0]
 
 
 @pytest.fixture
