@@ -99,6 +99,10 @@ class Gateway:
     def _start(self, device_id: int, call: DeviceCall) -> pykka.Future:
         try:
             return call(self._proxy(device_id))
+        except NotFound:
+            if self.router is not None and not self.router.runs_here(device_id):
+                raise self.router.moved(device_id) from None  # given away since we looked: retry
+            raise
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 

@@ -140,6 +140,9 @@ class Router:
             raise moving(device_id, "no longer owned by the server it was sent to")
         return False
 
+    def moved(self, device_id: int) -> Unavailable:
+        return moving(device_id, "this server just gave it up")
+
     def address(self, device_id: int) -> str:
         """The owner's internal address, or a retryable 503 while nobody can answer for the device."""
         p = partition_of(device_id, self.partitions)
