@@ -129,10 +129,16 @@ def cluster(zookeeper, pg_factory, run_tag, log_dir):
         fleet.close()
 
 
+_tokens: dict[str, str] = {}
+
+
 def _admin(server: Server):
-    r = server.api().post("login", {"email": ADMIN[0], "password": ADMIN[1]})
-    assert r.status_code == 200, r.text
-    return server.api(r.json()["access_token"])
+    # One login per server (bcrypt takes a while): runs of a few seconds start close together.
+    if server.base not in _tokens:
+        r = server.api().post("login", {"email": ADMIN[0], "password": ADMIN[1]})
+        assert r.status_code == 200, r.text
+        _tokens[server.base] = r.json()["access_token"]
+    return server.api(_tokens[server.base])
 
 
 def _owner(sampler: Sampler, device_id: int) -> str:
@@ -175,7 +181,8 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     # The long runs' pumps keep no timer of their own: only a server's OFF ends them.
     fleet.no_timer.update(long_)
     runs = [_activate(nodes, sampler, d, 3) for d in short] + [_activate(nodes, sampler, d, 10) for d in long_]
-    fleet.wait_for(lambda: all(fleet.state[r["device"]] == "on" for r in runs), 15, "the victim's pumps on")
+    fleet.wait_for(lambda: all(fleet.runs[r["device"]] for r in runs), 15, "the victim's pumps on")
+    assert all(fleet.state[r["device"]] == "on" for r in runs)  # none ended before the kill
     nodes[victim].kill()
     killed = time.monotonic()
     sampler.dead.add(victim)
@@ -183,6 +190,7 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     wait_until(lambda: sampler.settled(survivors), timeout=SESSION_S + 10, interval=0.1, what="takeover")
     took = time.monotonic() - killed
     assert took <= SESSION_S + 3, f"partitions owned again {took:.1f}s after the kill"
+    print(f"takeover after SIGKILL of {victim} (session timeout {SESSION_S:g}s): {took:.2f}s")
     # Runs that ended meanwhile are closed by the new owners' recovery.
     ids = [r["activation"] for r in runs]
     wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
@@ -199,4 +207,34 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running', 'stopping')", (ids,)),
                timeout=10, interval=0.2, what="every run final")
+    assert sampler.doubles == []
+
+
+def test_sigterm_hands_partitions_over_at_once_and_the_new_owner_ends_the_runs(cluster):
+    nodes, sampler, fleet, url = cluster["nodes"], cluster["sampler"], cluster["fleet"], cluster["url"]
+    leaving = "n3"
+    theirs = [d for d in cluster["ids"] if _owner(sampler, d) == leaving][:6]
+    fleet.no_timer.update(theirs)  # only a server's OFF ends these runs
+    runs = [_activate(nodes, sampler, d, 6) for d in theirs]
+    fleet.wait_for(lambda: all(fleet.state[r["device"]] == "on" for r in runs), 15, "the leaving node's pumps on")
+    sampler.dead.add(leaving)
+    began = time.monotonic()
+    nodes[leaving].stop()  # SIGTERM
+    stayed = [n for n in NODES if n != leaving]
+    wait_until(lambda: sampler.settled(stayed), timeout=SESSION_S + 10, interval=0.1, what="handover")
+    took = time.monotonic() - began
+    # A planned leave does not wait for the session to expire.
+    assert took < SESSION_S, f"handover took {took:.1f}s"
+    print(f"clean handover (SIGTERM) of {leaving}'s partitions: {took:.2f}s")
+    fleet.wait_for(lambda: all(fleet.state[d] == "off" for d in theirs), 15, "the runs ended")
+    for d in theirs:
+        run = fleet.runs[d][-1]
+        assert run["off"] - run["planned_off"] <= 2.0, (d, run)
+        assert fleet.commands[d][-1]["action"] == "off" and fleet.commands[d][-1]["node"] in stayed
+    wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+                                     "('queued', 'starting', 'running', 'stopping')",
+                                ([r["activation"] for r in runs],)),
+               timeout=10, interval=0.2, what="every run final")
+    metrics = requests.get(f"{nodes[stayed[0]].base}/metrics", timeout=5).text
+    assert "pumplink_cluster_partitions_owned" in metrics and 'pumplink_cluster_handovers_total{change="acquired"}' in metrics
     assert sampler.doubles == []
