@@ -64,6 +64,17 @@ class Metrics:
                                       "Live events sent to or received from other nodes, by direction",
                                       ["direction"], registry=r)
 
+    def enable_cluster(self) -> None:
+        """Cluster mode's metrics (docs/cluster.md); a single node does not show them."""
+        r = self.registry
+        self.cluster_partitions = Gauge("pumplink_cluster_partitions_owned", "Partitions this node owns", registry=r)
+        self.cluster_session = Gauge("pumplink_cluster_session", "1 for this node's ZooKeeper session state",
+                                     ["state"], registry=r)
+        self.cluster_handovers = Counter("pumplink_cluster_handovers",
+                                         "Partitions taken or given up by this node, by how", ["change"], registry=r)
+        self.cluster_on_withheld = Counter("pumplink_cluster_on_withheld",
+                                           "ON commands not sent because this node may not send ON now", registry=r)
+
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:
             self.devices.labels(previous).dec()

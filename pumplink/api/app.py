@@ -31,7 +31,7 @@ PREFIX = "/api/v1"
 
 
 def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peewee.Database, clock: Clock,
-               bus: EventBus, metrics: Metrics, broker: BrokerStatus) -> falcon.App:
+               bus: EventBus, metrics: Metrics, broker: BrokerStatus, cluster=None) -> falcon.App:
     """The API around ``gateway`` (started actors, or a fake one in tests/api)."""
     # QueryMiddleware: no query value reaches a resource unchecked (NUL, control characters,
     # the responder's declared query model).
@@ -63,7 +63,7 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         "/activations": dev.Activations(**base),
         "/activations/{activation_id}": dev.Activation(**base),
         "/health": ops.Health(),
-        "/ready": ops.Ready(db, broker),
+        "/ready": ops.Ready(db, broker, cluster),
         **sch.routes(**base),
         **sites.routes(**base),
         **live.routes(auth, clock, bus, config.max_push_tokens_per_user),
