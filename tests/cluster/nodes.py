@@ -51,9 +51,10 @@ def running_cluster(names, *, database: str, zookeeper, run_tag: str, log_dir, s
             return cluster_map(observer, root)["owners"]
 
         if owning:
-            wait_until(lambda: all(o is not None for o in owners().values())
-                       and {o["node"] for o in owners().values()} == set(names), timeout=WAIT_S,
-                       what="every node owns partitions")
+            def everyone_owns(now) -> bool:
+                return all(o is not None for o in now.values()) and {o["node"] for o in now.values()} == set(names)
+
+            wait_until(lambda: everyone_owns(owners()), timeout=WAIT_S, what="every node owns partitions")
         yield nodes, owners
     finally:
         for node in nodes:
