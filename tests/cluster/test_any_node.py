@@ -15,6 +15,9 @@ from tests.conftest import World
 from tests.e2e.test_ws import connect, recv_json, recv_until, ws_url
 from tests.support import Server, wait_until
 
+# Several server processes: `make test` leaves them out, `make test-cluster` runs them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cluster(pg_factory, zookeeper, run_tag, log_dir):

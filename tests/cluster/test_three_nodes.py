@@ -12,6 +12,9 @@ from tests.support import wait_until
 
 NAMES = ["node-a", "node-b", "node-c"]
 
+# Several server processes: `make test` leaves them out, `make test-cluster` runs them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def three(pg_factory, zookeeper, run_tag, log_dir):
