@@ -179,6 +179,60 @@ def test_schedules_shutdowns_changes_and_the_emergency_stop_reach_the_owner(two)
     assert api_on(b, world.admin).get(f"devices/{theirs}").status_code == 404
 
 
+def test_a_restart_of_the_other_node_shows_clients_nothing_but_retryable_503s(two):
+    """Node b restarts (SIGTERM: a planned handover, then it joins again) while a client keeps
+    asking node a for devices of both nodes: every answer is a success or a 503 with Retry-After."""
+    import collections
+    import threading
+    import time
+
+    a, b, owners, world = two
+    devices = [device_owned_by(world, owners, "node-a"), device_owned_by(world, owners, "node-b")]
+    for d in devices:
+        world.pump(d)
+    user = world.user()
+    on_a = api_on(a, user)
+    wait_until(lambda: all(on_a.get(f"devices/{d}").json().get("state") == "off" for d in devices), what="both off")
+    seen: collections.Counter = collections.Counter()
+    wrong: list = []
+    stop = threading.Event()
+
+    def client():
+        n, last_run = 0, {d: 0.0 for d in devices}
+        while not stop.is_set():
+            device_id = devices[n % 2]
+            if time.monotonic() - last_run[device_id] > 3:  # a 1 s run now and then: the queue never fills
+                last_run[device_id] = time.monotonic()
+                r = on_a.post("activate", {"device_id": device_id, "duration_s": 1})
+            else:
+                r = on_a.get(("devices", f"devices/{device_id}", f"device/{device_id}/status")[n % 3])
+            n += 1
+            code = r.json().get("code", "") if r.status_code >= 400 else ""
+            seen[(r.status_code, code)] += 1
+            if not (r.status_code in (200, 202) or (r.status_code == 503 and r.headers.get("Retry-After"))):
+                wrong.append((r.status_code, r.text))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_until(lambda: sum(seen.values()) > 20, what="the client under way")
+        b.stop()  # SIGTERM
+        wait_until(lambda: {o["node"] for o in owners().values() if o} == {"node-a"}, timeout=WAIT_S,
+                   what="a owns everything")
+        b.start()
+        wait_until(lambda: {o["node"] for o in owners().values() if o} == {"node-a", "node-b"}, timeout=WAIT_S,
+                   what="b owns partitions again")
+        served = sum(seen.values())
+        wait_until(lambda: sum(seen.values()) > served + 20, what="more answers after the restart")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert wrong == [], (wrong[:5], seen)
+    assert seen[(200, "")] > 0 and seen[(202, "")] > 0, seen
+    print("answers during b's restart:", dict(seen))
+
+
 def test_while_a_dead_nodes_partitions_have_no_owner_calls_are_a_retryable_503(two):
     """Last in the module: it kills node b (and starts it again)."""
     a, b, owners, world = two
