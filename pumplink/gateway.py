@@ -8,7 +8,6 @@ error tools can see, not a string nobody checks.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable, cast
@@ -24,6 +23,7 @@ from pumplink.config import Config
 from pumplink.devices.messages import RunRequest
 from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 from pumplink.events import EventBus, SitesChanged, UserAccessChanged
+from pumplink.routed import Routed
 
 if TYPE_CHECKING:
     # Types only: the device actor imports this module (check_run_length).
@@ -43,7 +43,7 @@ def actor_name(user: m.User) -> str:
     return f"{'admin' if user.role == 'admin' else 'user'}:{user.id}"
 
 
-class Gateway:
+class Gateway(Routed):
     def __init__(self, *, supervisor: "Supervisor", db: pw.Database, clock: Clock, bus: EventBus, config: Config,
                  topics: "Topics", scheduler: pykka.ActorRef | None = None):
         self.supervisor = supervisor
@@ -55,34 +55,7 @@ class Gateway:
         # Set by the actor system once the scheduler runs: the scheduler fires through this gateway.
         self.scheduler = scheduler
         self._proxies: dict[int, tuple[pykka.ActorRef, DeviceProxy]] = {}
-        # Cluster mode (docs/cluster.md): calls for devices other nodes own are forwarded there.
-        self.router = None
-        if getattr(supervisor, "cluster", None) is not None:
-            from pumplink.cluster.routing import router_for  # kazoo: cluster mode only
-
-            self.router = router_for(supervisor.cluster, config, supervisor.rt.metrics)
-
-    # --- cluster -----------------------------------------------------------------------------
-    def _remote(self, device_id: int) -> bool:
-        """Whether another node owns the device (a retryable 503 while nobody does)."""
-        return self.router is not None and not self.router.is_local(device_id)
-
-    def _forward(self, device_id: int, op: str, user: m.User | None, **args) -> Any:
-        return self.router.forward(device_id, op, user.id if user is not None else None, **args)
-
-    def as_owner(self) -> "Gateway":
-        """This gateway for a call another node forwarded: it answers for its own devices only."""
-        other = copy.copy(self)
-        other.router = self.router.as_owner() if self.router is not None else None
-        return other
-
-    def _each_node(self, local: Callable[[], list], op: str, user: m.User | None = None, **args) -> list:
-        """``local()`` here and ``op`` on every other node (each for the devices it owns), joined."""
-        return local() if self.router is None else self.router.each_node(local, op, user and user.id, **args)
-
-    def _split(self, ids: list[int], local: Callable[[list[int]], list], op: str) -> list:
-        """Per-device answers for ``ids``: ours from ``local``, the others' from their owners, in order."""
-        return local(ids) if self.router is None else self.router.split(ids, local, op)
+        self._route_from(supervisor, config)  # cluster mode: devices other nodes own are forwarded there
 
     # --- plumbing ----------------------------------------------------------------------------
     def _call(self, device_id: int, call: DeviceCall, *, timeout: float = ASK_TIMEOUT_S) -> Any:

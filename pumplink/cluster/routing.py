@@ -106,6 +106,10 @@ class Owners:
             self._members = None
 
 
+def _nothing() -> None:
+    return None
+
+
 class Router:
     """For the gateway: is a device's partition ours, and if not, where to forward to."""
 
@@ -160,9 +164,6 @@ class Router:
             raise moving(device_id, f"its server {owner} is leaving")
         return address
 
-    def forward(self, device_id: int, op: str, user_id: int | None, **args) -> Any:
-        return self.forwarder.call(self.address(device_id), op, user_id, device_id=device_id, **args)
-
     def others(self) -> dict[str, str]:
         """Every other member's internal address (for calls every node answers for its own devices)."""
         try:
@@ -171,13 +172,16 @@ class Router:
             raise Unavailable("The coordination service is not reachable; try again in a moment.",
                               "cluster_unavailable", retry_after=RETRY_AFTER_S) from None
 
-    def each_node(self, local: Callable[[], list], op: str, user_id: int | None, **args) -> list:
+    def each_node(self, local: Callable[[], list], op: str, user_id: int | None, idle: Callable[[], None] = _nothing,
+                  **args) -> list:
         """``local()`` here and ``op`` on every other member, joined. A member that cannot answer
-        does not stop the others; the first such error is raised once all were asked."""
+        does not stop the others; the first such error is raised once all were asked. ``idle``
+        runs before the calls to other nodes (the gateway gives its database connection back)."""
         results = list(local())
         if self.owner_only:
             return results
         failed: PumpLinkError | None = None
+        idle()
         for _, address in sorted(self.others().items()):
             try:
                 results.extend(self.forwarder.call(address, op, user_id, **args))
@@ -187,7 +191,8 @@ class Router:
             raise failed
         return results
 
-    def split(self, device_ids: list[int], local: Callable[[list[int]], list], op: str) -> list:
+    def split(self, device_ids: list[int], local: Callable[[list[int]], list], op: str,
+              idle: Callable[[], None] = _nothing) -> list:
         """Per-device answers: this node's from ``local``, the others' from their owners (one call
         per owner), in the order of ``device_ids``."""
         mine: list[int] = []
@@ -198,6 +203,8 @@ class Router:
             else:
                 remote.setdefault(self.address(device_id), []).append(device_id)
         parts = [(mine, local(mine))]
+        if remote:
+            idle()
         parts += [(ids, self.forwarder.call(address, op, None, device_ids=ids)) for address, ids in remote.items()]
         by_id = {i: answer for ids, answers in parts for i, answer in zip(ids, answers)}
         return [by_id[i] for i in device_ids if i in by_id]
