@@ -7,6 +7,7 @@ leaves them out, `make test-cluster` runs them.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import threading
 import time
@@ -177,12 +178,17 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     nodes, sampler, fleet, url = cluster["nodes"], cluster["sampler"], cluster["fleet"], cluster["url"]
     victim = "n2"
     theirs = [d for d in cluster["ids"] if _owner(sampler, d) == victim]
-    short, long_ = theirs[:8], theirs[8:16]
+    short, long_, scheduled = theirs[:8], theirs[8:16], theirs[16:18]
     # The long runs' pumps keep no timer of their own: only a server's OFF ends them.
     fleet.no_timer.update(long_)
     runs = [_activate(nodes, sampler, d, 3) for d in short] + [_activate(nodes, sampler, d, 10) for d in long_]
     fleet.wait_for(lambda: all(fleet.runs[r["device"]] for r in runs), 15, "the victim's pumps on")
     assert all(fleet.state[r["device"]] == "on" for r in runs)  # none ended before the kill
+    # Schedules of its devices: one due while nobody owns them, one after the takeover.
+    for device_id, ahead in zip(scheduled, (1.5, SESSION_S + 6)):
+        start = dt.datetime.fromtimestamp(time.time() + ahead, dt.timezone.utc).isoformat(timespec="milliseconds")
+        r = _admin(nodes[victim]).post("schedules", {"device_id": device_id, "start_time": start, "duration_s": 1})
+        assert r.status_code == 201, r.text
     nodes[victim].kill()
     killed = time.monotonic()
     sampler.dead.add(victim)
@@ -203,6 +209,11 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
         assert run["off"] - run["planned_off"] <= 2.0, (d, run)
         off = [c for c in fleet.commands[d] if c["action"] == "off"]
         assert off and off[-1]["node"] in survivors, fleet.commands[d]
+    # Both schedules fired, on a survivor (the one due in the gap late, within its grace).
+    fleet.wait_for(lambda: all(any(c["action"] == "on" for c in fleet.commands[d]) for d in scheduled),
+                   SESSION_S + 15, "the victim's schedules fired")
+    for d in scheduled:
+        assert next(c for c in fleet.commands[d] if c["action"] == "on")["node"] in survivors
     # No accepted activation is left without a final state.
     wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running', 'stopping')", (ids,)),
