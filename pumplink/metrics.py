@@ -72,8 +72,9 @@ class Metrics:
                                      ["state"], registry=r)
         self.cluster_handovers = Counter("pumplink_cluster_handovers",
                                          "Partitions taken or given up by this node, by how", ["change"], registry=r)
-        self.cluster_on_withheld = Counter("pumplink_cluster_on_withheld",
-                                           "ON commands not sent because this node may not send ON now", registry=r)
+        self.cluster_withheld = Counter("pumplink_cluster_commands_withheld",
+                                        "Commands not sent because this node may not send them now", ["action"],
+                                        registry=r)
 
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:

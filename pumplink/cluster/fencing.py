@@ -32,9 +32,13 @@ class Fenced(Unavailable):
         self.partition, self.epoch = partition, epoch
 
 
-def claim(db, partition: int, epoch: int) -> bool:
-    """Raise the partition's epoch to ``epoch``; False when it is already as high (a newer owner)."""
+def claim(db, partition: int, epoch: int, wait_s: float = 10.0) -> bool:
+    """Raise the partition's epoch to ``epoch``; False when it is already as high (a newer owner).
+    It waits for the old owner's writes in flight (their FOR SHARE), at most ``wait_s``: a frozen
+    old owner's transaction is ended by PostgreSQL (idle_in_transaction_session_timeout, set in
+    cluster mode), and a claim that gave up is tried again by the Member."""
     with db.atomic():
+        db.execute_sql(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}")
         cursor = db.execute_sql(
             "INSERT INTO partition_epoch (partition, epoch) VALUES (%s, %s) "
             "ON CONFLICT (partition) DO UPDATE SET epoch = EXCLUDED.epoch "

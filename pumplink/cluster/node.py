@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from pumplink.cluster import fencing
 from pumplink.cluster.membership import Member, Session
@@ -58,6 +59,8 @@ class ClusterNode:
         self.handovers = {"acquired": 0, "released": 0, "fenced": 0, "refused": 0}
         self._stop = threading.Event()
         self._max_device = 0
+        self.session_timeout_s = config.zk_session_timeout_s
+        self._heard = time.monotonic()  # last answer from ZooKeeper (see _heartbeat)
 
     # --- read by the device layer and the API ---------------------------------------------
     def owns(self, device_id: int) -> bool:
@@ -71,7 +74,13 @@ class ClusterNode:
         return (p, epoch) if epoch is not None else None
 
     def may_send_on(self, device_id: int) -> bool:
-        return self.member.session is Session.CONNECTED and partition_of(device_id) in self._epochs
+        return self.member.session is Session.CONNECTED and self.may_send_off(device_id)
+
+    def may_send_off(self, device_id: int) -> bool:
+        """An OFF is safe while the partition may still be ours: not once ZooKeeper has been
+        silent for a session timeout (then it surely has a new owner, whose runs an OFF from
+        here would cut short), as after this process was frozen and woke up."""
+        return partition_of(device_id) in self._epochs and time.monotonic() - self._heard < self.session_timeout_s
 
     def status(self) -> dict:
         owned = dict(sorted(self._epochs.items()))
@@ -85,6 +94,7 @@ class ClusterNode:
         self.member.client.add_listener(self._session_changed)  # after the Member's: it reads its state
         self._gauge()
         threading.Thread(target=self._poll_new_devices, name="cluster-new-devices", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="cluster-heartbeat", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -97,7 +107,7 @@ class ClusterNode:
     # --- the Member's hooks (its worker) -------------------------------------------------------
     def _acquired(self, p: int, epoch: int) -> None:
         with self.rt.db.connection_context():
-            if not fencing.claim(self.rt.db, p, epoch):
+            if not fencing.claim(self.rt.db, p, epoch, wait_s=self.session_timeout_s):
                 self.handovers["refused"] += 1
                 raise fencing.Fenced(p, epoch)  # a newer owner exists: the Member gives the lock back
             ids = [i for i in _live_ids() if partition_of(i) == p]
@@ -172,6 +182,17 @@ class ClusterNode:
                         self.supervisor.start_device(i)
             except Exception:  # noqa: BLE001 - tried again at the next tick
                 log.warning("cluster: looking for new devices failed", exc_info=True)
+
+    def _heartbeat(self) -> None:
+        """A cheap read of ZooKeeper every quarter of the session timeout: while answers come,
+        the session is alive; a process frozen (SIGSTOP, a long GC, a paused VM) wakes with an
+        old ``_heard`` and sends nothing until ZooKeeper answers again."""
+        while not self._stop.wait(max(0.1, self.session_timeout_s / 4)):
+            try:
+                self.member.client.exists(self.root)
+                self._heard = time.monotonic()
+            except Exception:  # noqa: BLE001 - no answer: _heard stays old
+                log.debug("cluster: heartbeat got no answer", exc_info=True)
 
     def _session_changed(self, state) -> bool:
         self._gauge()

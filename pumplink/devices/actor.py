@@ -173,6 +173,9 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
             self._deferred_on.append((topic, payload))
         elif cmd.action == "on":
             self._send_on(topic, payload)
+        elif self.cluster is not None and not self.cluster.may_send_off(self.device_id):
+            log.warning("device %s: OFF withheld (ZooKeeper silent too long; another node may own it)", self.device_id)
+            self.rt.metrics.cluster_withheld.labels("off").inc()
         else:
             self.mqtt.tell(Publish(topic, payload))
 
@@ -186,7 +189,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         still ours (an OFF always goes). A withheld ON is not acked; the ack timeout decides."""
         if self.cluster is not None and not self.cluster.may_send_on(self.device_id):
             log.warning("device %s: ON withheld (this node may not send ON now)", self.device_id)
-            self.rt.metrics.cluster_on_withheld.inc()
+            self.rt.metrics.cluster_withheld.labels("on").inc()
             return
         self.mqtt.tell(Publish(topic, payload))
 

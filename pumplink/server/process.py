@@ -33,7 +33,9 @@ class PumpLinkService:
         config.require_jwt_secret()
         config.require_cluster_settings()
         self.config = config
-        self.db = make_database(config.database_url)
+        # Cluster mode: a frozen node's open transaction ends with its session, not never (fencing.py).
+        self.db = make_database(config.database_url,
+                                idle_in_transaction_s=config.zk_session_timeout_s if config.clustered else None)
         migrations.migrate(self.db)
         m.bind_models(self.db)
         clock = clock or Clock()

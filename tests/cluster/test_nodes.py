@@ -7,7 +7,10 @@ leaves them out, `make test-cluster` runs them.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import secrets
+import signal
 import threading
 import time
 import uuid
@@ -177,12 +180,17 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     nodes, sampler, fleet, url = cluster["nodes"], cluster["sampler"], cluster["fleet"], cluster["url"]
     victim = "n2"
     theirs = [d for d in cluster["ids"] if _owner(sampler, d) == victim]
-    short, long_ = theirs[:8], theirs[8:16]
+    short, long_, scheduled = theirs[:8], theirs[8:16], theirs[16:18]
     # The long runs' pumps keep no timer of their own: only a server's OFF ends them.
     fleet.no_timer.update(long_)
     runs = [_activate(nodes, sampler, d, 3) for d in short] + [_activate(nodes, sampler, d, 10) for d in long_]
     fleet.wait_for(lambda: all(fleet.runs[r["device"]] for r in runs), 15, "the victim's pumps on")
     assert all(fleet.state[r["device"]] == "on" for r in runs)  # none ended before the kill
+    # Schedules of its devices: one due while nobody owns them, one after the takeover.
+    for device_id, ahead in zip(scheduled, (1.5, SESSION_S + 6)):
+        start = dt.datetime.fromtimestamp(time.time() + ahead, dt.timezone.utc).isoformat(timespec="milliseconds")
+        r = _admin(nodes[victim]).post("schedules", {"device_id": device_id, "start_time": start, "duration_s": 1})
+        assert r.status_code == 201, r.text
     nodes[victim].kill()
     killed = time.monotonic()
     sampler.dead.add(victim)
@@ -203,6 +211,11 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
         assert run["off"] - run["planned_off"] <= 2.0, (d, run)
         off = [c for c in fleet.commands[d] if c["action"] == "off"]
         assert off and off[-1]["node"] in survivors, fleet.commands[d]
+    # Both schedules fired, on a survivor (the one due in the gap late, within its grace).
+    fleet.wait_for(lambda: all(any(c["action"] == "on" for c in fleet.commands[d]) for d in scheduled),
+                   SESSION_S + 15, "the victim's schedules fired")
+    for d in scheduled:
+        assert next(c for c in fleet.commands[d] if c["action"] == "on")["node"] in survivors
     # No accepted activation is left without a final state.
     wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running', 'stopping')", (ids,)),
@@ -238,3 +251,46 @@ def test_sigterm_hands_partitions_over_at_once_and_the_new_owner_ends_the_runs(c
     metrics = requests.get(f"{nodes[stayed[0]].base}/metrics", timeout=5).text
     assert "pumplink_cluster_partitions_owned" in metrics and 'pumplink_cluster_handovers_total{change="acquired"}' in metrics
     assert sampler.doubles == []
+
+
+def test_a_frozen_node_is_replaced_and_after_waking_commands_nothing_under_its_old_epochs(cluster):
+    nodes, sampler, fleet, url = cluster["nodes"], cluster["sampler"], cluster["fleet"], cluster["url"]
+    frozen = "n1"
+    before = requests.get(f"{nodes[frozen].base}/api/v1/ready", timeout=5).json()["cluster"]
+    old_epochs = {int(p): e for p, e in before["epochs"].items()}
+    theirs = [d for d in cluster["ids"] if _owner(sampler, d) == frozen][:6]
+    first = [_activate(nodes, sampler, d, 3) for d in theirs]
+    fleet.wait_for(lambda: all(fleet.state[d] == "on" for d in theirs), 15, "the frozen node's pumps on")
+    sampler.dead.add(frozen)  # its /ready cannot answer while frozen, nor be believed right after
+    pgid = nodes[frozen].proc.pid
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        survivors = [n for n in NODES if n != frozen]
+        wait_until(lambda: sampler.settled(survivors), timeout=SESSION_S + 10, interval=0.1, what="takeover")
+        print(f"takeover from a frozen {frozen}: {time.monotonic() - stopped:.2f}s")
+        wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+                                         "('queued', 'starting', 'running', 'stopping')",
+                                    ([r["activation"] for r in first],)),
+                   timeout=10, interval=0.2, what="the first runs closed by the new owners")
+        # New runs by the new owners; the frozen node's OFF timers for the first runs are overdue.
+        for d in theirs:
+            _activate(nodes, sampler, d, 4)
+        fleet.wait_for(lambda: all(fleet.state[d] == "on" for d in theirs), 15, "the new runs on")
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    woke = time.monotonic()
+    fleet.wait_for(lambda: all(fleet.state[d] == "off" for d in theirs), 15, "the new runs ended")
+    for d in theirs:
+        run = fleet.runs[d][-1]
+        assert run["off"] >= run["planned_off"] - 0.5, (d, run, fleet.commands[d][-4:])  # not cut short
+    wait_until(lambda: (requests.get(f"{nodes[frozen].base}/api/v1/ready", timeout=5).json()
+                        .get("cluster", {}).get("session") == "connected"), timeout=20, what="the woken node back")
+    # Whatever it sent after waking carries a newer epoch than it held before (it owns again).
+    late = [(d, c) for d in fleet.device_ids for c in fleet.commands[d] if c.get("node") == frozen and c["at"] >= woke]
+    assert all(c["epoch"] > old_epochs.get(partition_of(d), -1) for d, c in late), late
+    # The database holds newer epochs for its old partitions: a late write of its old epoch is refused.
+    held = dict(_sql(url, "SELECT partition, epoch FROM partition_epoch"))
+    assert all(held[p] > e for p, e in old_epochs.items())
+    after = requests.get(f"{nodes[frozen].base}/api/v1/ready", timeout=5).json()["cluster"]
+    print(f"woken node's handovers: {after['handovers']}; commands it sent after waking: {len(late)}")

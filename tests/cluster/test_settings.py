@@ -59,3 +59,25 @@ def test_serve_in_cluster_mode_without_the_secret_exits_and_names_it(tmp_path):
                          bind="127.0.0.1:1")
     assert done.returncode != 0
     assert "PUMPLINK_CLUSTER_SECRET" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_cluster_status_prints_the_map_from_zookeeper(zookeeper, zk_root, tmp_path):
+    import json
+
+    from pumplink.cluster.membership import Member
+    from pumplink.cluster.partitions import PARTITIONS
+
+    member = Member(zookeeper.hosts, "a:8080", "http://10.0.0.5:8080", root=zk_root, session_timeout_s=4).start()
+    try:
+        assert member.wait_for(lambda m: len(m.owned()) == PARTITIONS, 20)
+        done = _run_pumplink(tmp_path, "cluster", "status", "--json", zookeeper=zookeeper.hosts + zk_root)
+        assert done.returncode == 0, done.stderr
+        found = json.loads(done.stdout)
+        assert found["members"] == {"a:8080": "http://10.0.0.5:8080"}
+        assert {o["node"] for o in found["owners"].values()} == {"a:8080"} and len(found["owners"]) == PARTITIONS
+        done = _run_pumplink(tmp_path, "cluster", "status", zookeeper=zookeeper.hosts + zk_root)
+        assert done.returncode == 0 and "a:8080  http://10.0.0.5:8080  64 partition(s)" in done.stdout, done.stdout
+    finally:
+        member.stop()
+    done = _run_pumplink(tmp_path, "cluster", "status")
+    assert done.returncode == 2 and "PUMPLINK_ZOOKEEPER" in done.stderr
