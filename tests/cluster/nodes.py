@@ -22,7 +22,7 @@ _n = itertools.count()
 
 @contextlib.contextmanager
 def running_cluster(names, *, database: str, zookeeper, run_tag: str, log_dir, session_timeout_s: int = 4,
-                    routing: bool = True, secret: str | None = None):
+                    routing: bool = True, secret: str | None = None, **env_overrides):
     """Yields ``(nodes, owners)``: the started servers, and a function reading each partition's
     owner from ZooKeeper. Returns once every partition has an owner and every node owns some.
     ``routing=False``: the test needs only cluster mode's endpoints, not partitions owned."""
@@ -40,7 +40,7 @@ def running_cluster(names, *, database: str, zookeeper, run_tag: str, log_dir, s
         for name in names:
             env = server_env(database, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=zookeeper.hosts + root,
                              PUMPLINK_CLUSTER_SECRET=secret, PUMPLINK_NODE_NAME=name, PUMPLINK_JWT_SECRET=jwt,
-                             PUMPLINK_ZK_SESSION_TIMEOUT_S=str(session_timeout_s))
+                             PUMPLINK_ZK_SESSION_TIMEOUT_S=str(session_timeout_s), **env_overrides)
             env["PUMPLINK_INTERNAL_URL"] = "http://" + env["PUMPLINK_BIND"]
             node = Server(env, log_dir / f"cluster-{prefix}-{name}.log")
             node.name, node.prefix, node.legacy_base = name, prefix, env["PUMPLINK_LEGACY_BASE"]
