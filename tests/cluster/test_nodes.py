@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from pumplink.cluster.partitions import PARTITIONS, partition_of
+from pumplink.devices.simulator import SimulatedPump
 from tests.cluster.fleet import Fleet
 from tests.conftest import ADMIN, TEST_LIMITS
 from tests.support import MQTT_URL, PUMPLINK_BIN, Server, free_port, server_env, wait_until
@@ -173,6 +174,20 @@ def test_three_nodes_share_300_pumps_and_an_activation_at_the_owner_starts_its_p
         on = next(c for c in fleet.commands[s["device"]] if c["action"] == "on")
         assert on["node"] == s["owner"] and isinstance(on["epoch"], int)  # who sent it, under which epoch
     fleet.wait_for(lambda: all(fleet.state[s["device"]] == "off" for s in started), 15, "every chosen pump off")
+    # A device created while the nodes run (here straight in the database) starts on its owner only.
+    (new,), = _sql(cluster["url"], "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
+                                   "VALUES ('Late pump', 'pumplink', 60, now(), (SELECT id FROM site WHERE is_default)) "
+                                   "RETURNING id")
+    pump = SimulatedPump(MQTT_URL, fleet.prefix, new).start()
+    try:
+        owner = _owner(sampler, new)
+        wait_until(lambda: _admin(nodes[owner]).get(f"devices/{new}").json().get("state") == "off", timeout=10,
+                   what="the new device running on its owner")
+        _activate(nodes, sampler, new, 1)
+        pump.wait_for(lambda p: p.runs, 10, "the new pump on")
+        assert pump.commands[0]["action"] == "on"
+    finally:
+        pump.stop()
     assert sampler.samples >= 20 and sampler.doubles == []
 
 
