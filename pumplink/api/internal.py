@@ -69,8 +69,9 @@ def _update(gw: Gateway, user: m.User, a: dict):
 
 
 def _delete(gw: Gateway, user: m.User, a: dict):
+    device = access.device_for(user, _device(a))  # 404 before 403, as the public resource
     require_role(user, "admin")
-    gw.delete_device(user, access.device_for(user, _device(a)).id)
+    gw.delete_device(user, device.id)
 
 
 def _create_schedule(gw: Gateway, user: m.User, a: dict):
