@@ -309,3 +309,47 @@ def test_a_frozen_node_is_replaced_and_after_waking_commands_nothing_under_its_o
     assert all(held[p] > e for p, e in old_epochs.items())
     after = requests.get(f"{nodes[frozen].base}/api/v1/ready", timeout=5).json()["cluster"]
     print(f"woken node's handovers: {after['handovers']}; commands it sent after waking: {len(late)}")
+
+
+def test_seeded_rounds_of_sigkill_and_restart(cluster):
+    """Each round (seeded: victim, devices, run lengths): runs on the victim's pumps, SIGKILL,
+    takeover within the session timeout + 3 s, every run ends on time and final, the victim
+    restarts and gets its share back. PUMPLINK_TEST_KILL_ROUNDS sets how many (the issue's
+    figure is 10; the default keeps make test-cluster short)."""
+    import random
+
+    nodes, sampler, fleet, url = cluster["nodes"], cluster["sampler"], cluster["fleet"], cluster["url"]
+    rounds = int(os.environ.get("PUMPLINK_TEST_KILL_ROUNDS", "3"))
+    takeovers, over_runs = [], []
+    used: set[int] = set()
+    for seed in range(rounds):
+        rng = random.Random(seed)
+        victim = rng.choice(NODES)
+        theirs = [d for d in cluster["ids"] if _owner(sampler, d) == victim and d not in used]
+        chosen = rng.sample(theirs, 8)
+        used.update(chosen)
+        short, long_ = chosen[:4], chosen[4:]
+        fleet.no_timer.update(long_)
+        runs = ([_activate(nodes, sampler, d, rng.choice((2, 3))) for d in short]
+                + [_activate(nodes, sampler, d, rng.choice((7, 8))) for d in long_])
+        fleet.wait_for(lambda: all(fleet.runs[d] and fleet.state[d] == "on" for d in chosen), 15, "pumps on")
+        nodes[victim].kill()
+        killed = time.monotonic()
+        sampler.dead.add(victim)
+        survivors = [n for n in NODES if n != victim]
+        wait_until(lambda: sampler.settled(survivors), timeout=SESSION_S + 10, interval=0.1, what="takeover")
+        takeovers.append(time.monotonic() - killed)
+        assert takeovers[-1] <= SESSION_S + 3, (seed, victim, takeovers[-1])
+        fleet.wait_for(lambda: all(fleet.state[d] == "off" for d in chosen), 15, "the runs ended")
+        over_runs += [fleet.runs[d][-1]["off"] - fleet.runs[d][-1]["planned_off"] for d in long_]
+        assert max(over_runs) <= 2.0, (seed, victim, over_runs)
+        ids = [r["activation"] for r in runs]
+        wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+                                         "('queued', 'starting', 'running', 'stopping')", (ids,)),
+                   timeout=10, interval=0.2, what="every run final")
+        nodes[victim].start(timeout=60)
+        sampler.dead.discard(victim)
+        wait_until(lambda: sampler.settled(NODES), timeout=30, interval=0.1, what="the victim's share back")
+    print(f"{rounds} SIGKILL rounds: takeover {min(takeovers):.2f}–{max(takeovers):.2f}s; "
+          f"longest over-run past a run's end {max(over_runs):.2f}s")
+    assert sampler.doubles == []
