@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # Two test processes, each with its own database, topic prefix and servers; a module stays in one.
 TEST_WORKERS ?= 2
 
-.PHONY: test demo install bench clean web
+.PHONY: test test-cluster demo install bench clean web
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,8 +18,11 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m 'not solo' $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m 'not solo and not slow' $(PYTEST_ARGS)
 	$(PY) -m pytest -q --durations=5 -m solo $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] || exit $$rc  # 5: none selected
+
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q --durations=5 -m slow tests/cluster $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@$(VENV)/bin/pumplink demo

@@ -65,6 +65,12 @@ class Config:
     schedule_min_gap_s: float = 300.0  # shortest time between two runs' starts of one schedule
     log_format: str = "text"
     log_level: str = "INFO"
+    # Cluster mode (docs/cluster.md): on only when zookeeper is set.
+    zookeeper: str | None = None  # hosts[/chroot], e.g. zk1:2181,zk2:2181/pumplink
+    node_name: str | None = None  # default: hostname:port of bind
+    internal_url: str | None = None  # how other nodes reach this one; default http://bind
+    cluster_secret: str | None = None  # authenticates forwarded requests; required in cluster mode
+    zk_session_timeout_s: float = 10.0
 
     @property
     def tz(self) -> ZoneInfo:
@@ -82,6 +88,39 @@ class Config:
                 "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self.jwt_secret
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.zookeeper)
+
+    @property
+    def node(self) -> str:
+        """This node's name in the cluster: PUMPLINK_NODE_NAME, else hostname:port."""
+        if self.node_name:
+            return self.node_name
+        import socket
+
+        return f"{socket.gethostname()}:{self.bind_host_port[1]}"
+
+    @property
+    def internal_address(self) -> str:
+        """Where other nodes forward requests: PUMPLINK_INTERNAL_URL, else http://<bind>."""
+        return self.internal_url or f"http://{self.bind}"
+
+    def require_cluster_settings(self) -> None:
+        """Cluster mode needs the shared secret (nodes trust each other's forwarded requests only
+        with it) and PostgreSQL (fencing takes row locks that SQLite cannot)."""
+        if not self.clustered:
+            return
+        if not self.database_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigError("PUMPLINK_DATABASE_URL: cluster mode (PUMPLINK_ZOOKEEPER) needs PostgreSQL, "
+                              "which every node shares and which fences stale owners' writes")
+        if not self.cluster_secret:
+            raise ConfigError(
+                "PUMPLINK_CLUSTER_SECRET: not set, but PUMPLINK_ZOOKEEPER is; nodes authenticate "
+                "forwarded requests with it (the same value on every node; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -194,6 +233,33 @@ def _admin_password(name: str, raw: str) -> str | None:
     except PumpLinkError as exc:
         raise ConfigError(f"{name}: {exc.message}") from None
     return raw
+
+
+def _zookeeper(name: str, raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    hosts, slash, chroot = raw.partition("/")
+    for host in hosts.split(","):
+        h, sep, port = host.strip().rpartition(":")
+        if not host.strip() or (sep and (not h or not port.isdigit() or not 0 < int(port) < 65536)):
+            raise ConfigError(f"{name}: expected host:port[,host:port...][/chroot], got {raw!r}")
+    if slash and (not chroot or chroot.endswith("/") or "//" in chroot):
+        raise ConfigError(f"{name}: the chroot after the hosts must be a path such as /pumplink, got {raw!r}")
+    return raw
+
+
+def _node_name(name: str, raw: str) -> str | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if "/" in raw or len(raw) > 200 or not raw.isprintable():
+        raise ConfigError(f"{name}: must be printable, without '/', at most 200 characters, got {raw!r}")
+    return raw
+
+
+def _optional_http_url(name: str, raw: str) -> str | None:
+    return _http_url(name, raw).rstrip("/") if raw.strip() else None
 
 
 def _mqtt_protocol(name: str, raw: str) -> str:
@@ -320,6 +386,11 @@ _PARSERS = {
     "schedule_min_gap_s": _number(float),
     "log_format": _choice("text", "json"),
     "log_level": _log_level,
+    "zookeeper": _zookeeper,
+    "node_name": _node_name,
+    "internal_url": _optional_http_url,
+    "cluster_secret": _secret,
+    "zk_session_timeout_s": _positive(float),
 }
 
 

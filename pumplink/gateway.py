@@ -23,6 +23,7 @@ from pumplink.config import Config
 from pumplink.devices.messages import RunRequest
 from pumplink.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 from pumplink.events import EventBus, SitesChanged, UserAccessChanged
+from pumplink.routed import Routed
 
 if TYPE_CHECKING:
     # Types only: the device actor imports this module (check_run_length).
@@ -42,7 +43,7 @@ def actor_name(user: m.User) -> str:
     return f"{'admin' if user.role == 'admin' else 'user'}:{user.id}"
 
 
-class Gateway:
+class Gateway(Routed):
     def __init__(self, *, supervisor: "Supervisor", db: pw.Database, clock: Clock, bus: EventBus, config: Config,
                  topics: "Topics", scheduler: pykka.ActorRef | None = None):
         self.supervisor = supervisor
@@ -54,6 +55,7 @@ class Gateway:
         # Set by the actor system once the scheduler runs: the scheduler fires through this gateway.
         self.scheduler = scheduler
         self._proxies: dict[int, tuple[pykka.ActorRef, DeviceProxy]] = {}
+        self._route_from(supervisor, config)  # cluster mode: devices other nodes own are forwarded there
 
     # --- plumbing ----------------------------------------------------------------------------
     def _call(self, device_id: int, call: DeviceCall, *, timeout: float = ASK_TIMEOUT_S) -> Any:
@@ -70,6 +72,10 @@ class Gateway:
     def _start(self, device_id: int, call: DeviceCall) -> pykka.Future:
         try:
             return call(self._proxy(device_id))
+        except NotFound:
+            if self.router is not None and not self.router.runs_here(device_id):
+                raise self.router.moved(device_id) from None  # given away since we looked: retry
+            raise
         except pykka.ActorDeadError:
             raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
 
@@ -113,28 +119,42 @@ class Gateway:
     def device_ids(self, visible: set[int] | None = None) -> list[int]:
         """The devices a caller may see (``sites.access.visible_devices``; None: every one), ascending,
         from the supervisor's memory: the one place a list of devices starts."""
-        ids = self.supervisor.ids()
+        if self.router is None:
+            ids = self.supervisor.ids()
+        else:  # this node's actors are only its partitions' devices
+            ids = [i for (i,) in m.Device.select(m.Device.id).where(m.Device.deleted_at.is_null())
+                   .order_by(m.Device.id).tuples()]
         return ids if visible is None else [i for i in ids if i in visible]
 
     def devices(self, ids: list[int] | None = None) -> list[dict]:
         """Every device (or those of ``ids``, a page) as the API shows it."""
         # Today's use in two queries here, not two per device in each actor.
+        return self._split(self.device_ids() if ids is None else ids, self._views, "views")
+
+    def _views(self, ids: list[int]) -> list[dict]:
+        if not ids:
+            return []
         today = usage.by_device(self.clock.now(), self.config.tz, ids)
-        ids = self.supervisor.ids() if ids is None else ids
         sites = m.Device.select(m.Device.id, m.Device.site)
         sites = dict((sites if len(ids) > 500 else sites.where(m.Device.id.in_(ids))).tuples())
         futures = [self._start(i, lambda d: d.view(today.get(i, (0.0, 0.0)))) for i in ids]
         return [{**self._wait(f), "site_id": sites.get(i)} for i, f in zip(ids, futures)]
 
     def device(self, device_id: int) -> dict:
+        if self._remote(device_id):
+            return self._forward(device_id, "device", None)
         return {**self._call(device_id, lambda d: d.describe()), "site_id": self.site_of(device_id)}
 
     def go_status(self, device_id: int) -> dict:
+        if self._remote(device_id):
+            return self._forward(device_id, "go_status", None)
         return self._call(device_id, lambda d: d.go_status())
 
     def snapshot(self, visible: set[int] | None = None) -> list[dict]:
         """Every device's live summary, or those in ``visible``."""
-        ids = [i for i in self.supervisor.ids() if visible is None or i in visible]
+        return self._split(self.device_ids(visible), self._summaries, "summaries")
+
+    def _summaries(self, ids: list[int]) -> list[dict]:
         futures = [self._start(i, lambda d: d.summary()) for i in ids]
         return [self._wait(f) for f in futures]
 
@@ -147,11 +167,20 @@ class Gateway:
                 raise Unprocessable(f"There is no site {fields['site_id']}.", "site_not_found", field="site_id")
             device = m.Device.create(**{("site" if k == "site_id" else k): v for k, v in fields.items()})
         # Committed first: the actor loads its device on a connection of its own.
-        self.supervisor.start_device(device.id)
+        self.start_device(device.id)
         self.audit(admin, "device.create", f"device:{device.id}", fields, site_id=device.site_id)
         return self.device(device.id)
 
+    def start_device(self, device_id: int) -> None:
+        """A new device's actor, on the node that owns it."""
+        if self._remote(device_id):
+            self._forward(device_id, "start_device", None)
+        else:
+            self.supervisor.start_device(device_id)
+
     def update_device(self, admin: m.User, device_id: int, **fields) -> dict:
+        if self._remote(device_id):
+            return self._forward(device_id, "update_device", admin, fields=fields)
         before = self._existing(device_id).site_id
         if "site_id" in fields and not m.Site.select().where(m.Site.id == fields["site_id"]).exists():
             raise Unprocessable(f"There is no site {fields['site_id']}.", "site_not_found", field="site_id")
@@ -201,6 +230,9 @@ class Gateway:
 
     def delete_device(self, admin: m.User, device_id: int) -> None:
         self._existing(device_id)
+        if self._remote(device_id):
+            self._forward(device_id, "delete_device", admin)
+            return
         # OFF first: a deleted device must not be left running.
         self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
         m.Device.update(deleted_at=to_db(self.clock.now())).where(m.Device.id == device_id).execute()
@@ -215,6 +247,8 @@ class Gateway:
 
     # --- activations -------------------------------------------------------------------------
     def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
+        if self._remote(device_id):
+            return self._forward(device_id, "activate", user, duration_s=duration_s)
         return self._call(device_id, lambda d: d.activate(user.id, duration_s, source="api",
                                                            user_quota=user.daily_quota_minutes))
 
@@ -232,6 +266,8 @@ class Gateway:
             raise NotFound(f"There is no activation {activation_id}.", "activation_not_found")
         if user.role != "admin" and act.user_id != user.id:
             raise Forbidden("Only the owner of an activation or an admin may cancel it.", "not_owner")
+        if self._remote(act.device_id):
+            return self._forward(act.device_id, "cancel_activation", user, activation_id=activation_id)
         result = self._call(act.device_id, lambda d: d.cancel(activation_id, by=actor_name(user)))
         if user.role == "admin" and act.user_id != user.id:
             self.audit(user, "activation.cancel", f"activation:{activation_id}", site_id=self.site_of(act.device_id))
@@ -247,16 +283,22 @@ class Gateway:
         self.bus.publish(UserAccessChanged(user_id=user_id, role=role, at=self.clock.now()))
         if roles.approved(role):
             return []
-        cancelled: list[int] = []
-        for ids in self._all(lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")):
-            cancelled.extend(ids)
+        cancelled = self._each_node(lambda: self.cancel_queued_of(user_id), "cancel_queued_of", queued_of=user_id)
         if cancelled:
             log.info("user %s lost approval: queued activations %s cancelled", user_id, cancelled)
         return cancelled
 
+    def cancel_queued_of(self, user_id: int) -> list[int]:
+        """The user's queued activations on this node's devices, cancelled (``owner_revoked``)."""
+        return [i for ids in self._all(lambda d: d.cancel_queued_of(user_id, reason="owner_revoked")) for i in ids]
+
     def member_lost_run(self, user_id: int, site_id: int) -> list[int]:
         """A member removed from a site or made a viewer: their queued runs there are cancelled
         (``owner_revoked``), as when an account loses approval; a run already going finishes."""
+        return self._each_node(lambda: self._member_lost_run(user_id, site_id), "member_lost_run",
+                               member=user_id, site_id=site_id)
+
+    def _member_lost_run(self, user_id: int, site_id: int) -> list[int]:
         ids = [i for (i,) in m.Device.select(m.Device.id).where(m.Device.site == site_id).tuples()
                if i in set(self.supervisor.ids())]
         cancelled: list[int] = []
@@ -267,13 +309,17 @@ class Gateway:
 
     def force_shutdown(self, admin: m.User, device_id: int) -> dict:
         self._existing(device_id)
+        if self._remote(device_id):
+            return self._forward(device_id, "force_shutdown", admin)
         result = self._call(device_id, lambda d: d.force_shutdown(by=actor_name(admin)))
         self.audit(admin, "device.force_shutdown", f"device:{device_id}", result, site_id=self.site_of(device_id))
         return result
 
     def emergency_stop(self, admin: m.User) -> list[dict]:
         by = actor_name(admin)
-        results = self._all(lambda d: d.force_shutdown(by=by))
+        results = self._each_node(lambda: self._all(lambda d: d.force_shutdown(by=by)), "emergency_stop", admin)
+        if self.router is not None:  # every device answered, else a 503 to retry (after what could be done)
+            self.router.check_covered([r["device_id"] for r in results], self.device_ids())
         self.audit(admin, "emergency_stop", "devices:all", {"devices": [r["device_id"] for r in results]})
         return results
 
@@ -307,15 +353,24 @@ class Gateway:
             raise Unavailable("The scheduler is not running; try again in a moment.", "scheduler_unavailable") from None
 
     def create_schedule(self, user: m.User, device_id: int, start, rrule: str | None, duration_s: int) -> dict:
+        if self._remote(device_id):
+            return self._forward(device_id, "create_schedule", user, start=start.isoformat(), rrule=rrule,
+                                 duration_s=duration_s)
         return self._scheduler_call(lambda s: s.create(user.id, device_id, start, rrule, duration_s))
 
     def set_schedule_enabled(self, user: m.User, schedule: m.Schedule, enabled: bool) -> dict:
+        if self._remote(schedule.device_id):
+            return self._forward(schedule.device_id, "set_schedule_enabled", user, schedule_id=schedule.id,
+                                 enabled=enabled)
         result = self._scheduler_call(lambda s: s.set_enabled(schedule.id, enabled))
         if user.role == "admin" and schedule.user_id != user.id:
             self.audit(user, "schedule.enable" if enabled else "schedule.disable", f"schedule:{schedule.id}")
         return result
 
     def delete_schedule(self, user: m.User, schedule: m.Schedule) -> None:
+        if self._remote(schedule.device_id):
+            self._forward(schedule.device_id, "delete_schedule", user, schedule_id=schedule.id)
+            return
         self._scheduler_call(lambda s: s.delete(schedule.id))
         if user.role == "admin" and schedule.user_id != user.id:
             self.audit(user, "schedule.delete", f"schedule:{schedule.id}")
@@ -323,4 +378,6 @@ class Gateway:
     # --- live view -----------------------------------------------------------------
     def summary(self, device_id: int) -> dict:
         """One device's live summary (state, availability, running activation); no database work."""
+        if self._remote(device_id):
+            return self._forward(device_id, "summary", None)
         return self._call(device_id, lambda d: d.summary())

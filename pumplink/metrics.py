@@ -53,6 +53,28 @@ class Metrics:
                                      "From a device handing its rows to the writer until they were durable",
                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
                                      registry=r)
+        # Cluster mode (docs/cluster.md): calls this node sent to a device's owner, and those it served.
+        self.forwarded = Counter("pumplink_forwarded_requests",
+                                 "Gateway calls forwarded to the node owning the device, by operation and outcome",
+                                 ["op", "outcome"], registry=r)
+        self.forwarded_served = Counter("pumplink_forwarded_served",
+                                        "Forwarded calls received from other nodes, by outcome", ["outcome"],
+                                        registry=r)
+        self.cluster_events = Counter("pumplink_cluster_events",
+                                      "Live events sent to or received from other nodes, by direction",
+                                      ["direction"], registry=r)
+
+    def enable_cluster(self) -> None:
+        """Cluster mode's metrics (docs/cluster.md); a single node does not show them."""
+        r = self.registry
+        self.cluster_partitions = Gauge("pumplink_cluster_partitions_owned", "Partitions this node owns", registry=r)
+        self.cluster_session = Gauge("pumplink_cluster_session", "1 for this node's ZooKeeper session state",
+                                     ["state"], registry=r)
+        self.cluster_handovers = Counter("pumplink_cluster_handovers",
+                                         "Partitions taken or given up by this node, by how", ["change"], registry=r)
+        self.cluster_withheld = Counter("pumplink_cluster_commands_withheld",
+                                        "Commands not sent because this node may not send them now", ["action"],
+                                        registry=r)
 
     def device_state(self, previous: str | None, new: str | None) -> None:
         if previous is not None:

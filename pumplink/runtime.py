@@ -37,6 +37,17 @@ class Topics:
             f"{self.legacy_base}/+/status",
         ]
 
+    def device(self, device_id: int) -> list[str]:
+        """Cluster mode: one device's topics in both protocols, subscribed instead of the wildcards
+        (a PATCH may switch its protocol; the supervisor routes by the current one)."""
+        return [
+            f"{self.prefix}/devices/{device_id}/ack",
+            f"{self.prefix}/devices/{device_id}/state",
+            f"{self.prefix}/devices/{device_id}/availability",
+            f"{self.legacy_base}/{device_id}/ack",
+            f"{self.legacy_base}/{device_id}/status",
+        ]
+
     def retained(self, device_id: int, protocol: str) -> list[str]:
         """The topics a device keeps its retained snapshot on (MQTT.md): fetched per device at connect."""
         if protocol == "legacy":

@@ -180,6 +180,16 @@ class Health(BaseModel):
     status: str
 
 
+class ClusterStatus(BaseModel):
+    node: str
+    session: str
+    partitions: list[int]
+    owned: int
+    epochs: dict[str, int]
+    handovers: dict[str, int]
+
+
 class Ready(BaseModel):
     status: str
     checks: dict[str, str]
+    cluster: ClusterStatus | None = None  # cluster mode only

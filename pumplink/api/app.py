@@ -17,7 +17,7 @@ from pumplink.metrics import Metrics
 from pumplink.runtime import BrokerStatus
 from pumplink.api import accounts as acc
 from pumplink.api import devices as dev
-from pumplink.api import errors, live, ops
+from pumplink.api import errors, internal, live, ops
 from pumplink.api import schedules as sch
 from pumplink.api import sites
 from pumplink.api.openapi import OpenApi
@@ -31,7 +31,7 @@ PREFIX = "/api/v1"
 
 
 def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peewee.Database, clock: Clock,
-               bus: EventBus, metrics: Metrics, broker: BrokerStatus) -> falcon.App:
+               bus: EventBus, metrics: Metrics, broker: BrokerStatus, cluster=None) -> falcon.App:
     """The API around ``gateway`` (started actors, or a fake one in tests/api)."""
     # QueryMiddleware: no query value reaches a resource unchecked (NUL, control characters,
     # the responder's declared query model).
@@ -63,12 +63,15 @@ def create_app(*, config: Config, gateway: Gateway, accounts: Accounts, db: peew
         "/activations": dev.Activations(**base),
         "/activations/{activation_id}": dev.Activation(**base),
         "/health": ops.Health(),
-        "/ready": ops.Ready(db, broker),
+        "/ready": ops.Ready(db, broker, cluster),
         **sch.routes(**base),
         **sites.routes(**base),
         **live.routes(auth, clock, bus, config.max_push_tokens_per_user),
     }
     registered = [(PREFIX + path, resource) for path, resource in routes.items()]
+    if config.clustered:
+        # Cluster mode: calls other nodes forward here, signed (not in the OpenAPI document).
+        app.add_route(internal.PATH, internal.InternalCall(gateway, config.cluster_secret, metrics))
     # Paths older clients use (the seed's activation name, the app's WebSocket at the root),
     # probes at the root, and Prometheus's conventional path (keep it off the public proxy).
     registered += [

@@ -15,8 +15,9 @@ class Health:
 
 
 class Ready:
-    def __init__(self, db, broker):
+    def __init__(self, db, broker, cluster=None):
         self.db, self.broker = db, broker
+        self.cluster = cluster  # cluster mode: its node's session and partitions are shown and checked
 
     @doc("Database and broker reachable, and the MQTT link working", auth=None, answer=A.Ready, errors=(503,))
     def on_get(self, req, resp):
@@ -31,9 +32,16 @@ class Ready:
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks["database"] = f"down: {type(exc).__name__}"
             why["database"] = type(exc).__name__
+        if self.cluster is not None:
+            # Without a live ZooKeeper session this node may not start pumps: not ready.
+            status = self.cluster.status()
+            checks["cluster"] = "ok" if status["session"] == "connected" else "down"
+            why["cluster"] = f"ZooKeeper session {status['session']}"
         ready = all(v == "ok" for v in checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         body = {"status": "ready" if ready else "not ready", "checks": checks}
+        if self.cluster is not None:
+            body["cluster"] = status
         if not ready:
             body.update(error="A dependency is down: " + ", ".join(f"{k} ({why[k]})" for k, v in checks.items()
                                                                   if v != "ok"),

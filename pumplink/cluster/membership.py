@@ -12,6 +12,9 @@
   partitions move only then. A node leaving cleanly (``stop``) releases at once.
 - Session SUSPENDED: ``may_send_on`` is False at once (OFF stays allowed); the locks may still
   be ours, and are again if the session comes back. LOST: every partition is gone.
+- SUSPENDED for longer than the session timeout: ZooKeeper has surely expired the session by
+  now, though we cannot hear it; every partition counts as lost here at once (``on_released``),
+  and if the session does come back its old locks are given back and taken anew (new epochs).
 
 Callbacks (``on_acquired(p, epoch)``, ``on_released(p)``) run in the member's own worker, never
 in kazoo's connection thread. ``on_acquired`` runs before the partition counts as owned (the place
@@ -25,6 +28,7 @@ import enum
 import json
 import logging
 import threading
+import time
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -100,12 +104,15 @@ class Member:
         self._members_path = f"{self._root}/members"
         self._on_acquired = on_acquired or (lambda p, epoch: None)
         self._on_released = on_released or (lambda p: None)
+        self.session_timeout_s = session_timeout_s
         self.client = make_client(hosts, session_timeout_s)
         self._party = self.client.Party(self._members_path, json.dumps({"node": node, "address": address}))
         self._session = Session.CONNECTING
         self._joined = False
         self._held: Mapping[int, tuple[object, int]] = MappingProxyType({})  # p -> (Lock, epoch)
         self._lost: set[int] = set()  # taken by a LOST session; told to on_released by the worker
+        self._stale: list = []  # locks given up locally (suspended too long): released once connected
+        self._suspended_at: float | None = None
         self._stopping = False
         self._changed = threading.Condition()
         self._wake = self.client.handler.event_object()
@@ -180,6 +187,7 @@ class Member:
     # -- kazoo's connection thread: only record and wake -------------------------------------
     def _on_state(self, state: str) -> bool:
         if state == KazooState.SUSPENDED:
+            self._suspended_at = time.monotonic()
             self._set_session(Session.SUSPENDED)
         elif state == KazooState.LOST:
             with self._changed:
@@ -188,6 +196,7 @@ class Member:
             self._set_held({})
             self._set_session(Session.LOST)
         elif state == KazooState.CONNECTED:
+            self._suspended_at = None
             self._set_session(Session.CONNECTED)
         self._poke()
         return False  # keep listening
@@ -211,10 +220,11 @@ class Member:
     def _run(self) -> None:
         failed = False
         while not self._stopping:
-            self._wake.wait(RETRY_AFTER_ERROR_S if failed else None)
+            self._wake.wait(self._next_wait(failed))
             self._wake.clear()
             if self._stopping:
                 break
+            self._expire_if_suspended_too_long()
             with self._mutex:
                 if self._stopping:
                     break
@@ -229,6 +239,25 @@ class Member:
                     log.exception("cluster: %s reconcile failed in a callback; retrying", self.node)
                     failed = True
 
+    def _next_wait(self, failed: bool) -> float | None:
+        waits = [RETRY_AFTER_ERROR_S] if failed else []
+        suspended_at = self._suspended_at
+        if suspended_at is not None and self._held:
+            waits.append(max(0.0, suspended_at + self.session_timeout_s - time.monotonic()) + 0.05)
+        return min(waits) if waits else None
+
+    def _expire_if_suspended_too_long(self) -> None:
+        suspended_at = self._suspended_at
+        if (self._session is not Session.SUSPENDED or suspended_at is None or not self._held
+                or time.monotonic() - suspended_at < self.session_timeout_s):
+            return
+        log.warning("cluster: %s suspended for over %.1fs: its partitions count as lost here", self.node,
+                    self.session_timeout_s)
+        with self._changed:
+            self._lost |= set(self._held)
+            self._stale.extend(lock for lock, _ in self._held.values())
+        self._set_held({})
+
     def _reconcile(self) -> None:
         with self._changed:
             lost, self._lost = self._lost, set()
@@ -236,6 +265,14 @@ class Member:
             self._on_released(p)
         if self._session is not Session.CONNECTED:
             return
+        while self._stale:
+            # Our locks from before a local expiry, if the session survived after all: give them
+            # back, so a partition is taken again only through a new lock (a higher epoch).
+            try:
+                self._stale[0].release()
+            except KazooException:
+                log.debug("cluster: releasing a stale lock failed", exc_info=True)
+            self._stale.pop(0)
         if not self._joined:
             self._party.join()
             self._joined = True

@@ -17,6 +17,7 @@ import threading
 
 import pykka
 
+from pumplink.cluster import fencing
 from pumplink.devices import commands, records, state
 from pumplink.devices.machine import Machine
 from pumplink.devices.messages import Publish, TimerFired
@@ -42,8 +43,12 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef, writer: GroupWriter,
-                 preload: "DeviceRecords | None" = None):
+                 preload: "DeviceRecords | None" = None, cluster=None):
         super().__init__()
+        # Cluster mode (cluster/node.py): this device's partition and the epoch it was started
+        # under; every write checks it, every command carries it. None: a single node.
+        self.cluster = cluster
+        self.fence: fencing.Fence | None = cluster.fence_for(device_id) if cluster is not None else None
         self.writer = writer
         self._grouped = False  # this message's rows go to the writer, not to a transaction of ours
         self.unsaved: tuple[list, list] | None = None  # (rows, effects after them) of a failed group commit
@@ -81,6 +86,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         if preload.needs_writes(now):
             with self.db.connection_context():
                 with self.db.atomic():
+                    fencing.check(self.db, self.fence)
                     self._apply(self.machine.recover(preload.values(), now))
         else:
             # The common start: nothing to close, so no connection is taken from the pool.
@@ -114,7 +120,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
                 and not (isinstance(e, state.Publish) and e.command.action == "off")]
         if rows and self._grouped:
             try:
-                self.writer.commit(rows, self.machine.st.device)  # durable on return: an ON may follow
+                self.writer.commit(rows, self.machine.st.device, self.fence)  # durable on return: an ON may follow
             except DatabaseDown:
                 # The message is handled in memory: its timers run now (a due OFF must not wait);
                 # its rows, ONs and events wait until the rows are durable (Transactions.unsaved).
@@ -162,11 +168,30 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         topic, payload = commands.encode(
             self.rt.topics, self.device_id, self.machine.st.device.protocol, cmd.action, now=cmd.sent_at,
             command_id=cmd.id, activation_id=cmd.activation.id if cmd.activation is not None else None,
-            duration_s=cmd.duration_s)
+            duration_s=cmd.duration_s, **self._sender())
         if cmd.action == "on" and self._deferred_on is not None:
             self._deferred_on.append((topic, payload))
+        elif cmd.action == "on":
+            self._send_on(topic, payload)
+        elif self.cluster is not None and not self.cluster.may_send_off(self.device_id):
+            log.warning("device %s: OFF withheld (ZooKeeper silent too long; another node may own it)", self.device_id)
+            self.rt.metrics.cluster_withheld.labels("off").inc()
         else:
             self.mqtt.tell(Publish(topic, payload))
+
+    def _sender(self) -> dict:
+        if self.fence is None:
+            return {}
+        return {"node": self.cluster.node, "epoch": self.fence[1]}
+
+    def _send_on(self, topic: str, payload: str) -> None:
+        """Cluster mode: an ON only while this node's session is healthy and the partition is
+        still ours (an OFF always goes). A withheld ON is not acked; the ack timeout decides."""
+        if self.cluster is not None and not self.cluster.may_send_on(self.device_id):
+            log.warning("device %s: ON withheld (this node may not send ON now)", self.device_id)
+            self.rt.metrics.cluster_withheld.labels("on").inc()
+            return
+        self.mqtt.tell(Publish(topic, payload))
 
     def _cancel(self, kind: str) -> None:
         timer = self.timers.pop(kind, None)

@@ -26,7 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pumplink.devices.protocol import Drop, Inbound, parse_inbound
 from pumplink.devices.retained import MARKER_WAIT_S, RetainedFetch
 from pumplink.runtime import BrokerStatus, Runtime
-from pumplink.devices.messages import Publish
+from pumplink.devices.messages import Publish, Unwatch, Watch
 from pumplink.timers import tell_later
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,15 @@ def _loop_alive(client: mqtt.Client | None) -> bool:
 class MqttActor(pykka.ThreadingActor):
     def __init__(self, rt: Runtime, route: Callable[[Inbound], str], on_connect: Callable[[], None],
                  status: BrokerStatus, *, retained_topics: Callable[[], list[list[str]]] = list,
-                 watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S, silence_s: float = SILENCE_S,
+                 per_device: bool = False, watchdog_s: float = WATCHDOG_S, probe_s: float = PROBE_S, silence_s: float = SILENCE_S,
                  stuck_s: float = STUCK_S):
         super().__init__()
         self.rt = rt
         self.route = route  # Inbound -> "ok" | a drop reason ("unknown_device", "wrong_protocol")
         self.notify_connected = on_connect
         self.retained_topics = retained_topics  # per device, the topics of its retained snapshot
+        # Cluster mode: no wildcards; each owned device's topics, subscribed for good (Watch/Unwatch).
+        self.per_device = per_device
         self._fetch: RetainedFetch | None = None
         self.status = status
         self.watchdog_s, self.probe_s, self.silence_s, self.stuck_s = watchdog_s, probe_s, silence_s, stuck_s
@@ -172,6 +174,11 @@ class MqttActor(pykka.ThreadingActor):
                 self.publish(message.topic, message.payload, message.qos)
             elif isinstance(message, _Watch):
                 self._watch()
+            elif isinstance(message, Watch):
+                self._watch_devices([list(t) for t in message.topics])
+            elif isinstance(message, Unwatch):
+                if self.status.connected.is_set() and message.topics:
+                    self.client.unsubscribe(list(message.topics))
             elif isinstance(message, _Fetch):
                 if message.client is self.client:
                     self._fetch_start()
@@ -194,6 +201,15 @@ class MqttActor(pykka.ThreadingActor):
         return True
 
     # --- the retained snapshots, a batch at a time (this actor's thread) ------------------------
+    def _watch_devices(self, topics: list[list[str]]) -> None:
+        if not self.status.connected.is_set() or not topics:
+            return  # the next connect subscribes every owned device's topics anyway
+        if self._fetch is not None:
+            self._fetch.extend(topics)
+            return
+        self._fetch = RetainedFetch(topics)
+        self._fetch_next(-1, False)
+
     def _fetch_start(self) -> None:
         self._fetch = RetainedFetch(self.retained_topics())
         self.rt.metrics.retained_fetch_pending.set(self._fetch.devices)
@@ -207,7 +223,7 @@ class MqttActor(pykka.ThreadingActor):
             fetch.timeouts += 1
             log.warning("retained batch %d not delivered within %.0fs; going on", seq, MARKER_WAIT_S)
         done = fetch.current
-        if done:
+        if done and not self.per_device:
             # The per-device filters were only for the retained messages; the wildcards carry the rest.
             self.client.unsubscribe(done)
         topics = fetch.advance()
@@ -299,7 +315,11 @@ class MqttActor(pykka.ThreadingActor):
             _no_delay(client)
             # The wildcards without their retained messages: a fleet's worth at once overflows the
             # broker's queue for this client. The actor fetches them per device, in batches.
-            if self.rt.config.mqtt_protocol == "5":
+            if self.per_device:
+                # Cluster mode: only the owned devices' topics, each with its retained state.
+                client.subscribe([(self._probe_topic, 0), (self._marker_topic, 1)])
+                self.actor_ref.tell(_Fetch(client))
+            elif self.rt.config.mqtt_protocol == "5":
                 no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
                 client.subscribe([(topic, no_retained) for topic in self.rt.topics.subscriptions()]
                                  + [(self._probe_topic, SubscribeOptions(qos=0)),
@@ -367,7 +387,7 @@ class MqttActor(pykka.ThreadingActor):
 
     def _drop(self, drop: Drop, topic: str, payload: bytes) -> None:
         self.rt.metrics.mqtt_dropped.labels(drop.reason).inc()
-        if drop.reason in ("unknown_device", "empty"):
+        if drop.reason in ("unknown_device", "not_owned", "empty"):
             log.debug("MQTT message on %.120r dropped (%s)", topic, drop.reason)
             return
         if drop.reason != "wrong_protocol":

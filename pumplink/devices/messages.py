@@ -71,3 +71,18 @@ class RunSettled:
     schedule_id: int
     activation: dict | None
     error: BaseException | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Watch:
+    """Cluster mode, to the MQTT link: subscribe these devices' topics (their retained state
+    comes with them), e.g. the devices of a partition this node took."""
+
+    topics: tuple[tuple[str, ...], ...]  # per device
+
+
+@dataclasses.dataclass(frozen=True)
+class Unwatch:
+    """Cluster mode, to the MQTT link: these topics' devices are no longer this node's."""
+
+    topics: tuple[str, ...]

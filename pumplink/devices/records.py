@@ -40,16 +40,21 @@ class DeviceRecords:
         )
 
     @classmethod
-    def load_all(cls, now: dt.datetime) -> list["DeviceRecords"]:
-        """Every live device's records in four queries, for start-up."""
-        sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null())}
+    def load_all(cls, now: dt.datetime, ids: list[int] | None = None) -> list["DeviceRecords"]:
+        """Every live device's records (or those of ``ids``: a partition) in four queries, for start-up."""
+        def of(field):
+            return True if ids is None else field.in_(ids)
+
+        sessions = {s.device_id: s for s in m.Session.select().where(m.Session.ended_at.is_null()
+                                                                      & of(m.Session.device))}
         activations = collections.defaultdict(list)
-        for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES))
+        for act in (m.Activation.select().where(m.Activation.state.in_(OPEN_STATES) & of(m.Activation.device))
                     .order_by(m.Activation.created_at, m.Activation.id)):
             activations[act.device_id].append(act)
-        manual = _manual_starts(now, True)
+        manual = _manual_starts(now, of(m.Session.device))
         return [cls(d, sessions.get(d.id), activations.get(d.id, []), manual.get(d.id, []))
-                for d in m.Device.select().where(m.Device.deleted_at.is_null()).order_by(m.Device.id)]
+                for d in m.Device.select().where(m.Device.deleted_at.is_null() & of(m.Device.id))
+                .order_by(m.Device.id)]
 
     def values(self) -> state.Loaded:
         """As the machine takes them."""

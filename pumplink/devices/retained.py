@@ -28,6 +28,12 @@ class RetainedFetch:
         self.started = time.monotonic()
         self.timeouts = 0
 
+    def extend(self, topics_by_device: list[list[str]]) -> None:
+        """More devices to fetch (cluster mode: a partition taken while a fetch runs)."""
+        for i in range(0, len(topics_by_device), self.batch):
+            self.batches.append([t for topics in topics_by_device[i:i + self.batch] for t in topics])
+        self.devices += len(topics_by_device)
+
     @property
     def current(self) -> list[str]:
         return self.batches[self.seq] if 0 <= self.seq < len(self.batches) else []

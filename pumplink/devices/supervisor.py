@@ -2,6 +2,10 @@
 
 Starting an actor runs its crash recovery (``Machine.recover``, on_start), so when ``start_all``
 returns every device has been reconciled with the clock and the requests may come in.
+
+Cluster mode (``cluster``, a cluster.node.ClusterNode): only the devices of partitions this node
+owns have actors; the node starts them partition by partition (``start_devices``) and stops them
+(``stop_devices``) as partitions come and go.
 """
 
 from __future__ import annotations
@@ -26,20 +30,28 @@ RECHECK_S = 10.0  # a device's protocol is re-read on a mismatch at most this of
 
 
 class Supervisor:
-    def __init__(self, rt: Runtime, mqtt: pykka.ActorRef):
+    def __init__(self, rt: Runtime, mqtt: pykka.ActorRef, cluster=None):
         self.rt = rt
         self.mqtt = mqtt
+        self.cluster = cluster
         self._refs: dict[int, pykka.ActorRef] = {}
         # Each device's protocol: its messages are read only from its own protocol's topics.
         self._protocols: dict[int, str] = {}
         self._rechecked: dict[int, float] = {}
         self._lock = threading.RLock()
         self.writer = GroupWriter(rt.db, rt.metrics).start()  # the devices' group commits
+        if cluster is not None:
+            self.writer.on_fenced = cluster.fenced
 
     def start_all(self) -> None:
+        self.start_devices(None)
+
+    def start_devices(self, ids: list[int] | None) -> list[int]:
+        """Start (and recover) every live device, or those of ``ids``; returns when all have
+        recovered, with the ids started."""
         # Read once for all devices: 10,000 actors each querying at start exhausted the pool.
         with self.rt.db.connection_context():
-            records = DeviceRecords.load_all(self.rt.clock.now())
+            records = DeviceRecords.load_all(self.rt.clock.now(), ids)
         for r in records:
             self.start_device(r.device.id, r)
         # An ask is answered only after on_start: when these return, every device has recovered.
@@ -49,19 +61,25 @@ class Supervisor:
         for future in [self._refs[r.device.id].ask(ready, block=False) for r in records]:
             future.get(timeout=60)
         log.info("%d device actors started", len(records))
+        return [r.device.id for r in records]
 
-    def start_device(self, device_id: int, records: DeviceRecords | None = None) -> pykka.ActorRef:
+    def start_device(self, device_id: int, records: DeviceRecords | None = None) -> pykka.ActorRef | None:
+        """The device's actor, started if need be; None in cluster mode when another node owns it."""
         with self._lock:
             ref = self._refs.get(device_id)
             if ref is not None and ref.is_alive():
                 return ref
+            if self.cluster is not None and not self.cluster.owns(device_id):
+                return None
             if records is not None:
                 self._protocols[device_id] = records.device.protocol
             else:
                 self._protocols[device_id] = self._load_protocol(device_id)
-            ref = DeviceActor.start(device_id, self.rt, self.mqtt, self.writer, records)
+            ref = DeviceActor.start(device_id, self.rt, self.mqtt, self.writer, records, self.cluster)
             self._refs[device_id] = ref
-            return ref
+        if self.cluster is not None and records is None:
+            self.cluster.device_started(device_id)  # one started alone (new, or restarted): its topics
+        return ref
 
     def _load_protocol(self, device_id: int) -> str:
         # On the caller's thread (a request may hold a connection, even a transaction): close
@@ -110,6 +128,8 @@ class Supervisor:
         """The device's actor; one that died is started again from the database's truth."""
         with self._lock:
             ref = self._refs.get(device_id)
+            if ref is None and self.cluster is not None and self.cluster.owns(device_id) and _live(device_id):
+                ref = self.start_device(device_id)  # created on another node: it starts here, its owner
             if ref is None:
                 raise NotFound(f"There is no device {device_id}.", "device_not_found")
             if not ref.is_alive():
@@ -130,7 +150,7 @@ class Supervisor:
         """
         ref = self._refs.get(device_id)
         if ref is None:
-            return "unknown_device"
+            return "not_owned" if self.cluster is not None and not self.cluster.owns(device_id) else "unknown_device"
         if self._protocols.get(device_id) != protocol:
             self._recheck_protocol(device_id)
             return "wrong_protocol"
@@ -154,18 +174,35 @@ class Supervisor:
         if ref is not None:
             ref.stop(block=True, timeout=10)
 
+    def stop_devices(self, ids: list[int]) -> None:
+        """Cluster mode: a partition went elsewhere; its actors stop (their pumps keep their own
+        OFF timers, and the new owner's recovery takes over)."""
+        with self._lock:
+            refs = [self._refs.pop(i) for i in ids if i in self._refs]
+            for i in ids:
+                self._protocols.pop(i, None)
+        _stop_refs(refs)
+
     def stop_all(self) -> None:
         with self._lock:
             refs, self._refs = list(self._refs.values()), {}
-        futures = []
-        for ref in refs:
-            try:
-                futures.append(ref.stop(block=False))
-            except pykka.ActorDeadError:
-                pass
-        for future in futures:
-            try:
-                future.get(timeout=5)
-            except (pykka.Timeout, pykka.ActorDeadError):
-                log.warning("a device actor did not stop within 5 s")
+        _stop_refs(refs)
         self.writer.stop()
+
+
+def _live(device_id: int) -> bool:
+    return m.Device.select().where((m.Device.id == device_id) & m.Device.deleted_at.is_null()).exists()
+
+
+def _stop_refs(refs: list[pykka.ActorRef]) -> None:
+    futures = []
+    for ref in refs:
+        try:
+            futures.append(ref.stop(block=False))
+        except pykka.ActorDeadError:
+            pass
+    for future in futures:
+        try:
+            future.get(timeout=5)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            log.warning("a device actor did not stop within 5 s")

@@ -14,7 +14,8 @@ import logging
 
 import pykka
 
-from pumplink.devices.messages import Publish, Replay, RunRequest, RunSettled
+from pumplink.cluster.fencing import Fenced, check as check_fence
+from pumplink.devices.messages import Replay, RunRequest, RunSettled
 from pumplink.errors import DatabaseUnavailable
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.timers import tell_later
@@ -55,6 +56,9 @@ class Transactions:
             self.replay_armed = False
         try:
             self._catch_up()
+        except Fenced:
+            # Another node owns the device now: nothing more is done here (the node stops this actor).
+            self.backlog.clear()
         except DatabaseDown as exc:
             if not isinstance(exc, Unsaved) or self.backlog:  # an Unsaved message is handled already
                 self._safety_without_database(message)
@@ -89,7 +93,7 @@ class Transactions:
             except Unsaved:
                 self.backlog.popleft()
                 raise
-            except DatabaseDown:
+            except (DatabaseDown, Fenced):
                 raise
             except Exception:
                 # A bug must not wedge the device behind one message (nor kill the actor).
@@ -111,12 +115,16 @@ class Transactions:
             self._deferred_on = []
         try:
             with self.db.atomic():
+                check_fence(self.db, self.fence)  # cluster mode: refused unless the partition is still ours
                 result = fn(*args, **kwargs)
             if outermost:
                 # Committed: only now may the pump be switched on, or a run could go unrecorded.
                 for topic, payload in self._deferred_on:
-                    self.mqtt.tell(Publish(topic, payload))
+                    self._send_on(topic, payload)
             return result
+        except Fenced as exc:
+            self.cluster.fenced(exc.partition)
+            raise
         except OPERATIONAL_ERRORS as exc:
             # Memory may have moved ahead of the rolled-back writes: rebuild it from the database.
             log.error("device %s: database failed mid-way (%s); resynchronising when it returns", self.device_id, exc)

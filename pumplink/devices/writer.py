@@ -9,6 +9,10 @@ nothing); a batch holds at most ``MAX_UNITS`` messages and ``MAX_ROWS`` rows.
 
 A failed batch fails every unit in it with ``DatabaseUnavailable``: each device takes the path
 it takes when its own transaction fails mid-way (backlog, replay, resync from the database).
+
+Cluster mode: a unit carries its partition's fence (partition, epoch); the batch first checks
+them all in one query (cluster/fencing.py) and writes only the units whose epoch is current. A
+refused unit fails with ``Fenced`` and ``on_fenced(partition)`` is told once per partition.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 
 import peewee
 
+from pumplink.cluster import fencing
 from pumplink.devices import records
 from pumplink.errors import DatabaseUnavailable
 from pumplink.metrics import Metrics
@@ -35,10 +40,10 @@ DOWN_RECHECK_S = 0.5  # while down, whether the database is back is asked at mos
 
 
 class _Unit:
-    __slots__ = ("rows", "device", "done", "error", "queued_at")
+    __slots__ = ("rows", "device", "fence", "done", "error", "queued_at")
 
-    def __init__(self, rows: list, device):
-        self.rows, self.device = rows, device
+    def __init__(self, rows: list, device, fence: fencing.Fence | None = None):
+        self.rows, self.device, self.fence = rows, device, fence
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.queued_at = time.monotonic()
@@ -54,6 +59,7 @@ class GroupWriter:
         # Multi-row inserts need their ids back in order: PostgreSQL's RETURNING (SQLite: row by row).
         self.bulk = isinstance(db, peewee.PostgresqlDatabase)
         self._checked_at = 0.0
+        self.on_fenced = lambda partition: None  # cluster mode: a partition's write was refused
 
     def start(self) -> "GroupWriter":
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -66,10 +72,11 @@ class GroupWriter:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def commit(self, rows: list, device) -> None:
+    def commit(self, rows: list, device, fence: fencing.Fence | None = None) -> None:
         """Write ``rows`` (state.ROWS effects of one device, in order) and return once they are
-        durable; ``DatabaseUnavailable`` when they are not. Inserted records get their ids."""
-        unit = _Unit(rows, device)
+        durable; ``DatabaseUnavailable`` when they are not, ``Fenced`` when ``fence`` (cluster
+        mode) is no longer its partition's epoch. Inserted records get their ids."""
+        unit = _Unit(rows, device, fence)
         self._queue.put(unit)
         unit.done.wait()
         if isinstance(unit.error, OPERATIONAL_ERRORS):
@@ -113,8 +120,7 @@ class GroupWriter:
 
     def _write(self, batch: list[_Unit]) -> None:
         try:
-            self._transaction(batch)
-            errors = [None] * len(batch)
+            errors = self._transaction(batch)
         except OPERATIONAL_ERRORS as exc:
             log.error("group commit of %d message(s) failed: %s", len(batch), exc)
             self.down = True
@@ -131,21 +137,29 @@ class GroupWriter:
             unit.error = error
             unit.done.set()
 
-    def _transaction(self, batch: list[_Unit]) -> None:
+    def _transaction(self, batch: list[_Unit]) -> list[BaseException | None]:
+        """Per unit, None (written) or why not (Fenced)."""
         with self.db.connection_context():
             with self.db.atomic():
+                fences = [unit.fence for unit in batch if unit.fence is not None]
+                stale = fencing.refused(self.db, fences) if fences else set()
+                errors = [fencing.Fenced(*unit.fence) if unit.fence in stale else None for unit in batch]
+                todo = [unit for unit, error in zip(batch, errors) if error is None]
                 if self.bulk:
-                    records.write_many([(unit.rows, unit.device) for unit in batch])
+                    records.write_many([(unit.rows, unit.device) for unit in todo])
                 else:
-                    for unit in batch:
+                    for unit in todo:
                         for effect in unit.rows:
                             records.write(effect, unit.device)
         self.down = False
+        for partition in sorted({p for p, _ in stale}):
+            log.warning("partition %d: a write under an old epoch was refused; its devices stop here", partition)
+            self.on_fenced(partition)
+        return errors
 
     def _alone(self, unit: _Unit) -> BaseException | None:
         try:
-            self._transaction([unit])
-            return None
+            return self._transaction([unit])[0]
         except Exception as exc:  # noqa: BLE001 - told to its device
             return exc
 

@@ -83,6 +83,14 @@ class FlushHeld:
 
 
 @dataclasses.dataclass(frozen=True)
+class Remote:
+    """An event that happened on another node (cluster mode): sent to clients here, never relayed
+    again, and no alert is raised for it here (its owner raises those)."""
+
+    event: object
+
+
+@dataclasses.dataclass(frozen=True)
 class Recheck:
     """The timer's tick: read the roles of every connected account from the database."""
 
@@ -110,9 +118,15 @@ class BroadcasterActor(pykka.ThreadingActor):
         self.reach = Reach(rt.db)
         self.debounce = Debouncer(rt.config.live_changes_per_s)
         self._timer: threading.Timer | None = None
+        self.relay = None  # cluster mode: cluster.events.ClusterEvents, to and from the other nodes
 
     def on_start(self) -> None:
         self._arm()
+        if self.rt.config.clustered:
+            from pumplink.cluster.events import ClusterEvents  # paho, only in cluster mode
+
+            ref = self.actor_ref
+            self.relay = ClusterEvents(self.rt.config, lambda event: ref.tell(Remote(event)), self.metrics).start()
 
     def on_receive(self, message):
         try:
@@ -125,11 +139,18 @@ class BroadcasterActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.relay is not None:
+            self.relay.stop()
         self._close_all(1001, "The server is shutting down.")
 
-    def _dispatch(self, message):
-        if isinstance(message, DeviceStateChanged):
-            self._state_changed(message)
+    def _dispatch(self, message, local: bool = True):
+        if local and self.relay is not None and isinstance(message, self.EVENTS):
+            self.relay.publish(message)
+        if isinstance(message, Remote):
+            if isinstance(message.event, self.EVENTS):
+                self._dispatch(message.event, local=False)
+        elif isinstance(message, DeviceStateChanged):
+            self._state_changed(message, local)
         elif isinstance(message, FlushHeld):
             self._flush_held(message.device_id)
         elif isinstance(message, (ActivationChanged, ScheduleChanged)):
@@ -259,7 +280,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         return owner
 
     # --- events ----------------------------------------------------------------------------------
-    def _state_changed(self, event: DeviceStateChanged) -> None:
+    def _state_changed(self, event: DeviceStateChanged, local: bool = True) -> None:
         now = self.clock.monotonic()
         send, flagged = self.debounce.offer(event.device_id, event, now)
         if send is not None:
@@ -268,7 +289,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         if self.metrics is not None:
             self.metrics.live_debounced.inc()
         if flagged:
-            self._flagged(event)
+            self._flagged(event, alert=local)  # the device's owner alerts, once
             tell_later(self.actor_ref, HOLD_S, FlushHeld(event.device_id))
 
     def _flush_held(self, device_id: int) -> None:
@@ -281,11 +302,13 @@ class BroadcasterActor(pykka.ThreadingActor):
             log.info("device %s changes state at a calm pace again; its live events are no longer debounced", device_id)
             self._count_flapping()
 
-    def _flagged(self, event: DeviceStateChanged) -> None:
+    def _flagged(self, event: DeviceStateChanged, alert: bool = True) -> None:
         limit = self.rt.config.live_changes_per_s
         log.warning("device %s changed state more than %d times within a second; its live events are debounced",
                     event.device_id, limit)
         self._count_flapping()
+        if not alert:
+            return
         self.rt.bus.publish(Alert(
             key=f"device_flapping_live:{event.device_id}:{iso(event.at)}", kind="device_flapping_live",
             device_id=event.device_id, title=f"Device {event.device_id} is flapping",

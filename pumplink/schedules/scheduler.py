@@ -26,6 +26,7 @@ from pumplink.errors import NotFound, PumpLinkError
 from pumplink.events import Alert, Audience, ScheduleChanged
 from pumplink.runtime import Runtime
 from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan
+from pumplink.schedules.partitioned import REFRESH_S, Partitioned, Refresh
 from pumplink.views import run_view, schedule_view
 from pumplink.timers import tell_later
 
@@ -52,9 +53,10 @@ class Retry:
     due: dt.datetime
 
 
-class SchedulerActor(pykka.ThreadingActor):
-    def __init__(self, rt: Runtime, gateway):
+class SchedulerActor(Partitioned, pykka.ThreadingActor):
+    def __init__(self, rt: Runtime, gateway, cluster=None):
         super().__init__()
+        self.cluster = cluster  # cluster mode: only owned devices' schedules (partitioned.py)
         self.rt = rt
         self.db = rt.db
         self.clock = rt.clock
@@ -74,6 +76,9 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         began = time.perf_counter()
+        if self.cluster is not None:
+            tell_later(self.actor_ref, REFRESH_S, Refresh())
+            return  # the heap fills partition by partition (Plan)
         with self.db.connection_context():
             self._settle_interrupted_runs()
             self.queue.load(self._pending())
@@ -101,9 +106,12 @@ class SchedulerActor(pykka.ThreadingActor):
                 return items
             last = page[-1][0]
 
-    def _settle_interrupted_runs(self) -> None:
+    def _settle_interrupted_runs(self, devices: list[int] | None = None) -> None:
         """Runs whose device answer was lost in a crash: find their activation, never fire again."""
-        for run in m.ScheduleRun.select().where(m.ScheduleRun.outcome == "firing"):
+        runs = m.ScheduleRun.select().where(m.ScheduleRun.outcome == "firing")
+        if devices is not None:
+            runs = runs.join(m.Schedule).where(m.Schedule.device.in_(devices))
+        for run in runs:
             act = (m.Activation.select()
                    .where((m.Activation.schedule == run.schedule_id) & (m.Activation.created_at >= run.fired_at))
                    .order_by(m.Activation.created_at).first())
@@ -128,7 +136,9 @@ class SchedulerActor(pykka.ThreadingActor):
             log.exception("scheduler failed handling %r", message)
 
     def _dispatch(self, message) -> None:
-        if isinstance(message, Wake):
+        if self._partitioned(message):
+            pass
+        elif isinstance(message, Wake):
             for schedule_id, due in self.queue.take_due(message.token):
                 self._fire_safely(schedule_id, due)
         elif isinstance(message, Retry):
@@ -156,6 +166,8 @@ class SchedulerActor(pykka.ThreadingActor):
         s = m.Schedule.get_or_none(m.Schedule.id == schedule_id)
         if s is None or not s.enabled or s.next_run_at is None or from_db(s.next_run_at) != due:
             return  # deleted or changed since this entry was queued
+        if not self.owns(s.device_id):
+            return  # cluster mode: its partition moved; the new owner plans it
         now = self.clock.now()
         try:
             rec = Recurrence.of(s, self.tz)
@@ -293,7 +305,7 @@ class SchedulerActor(pykka.ThreadingActor):
         s = m.Schedule.create(device=device_id, user=user_id, start_time=to_db(rec.start), rrule=rec.text,
                               duration_s=duration_s, enabled=True, next_run_at=to_db(first), next_run_index=0,
                               created_at=to_db(self.clock.now()))
-        if first is not None:
+        if first is not None and self.owns(device_id):
             self.queue.put(s.id, first)
         log.info("schedule %s created by user %s: device %s, %ss, first run %s, rule %s", s.id, user_id, device_id,
                  duration_s, iso(first), rec.text)
@@ -313,7 +325,7 @@ class SchedulerActor(pykka.ThreadingActor):
                 anchor = from_db(s.next_run_at)
                 pos = Recurrence.of(s, self.tz).at_or_after(self.clock.now(), anchor, s.next_run_index)
                 s.next_run_at, s.next_run_index = to_db(pos.at), pos.index
-                if s.next_run_at is not None:
+                if s.next_run_at is not None and self.owns(s.device_id):
                     self.queue.put(s.id, from_db(s.next_run_at))
             else:
                 # next_run_at stays as the anchor to resume from; the heap forgets the schedule.

@@ -18,6 +18,7 @@ from pumplink.config import ConfigError, load  # noqa: E402
 def _serve(args) -> int:
     config = load()
     config.require_jwt_secret()
+    config.require_cluster_settings()
     from gunicorn.app.wsgiapp import WSGIApplication
 
     sys.argv = ["pumplink serve", "-c", "python:pumplink.server.gunicorn"]
@@ -181,6 +182,45 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _cluster_status(args) -> int:
+    import json
+
+    from kazoo.client import KazooClient
+
+    from pumplink.cluster.membership import cluster_map
+    from pumplink.cluster.node import split_hosts
+
+    config = load()
+    if not config.clustered:
+        raise ConfigError("PUMPLINK_ZOOKEEPER: not set; this installation runs as a single node")
+    hosts, root = split_hosts(config.zookeeper)
+    client = KazooClient(hosts=hosts, timeout=config.zk_session_timeout_s)
+    try:
+        client.start(timeout=10)
+    except Exception as exc:  # noqa: BLE001 - kazoo's timeout, or a bad host
+        raise ConfigError(f"PUMPLINK_ZOOKEEPER: cannot reach ZooKeeper at {hosts}: {exc}") from None
+    try:
+        found = cluster_map(client, root)
+    finally:
+        client.stop()
+        client.close()
+    if args.json:
+        print(json.dumps({"members": found["members"], "owners": {str(p): o for p, o in found["owners"].items()},
+                          "nodes": {n: {"address": v["address"], "partitions": {str(p): e for p, e in
+                                                                                 v["partitions"].items()}}
+                                    for n, v in found["nodes"].items()}}, indent=2))
+        return 0
+    print(f"{len(found['members'])} member(s) under {root}")
+    for name, node in sorted(found["nodes"].items()):
+        parts = sorted(node["partitions"])
+        print(f"  {name}  {node['address'] or '(not a member: leaving or expiring)'}  {len(parts)} partition(s): "
+              f"{' '.join(map(str, parts))}")
+    orphans = sorted(p for p, owner in found["owners"].items() if owner is None)
+    if orphans:
+        print(f"  no owner ({len(orphans)}): {' '.join(map(str, orphans))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pumplink", description="Safe, remotely controlled, scheduled pumps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--no-ack", action="store_true", help="never acknowledge commands")
     sim.add_argument("--legacy", action="store_true", help="speak the plain-text legacy protocol")
     sim.set_defaults(func=_simulate)
+    cluster = sub.add_parser("cluster", help="cluster mode (PUMPLINK_ZOOKEEPER)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    status = cluster_sub.add_parser("status", help="print the members and who owns which partition, from ZooKeeper")
+    status.add_argument("--json", action="store_true", help="as JSON")
+    status.set_defaults(func=_cluster_status)
     demo = sub.add_parser("demo", help="broker, database, server and simulated pumps in one command")
     demo.add_argument("--devices", type=int, default=3)
     demo.set_defaults(func=_demo)

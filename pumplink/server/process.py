@@ -31,8 +31,11 @@ def bootstrap_admin(config: Config, accounts: Accounts) -> None:
 class PumpLinkService:
     def __init__(self, config: Config, clock: Clock | None = None):
         config.require_jwt_secret()
+        config.require_cluster_settings()
         self.config = config
-        self.db = make_database(config.database_url)
+        # Cluster mode: a frozen node's open transaction ends with its session, not never (fencing.py).
+        self.db = make_database(config.database_url,
+                                idle_in_transaction_s=config.zk_session_timeout_s if config.clustered else None)
         migrations.migrate(self.db)
         m.bind_models(self.db)
         clock = clock or Clock()
@@ -43,7 +46,8 @@ class PumpLinkService:
         self.system = ActorSystem(config, self.db, clock).start()
         rt = self.system.rt
         self.app = create_app(config=config, gateway=self.system.gateway, accounts=self.accounts, db=self.db,
-                              clock=rt.clock, bus=rt.bus, metrics=rt.metrics, broker=rt.broker)
+                              clock=rt.clock, bus=rt.bus, metrics=rt.metrics, broker=rt.broker,
+                              cluster=self.system.cluster)
         self.ws = LiveSocket(config, self.system, self.accounts)  # upgraded requests (/api/v1/ws, /ws)
         log.info("PumpLink is serving on %s", config.bind)
 
@@ -53,7 +57,9 @@ class PumpLinkService:
         return self.app(environ, start_response)
 
     def begin_shutdown(self) -> None:
-        """On SIGTERM (pumplink.server.worker): close every WebSocket with 1001, so the graceful stop need not wait on them."""
+        """On SIGTERM (pumplink.server.worker): hand this node's partitions over at once (cluster
+        mode), and close every WebSocket with 1001, so the graceful stop need not wait on them."""
+        self.system.leave_cluster()
         if self.ws is not None:
             self.ws.close_all(1001, "The server is shutting down.")
 

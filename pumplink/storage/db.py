@@ -15,8 +15,13 @@ from pumplink.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 
-def make_database(url: str) -> peewee.Database:
+def make_database(url: str, idle_in_transaction_s: float | None = None) -> peewee.Database:
+    """``idle_in_transaction_s`` (cluster mode): PostgreSQL ends a session that sits in an open
+    transaction that long, so a frozen node's row locks cannot hold a takeover up for ever."""
     parts = urlsplit(url)
+    extra = {}
+    if idle_in_transaction_s:
+        extra["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_s * 1000)}"
     if parts.scheme == "sqlite":
         path = url[len("sqlite:///"):] or ":memory:"
         return peewee.SqliteDatabase(
@@ -35,6 +40,7 @@ def make_database(url: str) -> peewee.Database:
         # Without a timeout a full pool fails at once instead of waiting for a free connection.
         timeout=10,
         connect_timeout=3,
+        **extra,
     )
 
 

@@ -113,11 +113,18 @@ def _zone():
         return ZoneInfo("UTC")
 
 
+def _v5_partition_epoch(db: pw.Database) -> None:
+    """Cluster mode's fencing tokens (docs/cluster.md): the epoch of each partition's current
+    owner; a device write of an older epoch is refused. Unused by a single node."""
+    db.execute_sql("CREATE TABLE IF NOT EXISTS partition_epoch (partition INTEGER PRIMARY KEY, epoch BIGINT NOT NULL)")
+
+
 MIGRATIONS = [
     (1, "initial schema", _v1_initial),
     (2, "owed OFF and flapping flag on devices", _v2_device_safety),
     (3, "schedule.next_run_index for COUNT rules", _v3_schedule_run_index),
     (4, "sites, memberships and invitations; devices and approved accounts into the default site", _v4_sites),
+    (5, "partition_epoch: fencing tokens of cluster mode", _v5_partition_epoch),
 ]
 
 

@@ -219,3 +219,31 @@ def test_a_member_whose_session_expired_gives_up_everything_then_owns_again_with
     assert member.client.client_id[0] != session[0]
     assert sorted(released) == list(range(PARTITIONS)), "the device layer must hear of every lost partition"
     assert all(member.owned()[p] > epochs[p] for p in range(PARTITIONS))
+
+
+def test_a_member_suspended_longer_than_its_session_timeout_gives_up_its_partitions_locally(tmp_path, members):
+    """It cannot hear LOST while cut off, but its session is surely expired by then: it treats
+    every partition as lost at once. If the session survived after all, its old locks are given
+    back and the partitions taken anew, under higher epochs."""
+    server = ZooKeeper(tmp_path).start()
+    released = []
+    member = None
+    try:
+        member = members("solo:8080", session_timeout_s=3.0, hosts=server.hosts, on_released=released.append)
+        assert member.wait_for(lambda m: len(m.owned()) == PARTITIONS, WAIT_S)
+        epochs = member.owned()
+        server.kill()
+        assert member.wait_for(lambda m: m.session is Session.SUSPENDED, WAIT_S)
+        suspended = time.monotonic()
+        assert member.wait_for(lambda m: not m.owned() and len(released) == PARTITIONS, WAIT_S)
+        assert 3.0 <= time.monotonic() - suspended + 0.5  # not before the timeout (measured from SUSPENDED seen)
+        assert member.session is Session.SUSPENDED  # given up locally, without hearing from ZooKeeper
+        assert sorted(released) == list(range(PARTITIONS))
+
+        server.start()  # same data: the session may well be alive again; its old locks must not count
+        assert member.wait_for(lambda m: m.session is Session.CONNECTED and len(m.owned()) == PARTITIONS, WAIT_S)
+        assert all(member.owned()[p] > epochs[p] for p in range(PARTITIONS))
+    finally:
+        if member is not None and server.proc is not None:
+            member.stop()
+        server.stop()
