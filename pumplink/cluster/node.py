@@ -61,6 +61,7 @@ class ClusterNode:
         self._max_device = 0
         self.session_timeout_s = config.zk_session_timeout_s
         self._heard = time.monotonic()  # last answer from ZooKeeper (see _heartbeat)
+        self._by_partition: tuple[float, dict[int, list[int]]] = (-NEW_DEVICES_S, {})
 
     # --- read by the device layer and the API ---------------------------------------------
     def owns(self, device_id: int) -> bool:
@@ -83,7 +84,8 @@ class ClusterNode:
         return partition_of(device_id) in self._epochs and time.monotonic() - self._heard < self.session_timeout_s
 
     def status(self) -> dict:
-        owned = dict(sorted(self._epochs.items()))
+        with self._lock:
+            owned = dict(sorted(self._epochs.items()))
         return {"node": self.node, "session": self.member.session.value, "partitions": sorted(owned),
                 "owned": len(owned), "epochs": {str(p): e for p, e in owned.items()},
                 "handovers": dict(self.handovers)}
@@ -110,7 +112,7 @@ class ClusterNode:
             if not fencing.claim(self.rt.db, p, epoch, wait_s=self.session_timeout_s):
                 self.handovers["refused"] += 1
                 raise fencing.Fenced(p, epoch)  # a newer owner exists: the Member gives the lock back
-            ids = [i for i in _live_ids() if partition_of(i) == p]
+            ids = self._ids_of(p)
         with self._lock:
             self._epochs[p] = epoch
         try:
@@ -125,6 +127,18 @@ class ClusterNode:
         self.rt.metrics.cluster_handovers.labels("acquired").inc()
         self._gauge()
         log.info("cluster: partition %d (epoch %d) recovered here: %d devices", p, epoch, len(started))
+
+    def _ids_of(self, p: int) -> list[int]:
+        """The partition's live devices. Every device id is read once for a burst of acquisitions
+        (64 at a node's start), not once per partition; a device newer than the read is found
+        by the poll."""
+        at, by_partition = self._by_partition
+        if time.monotonic() - at >= NEW_DEVICES_S:
+            by_partition = {}
+            for i in _live_ids():
+                by_partition.setdefault(partition_of(i), []).append(i)
+            self._by_partition = (time.monotonic(), by_partition)
+        return by_partition.get(p, [])
 
     def _released(self, p: int) -> None:
         if self._drop(p):
@@ -176,6 +190,10 @@ class ClusterNode:
                 if not new:
                     continue
                 self._max_device = max(new)
+                cached = self._by_partition[1]
+                for i in new:  # a partition taken from the cached read must not miss them
+                    if i not in cached.setdefault(partition_of(i), []):
+                        cached[partition_of(i)].append(i)
                 running = set(self.supervisor.ids())
                 for i in new:
                     if self.owns(i) and i not in running:
