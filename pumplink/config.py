@@ -11,15 +11,14 @@ from typing import Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pumplink.cluster import settings as cluster_settings
+from pumplink.errors import ConfigError
+
 DEFAULT_EXPO_URL = "https://exp.host/--/api/v2/push/send"
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
-
-
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(cluster_settings.ClusterSettings):
     database_url: str = "sqlite:///pumplink.db"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_protocol: str = "5"  # 5, or 3.1.1 for a broker without MQTT 5 (the demo's embedded one)
@@ -88,39 +87,6 @@ class Config:
                 "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
             )
         return self.jwt_secret
-
-    @property
-    def clustered(self) -> bool:
-        return bool(self.zookeeper)
-
-    @property
-    def node(self) -> str:
-        """This node's name in the cluster: PUMPLINK_NODE_NAME, else hostname:port."""
-        if self.node_name:
-            return self.node_name
-        import socket
-
-        return f"{socket.gethostname()}:{self.bind_host_port[1]}"
-
-    @property
-    def internal_address(self) -> str:
-        """Where other nodes forward requests: PUMPLINK_INTERNAL_URL, else http://<bind>."""
-        return self.internal_url or f"http://{self.bind}"
-
-    def require_cluster_settings(self) -> None:
-        """Cluster mode needs the shared secret (nodes trust each other's forwarded requests only
-        with it) and PostgreSQL (fencing takes row locks that SQLite cannot)."""
-        if not self.clustered:
-            return
-        if not self.database_url.startswith(("postgresql:", "postgres:")):
-            raise ConfigError("PUMPLINK_DATABASE_URL: cluster mode (PUMPLINK_ZOOKEEPER) needs PostgreSQL, "
-                              "which every node shares and which fences stale owners' writes")
-        if not self.cluster_secret:
-            raise ConfigError(
-                "PUMPLINK_CLUSTER_SECRET: not set, but PUMPLINK_ZOOKEEPER is; nodes authenticate "
-                "forwarded requests with it (the same value on every node; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-            )
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -232,29 +198,6 @@ def _admin_password(name: str, raw: str) -> str | None:
         check_password(raw)
     except PumpLinkError as exc:
         raise ConfigError(f"{name}: {exc.message}") from None
-    return raw
-
-
-def _zookeeper(name: str, raw: str) -> str | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    hosts, slash, chroot = raw.partition("/")
-    for host in hosts.split(","):
-        h, sep, port = host.strip().rpartition(":")
-        if not host.strip() or (sep and (not h or not port.isdigit() or not 0 < int(port) < 65536)):
-            raise ConfigError(f"{name}: expected host:port[,host:port...][/chroot], got {raw!r}")
-    if slash and (not chroot or chroot.endswith("/") or "//" in chroot):
-        raise ConfigError(f"{name}: the chroot after the hosts must be a path such as /pumplink, got {raw!r}")
-    return raw
-
-
-def _node_name(name: str, raw: str) -> str | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    if "/" in raw or len(raw) > 200 or not raw.isprintable():
-        raise ConfigError(f"{name}: must be printable, without '/', at most 200 characters, got {raw!r}")
     return raw
 
 
@@ -386,8 +329,8 @@ _PARSERS = {
     "schedule_min_gap_s": _number(float),
     "log_format": _choice("text", "json"),
     "log_level": _log_level,
-    "zookeeper": _zookeeper,
-    "node_name": _node_name,
+    "zookeeper": cluster_settings.zookeeper,
+    "node_name": cluster_settings.node_name,
     "internal_url": _optional_http_url,
     "cluster_secret": _secret,
     "zk_session_timeout_s": _positive(float),

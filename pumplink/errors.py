@@ -68,3 +68,7 @@ class DatabaseUnavailable(Unavailable):
     def __init__(self, message: str = "The database is not reachable right now; try again shortly.", **kw):
         kw.setdefault("retry_after", 5)
         super().__init__(message, **kw)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
