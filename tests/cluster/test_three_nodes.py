@@ -12,8 +12,8 @@ from tests.support import wait_until
 
 NAMES = ["node-a", "node-b", "node-c"]
 
-# Several server processes: `make test` leaves them out, `make test-cluster` runs them.
-pytestmark = pytest.mark.slow
+# Three server processes, but one module of a few tests: `make test` runs it, so CI proves that a
+# cluster serves at all; the rounds of kills and freezes (marked slow) run in `make test-cluster`.
 
 
 @pytest.fixture(scope="module")
