@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import secrets
 import signal
-import threading
 import time
 import uuid
 
@@ -20,9 +19,10 @@ import psycopg2.extras
 import pytest
 import requests
 
-from pumplink.cluster.partitions import PARTITIONS, partition_of
+from pumplink.cluster.partitions import partition_of
 from pumplink.devices.simulator import SimulatedPump
 from tests.cluster.fleet import Fleet
+from tests.cluster.nodes import Sampler
 from tests.conftest import ADMIN, TEST_LIMITS
 from tests.support import MQTT_URL, PUMPLINK_BIN, Server, free_port, server_env, wait_until
 
@@ -41,63 +41,6 @@ def _sql(url: str, query: str, params=()) -> list[tuple]:
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
-
-
-class Sampler:
-    """Every 100 ms, each live node's partitions. Nodes are read in order, then the first ones
-    again: a partition counts as held twice only if the earlier node still held it after the
-    later one showed it (a clean handover between two reads is not a double owner)."""
-
-    def __init__(self, nodes: dict[str, Server]):
-        self.nodes = nodes
-        self.dead: set[str] = set()
-        self.samples = 0
-        self.doubles: list[tuple[int, str, str]] = []
-        self.last: dict[str, set[int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def read(self, name: str) -> set[int] | None:
-        try:
-            body = requests.get(f"{self.nodes[name].base}/api/v1/ready", timeout=2).json()
-        except (requests.RequestException, ValueError):
-            return None
-        cluster = body.get("cluster") or {}
-        return set(cluster.get("partitions", []))
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            live = [n for n in self.nodes if n not in self.dead]
-            first = {n: self.read(n) for n in live}
-            again = {n: self.read(n) for n in live}
-            for i, a in enumerate(live):
-                for b in live[i + 1:]:
-                    if first[a] is None or first[b] is None or again[a] is None:
-                        continue
-                    for p in first[a] & first[b] & again[a]:
-                        self.doubles.append((p, a, b))
-            self.last = {n: s for n, s in again.items() if s is not None}
-            self.samples += 1
-
-    def start(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def owners(self) -> dict[int, list[str]]:
-        out: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
-        for name, parts in self.last.items():
-            for p in parts:
-                out[p].append(name)
-        return out
-
-    def settled(self, live) -> bool:
-        """Every partition held by exactly one of ``live``, as the last sample saw it."""
-        owners = self.owners()
-        return set(self.last) >= set(live) and all(len(o) == 1 and o[0] in live for o in owners.values())
 
 
 @pytest.fixture
