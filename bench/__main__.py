@@ -1,8 +1,10 @@
 """``make bench``: every benchmark, each beside a baseline measured in the same run.
 
-    .venv/bin/python -m bench [latency throughput state_reports scale fanout fleet flapping schedules] [--quick] [--profile]
+    .venv/bin/python -m bench [latency throughput state_reports scale fanout fleet flapping schedules cluster]
+                              [--quick] [--profile]
 
-Without names: latency, throughput, state_reports, scale, fanout, fleet and flapping. Results
+Without names: latency, throughput, state_reports, scale, fanout, fleet and flapping (``cluster``,
+one node against two, starts a ZooKeeper and runs only when named). Results
 are merged into bench/results.json and the table in
 docs/benchmarks.md is rewritten from it. ``--profile`` adds a py-spy pass of the server
 worker under the latency, throughput and state-report loads (``.venv/bin/pip install py-spy``).
@@ -24,7 +26,7 @@ RESULTS = HERE / "results.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 DEFAULT = ["latency", "throughput", "state_reports", "scale", "fanout", "fleet", "flapping"]
-CHOICES = DEFAULT + ["schedules"]
+CHOICES = DEFAULT + ["schedules", "cluster"]
 
 
 def run_module(name: str, ctx: Context) -> dict:
@@ -121,6 +123,21 @@ def summary_rows(benchmarks: dict) -> list[tuple[str, str, str, str, str, str]]:
                      f"{f['p50_ms']} / {f['p99_ms']} ms ({f['missed']}); {fp['health_flapping_ms']['max']} ms",
                      f"no flapping: {c['p50_ms']} / {c['p99_ms']} ms ({c['missed']}); {fp['health_calm_ms']['max']} ms",
                      f"{fp.get('ratio_p99')}", "p99 <= 100 ms, none missed, /health < 100 ms", _pass(fp.get("pass"))))
+    cl = benchmarks.get("cluster")
+    if cl and "ratio_two_over_one" in cl:
+        one, two, r = cl["one"], cl["two"], cl["ratio_two_over_one"]
+        rows.append((f"Two nodes on this machine: activations accepted/s, {cl['concurrency']} clients, "
+                     f"{cl['devices']} pumps, mixed (about half forwarded) / owner only",
+                     f"{two['mixed']['per_s']}/s / {two['owner_only']['per_s']}/s",
+                     f"one node {one['activations']['per_s']}/s",
+                     f"{r['activations_mixed']} / {r['activations_owner_only']}", "-", "-"))
+        rows.append((f"Two nodes: state reports ingested/s, {cl['report_devices']} devices",
+                     f"{two['state_reports']['per_s']}/s", f"one node {one['state_reports']['per_s']}/s",
+                     f"{r['state_reports']}", "-", "-"))
+        t = two["takeover"]
+        rows.append((f"Two nodes: all partitions owned again after SIGKILL (session {t['session_timeout_s']} s) "
+                     "/ SIGTERM",
+                     f"{t['sigkill_s']} s / {t['sigterm_s']} s", "-", "-", "-", "-"))
     sc = benchmarks.get("scale")
     if sc and "full" in sc:
         f, base = sc["full"], sc["base"]

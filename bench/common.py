@@ -535,13 +535,18 @@ class MqttProbe:
 # --- HTTP load in its own process ------------------------------------------------------------------
 def http_load(base: str, path: str, *, method: str = "GET", token: str | None = None, bodies: list | None = None,
               concurrency: int = 32, max_requests: int = 100_000, max_seconds: float = 10.0,
-              warmup_s: float = 1.0, paths: list[str] | None = None) -> dict:
+              warmup_s: float = 1.0, paths: list[str] | None = None,
+              targets: list[tuple[str, list]] | None = None) -> dict:
     """``concurrency`` keep-alive clients (gevent greenlets in a child process) sending requests
     until ``max_requests`` or ``max_seconds``; rates counted after ``warmup_s``. Request k goes
-    to ``paths[k % len(paths)]`` (else ``path``) with ``bodies[k % len(bodies)]``."""
+    to ``paths[k % len(paths)]`` (else ``path``) with ``bodies[k % len(bodies)]``.
+
+    ``targets`` (several servers, e.g. cluster nodes): ``[(base, bodies), ...]``; client i keeps
+    its connection to ``targets[i % len(targets)]`` and sends that target's bodies in turn."""
     spec = {"base": base, "path": path, "paths": paths, "method": method, "token": token,
             "bodies": [json.dumps(b) for b in bodies] if bodies else None, "concurrency": concurrency,
-            "max_requests": max_requests, "max_seconds": max_seconds, "warmup_s": warmup_s}
+            "max_requests": max_requests, "max_seconds": max_seconds, "warmup_s": warmup_s,
+            "targets": [(b, [json.dumps(x) for x in bs]) for b, bs in targets] if targets else None}
     code = "from gevent import monkey; monkey.patch_all()\nimport bench.common as c; c._http_load_child()"
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(spec), capture_output=True, text=True,
                          cwd=ROOT, timeout=max_seconds + 60)
@@ -564,21 +569,26 @@ def _http_load_child() -> None:
     if spec["token"]:
         headers["Authorization"] = f"Bearer {spec['token']}"
     bodies, paths = spec["bodies"], spec["paths"]
-    if bodies:
+    targets = [(urlsplit(b), tb, itertools.count()) for b, tb in spec.get("targets") or []]
+    if bodies or any(tb for _, tb, _ in targets):
         headers["Content-Type"] = "application/json"
     counter = itertools.count()
     done: list[tuple[float, int, float]] = []
     began = time.monotonic()
     deadline = began + spec["max_seconds"]
 
-    def client():
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    def client(n: int):
+        where, own_bodies, own_counter = targets[n % len(targets)] if targets else (url, None, None)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
         try:
             while time.monotonic() < deadline:
                 k = next(counter)
                 if k >= spec["max_requests"]:
                     return
-                body = bodies[k % len(bodies)] if bodies else None
+                if own_bodies:
+                    body = own_bodies[next(own_counter) % len(own_bodies)]
+                else:
+                    body = bodies[k % len(bodies)] if bodies else None
                 path = paths[k % len(paths)] if paths else spec["path"]
                 t = time.monotonic()
                 try:
@@ -596,7 +606,7 @@ def _http_load_child() -> None:
         finally:
             conn.close()
 
-    greenlets = [gevent.spawn(client) for _ in range(spec["concurrency"])]
+    greenlets = [gevent.spawn(client, n) for n in range(spec["concurrency"])]
     gevent.joinall(greenlets, timeout=spec["max_seconds"] + 40)
     gevent.killall(greenlets, timeout=5)
     usage = resource.getrusage(resource.RUSAGE_SELF)
