@@ -77,7 +77,7 @@ class Gateway(Routed):
                 raise self.router.moved(device_id) from None  # given away since we looked: retry
             raise
         except pykka.ActorDeadError:
-            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting", retry_after=1) from None
 
     def _release_connection(self) -> None:
         """Give the request's pooled connection back before waiting on an actor.
@@ -95,9 +95,9 @@ class Gateway(Routed):
         try:
             return future.get(timeout=timeout)
         except pykka.Timeout:
-            raise Unavailable("The device did not answer in time; try again shortly.", "device_timeout") from None
+            raise Unavailable("The device did not answer in time; try again shortly.", "device_timeout", retry_after=2) from None
         except pykka.ActorDeadError:
-            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting", retry_after=1) from None
 
     def _all(self, call: DeviceCall) -> list:
         """Ask every device at once, then wait for each answer."""
@@ -258,7 +258,7 @@ class Gateway(Routed):
         try:
             self.supervisor.get(device_id).tell(RunRequest(run_id, schedule_id, user_id, duration_s, reply_to))
         except pykka.ActorDeadError:
-            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting") from None
+            raise Unavailable("The device is restarting; try again in a moment.", "device_restarting", retry_after=1) from None
 
     def cancel_activation(self, user: m.User, activation_id: int) -> dict:
         act = m.Activation.get_or_none(m.Activation.id == activation_id)
