@@ -29,20 +29,15 @@ import datetime as dt
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import requests
-from kazoo.client import KazooClient
-from kazoo.handlers.threading import KazooTimeoutError
 
-from harness import MQTT_URL, PUMPLINK_BIN, Server, create_database, drop_database, free_port, server_env
+from harness import MQTT_URL, PUMPLINK_BIN, Server, ZooKeeper, create_database, drop_database, free_port, server_env
 from pumplink.cluster.partitions import PARTITIONS, partition_of
 
 from . import bench_state_reports as reports
@@ -59,68 +54,6 @@ SESSION_S = 4
 SERVER_ENV = {"PUMPLINK_DAILY_QUOTA_MINUTES": 10_000_000, "PUMPLINK_QUEUE_LIMIT": QUEUE_LIMIT,
               "PUMPLINK_ACK_TIMEOUT_S": 30, "PUMPLINK_LOG_LEVEL": "INFO",
               "PUMPLINK_REGISTER_PER_CLIENT": 100000, "PUMPLINK_LOGIN_PER_CLIENT": 100000}
-
-
-# --- ZooKeeper (bench/ stands on its own: a copy of the tests' start, reduced) -----------------------
-class ZooKeeper:
-    """A standalone server from Debian's jars on a free port, data in the run's log directory."""
-
-    JAR = Path("/usr/share/java/zookeeper.jar")
-
-    def __init__(self, home: Path):
-        self.home, self.port = home, free_port()
-        self.hosts = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        (home / "data").mkdir(parents=True, exist_ok=True)
-        (home / "zoo.cfg").write_text(
-            f"tickTime=200\ndataDir={home / 'data'}\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
-            "minSessionTimeout=1000\nmaxSessionTimeout=30000\nadmin.enableServer=false\n"
-            "4lw.commands.whitelist=ruok\nforceSync=no\npreAllocSize=1024\n")
-
-    def start(self, timeout: float = 60.0) -> "ZooKeeper":
-        if not self.JAR.exists() or shutil.which("java") is None:
-            raise RuntimeError("ZooKeeper is not installed (apt-get install zookeeper)")
-        with open(self.home / "zookeeper.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", str(self.JAR),
-                 "org.apache.zookeeper.server.ZooKeeperServerMain", str(self.home / "zoo.cfg")],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # a process start-up: nothing to wait on but the port
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ZooKeeper exited: see {self.home / 'zookeeper.log'}")
-            if self._ok() and self._takes_sessions(deadline - time.monotonic()):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"ZooKeeper did not answer in {timeout} s")
-
-    def _ok(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"ruok")
-                return s.recv(4) == b"imok"
-        except OSError:
-            return False
-
-    def _takes_sessions(self, within: float) -> bool:
-        client = KazooClient(hosts=self.hosts, timeout=10)
-        try:
-            client.start(timeout=max(1.0, within))
-            return True
-        except KazooTimeoutError:
-            return False
-        finally:
-            client.stop()
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 # --- two nodes -------------------------------------------------------------------------------------
