@@ -7,17 +7,20 @@ import contextlib
 import importlib.util
 import itertools
 import secrets
+import subprocess
 import threading
 import uuid
 
+import psycopg2
 import pytest
 import requests
 from kazoo.client import KazooClient
 
 from pumplink.cluster.membership import cluster_map
 from pumplink.cluster.partitions import PARTITIONS
+from tests.cluster.fleet import Fleet
 from tests.conftest import TEST_LIMITS
-from tests.support import Server, server_env, wait_until
+from tests.support import MQTT_URL, PUMPLINK_BIN, Server, free_port, server_env, wait_until
 
 WAIT_S = 30.0
 _n = itertools.count()
@@ -121,3 +124,49 @@ class Sampler:
         """Every partition held by exactly one of ``live``, as the last sample saw it."""
         owners = self.owners()
         return set(self.last) >= set(live) and all(len(o) == 1 and o[0] in live for o in owners.values())
+
+
+def sql(url: str, query: str, params=()) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def pumped_cluster(names, *, url: str, zookeeper, run_tag: str, log_dir, pumps: int, session_s: float,
+                   label: str, no_timer=lambda ids: ()):
+    """Nodes ``names`` on one database with ``pumps`` devices (rows inserted before start-up, a
+    Fleet answering for them; ``no_timer(ids)`` are pumps that keep no OFF timer of their own)
+    and a Sampler of every node's /ready, once every partition has one owner. Yields
+    ``{"url", "ids", "fleet", "nodes", "sampler"}``."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"pltest-{run_tag}-{label}{tag}"
+    base = server_env(url, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=f"{zookeeper.hosts}/pl-{tag}",
+                      PUMPLINK_CLUSTER_SECRET=secrets.token_urlsafe(40), PUMPLINK_ZK_SESSION_TIMEOUT_S=session_s,
+                      PUMPLINK_ACK_TIMEOUT_S=2)
+    subprocess.run([PUMPLINK_BIN, "migrate"], env=base, check=True, capture_output=True, timeout=60)
+    rows = sql(url, "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
+                    "SELECT 'Cluster pump ' || n, 'pumplink', 1440, now(), (SELECT id FROM site WHERE is_default) "
+                    "FROM generate_series(1, %s) AS n RETURNING id", (pumps,))
+    ids = sorted(i for (i,) in rows)
+    fleet = Fleet(MQTT_URL, prefix, ids, clients=3)
+    fleet.no_timer.update(no_timer(ids))
+    nodes = {name: Server({**base, "PUMPLINK_BIND": f"127.0.0.1:{free_port()}", "PUMPLINK_NODE_NAME": name},
+                          log_dir / f"{label}-{tag}-{name}.log") for name in names}
+    sampler = Sampler(nodes)
+    try:
+        fleet.start()
+        for server in nodes.values():
+            server.start(timeout=60)
+        sampler.start()
+        wait_until(lambda: sampler.settled(names), timeout=30, interval=0.1, what="every partition owned once")
+        yield {"url": url, "ids": ids, "fleet": fleet, "nodes": nodes, "sampler": sampler}
+    finally:
+        sampler.stop()
+        for server in nodes.values():
+            server.stop()
+        fleet.close()

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 import signal
 import time
-import uuid
 
-import psycopg2
-import psycopg2.extras
 import pytest
 import requests
 
 from pumplink.cluster.partitions import partition_of
 from pumplink.devices.simulator import SimulatedPump
-from tests.cluster.fleet import Fleet
-from tests.cluster.nodes import Sampler
-from tests.conftest import ADMIN, TEST_LIMITS
-from tests.support import MQTT_URL, PUMPLINK_BIN, Server, free_port, server_env, wait_until
+from tests.cluster.nodes import Sampler, pumped_cluster, sql
+from tests.conftest import ADMIN
+from tests.support import MQTT_URL, Server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,47 +28,11 @@ PUMPS = 300
 NODES = ("n1", "n2", "n3")
 
 
-def _sql(url: str, query: str, params=()) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def cluster(zookeeper, pg_factory, run_tag, log_dir):
-    url = pg_factory()
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"pltest-{run_tag}-cl{tag}"
-    base = server_env(url, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=f"{zookeeper.hosts}/pl-{tag}",
-                      PUMPLINK_CLUSTER_SECRET=secrets.token_urlsafe(40), PUMPLINK_ZK_SESSION_TIMEOUT_S=SESSION_S,
-                      PUMPLINK_ACK_TIMEOUT_S=2)
-    import subprocess
-
-    subprocess.run([PUMPLINK_BIN, "migrate"], env=base, check=True, capture_output=True, timeout=60)
-    rows = _sql(url, "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
-                     "SELECT 'Cluster pump ' || n, 'pumplink', 1440, now(), (SELECT id FROM site WHERE is_default) "
-                     "FROM generate_series(1, %s) AS n RETURNING id", (PUMPS,))
-    ids = sorted(i for (i,) in rows)
-    fleet = Fleet(MQTT_URL, prefix, ids, clients=3)
-    nodes = {name: Server({**base, "PUMPLINK_BIND": f"127.0.0.1:{free_port()}", "PUMPLINK_NODE_NAME": name},
-                          log_dir / f"cluster-{tag}-{name}.log") for name in NODES}
-    sampler = Sampler(nodes)
-    try:
-        fleet.start()
-        for server in nodes.values():
-            server.start(timeout=60)
-        sampler.start()
-        wait_until(lambda: sampler.settled(NODES), timeout=30, interval=0.1, what="every partition owned once")
-        yield {"url": url, "ids": ids, "fleet": fleet, "nodes": nodes, "sampler": sampler}
-    finally:
-        sampler.stop()
-        for server in nodes.values():
-            server.stop()
-        fleet.close()
+    with pumped_cluster(NODES, url=pg_factory(), zookeeper=zookeeper, run_tag=run_tag, log_dir=log_dir,
+                        pumps=PUMPS, session_s=SESSION_S, label="cluster") as cluster:
+        yield cluster
 
 
 _tokens: dict[str, str] = {}
@@ -118,7 +77,7 @@ def test_three_nodes_share_300_pumps_and_an_activation_at_the_owner_starts_its_p
         assert on["node"] == s["owner"] and isinstance(on["epoch"], int)  # who sent it, under which epoch
     fleet.wait_for(lambda: all(fleet.state[s["device"]] == "off" for s in started), 15, "every chosen pump off")
     # A device created while the nodes run (here straight in the database) starts on its owner only.
-    (new,), = _sql(cluster["url"], "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
+    (new,), = sql(cluster["url"], "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
                                    "VALUES ('Late pump', 'pumplink', 60, now(), (SELECT id FROM site WHERE is_default)) "
                                    "RETURNING id")
     pump = SimulatedPump(MQTT_URL, fleet.prefix, new).start()
@@ -159,7 +118,7 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     print(f"takeover after SIGKILL of {victim} (session timeout {SESSION_S:g}s): {took:.2f}s")
     # Runs that ended meanwhile are closed by the new owners' recovery.
     ids = [r["activation"] for r in runs]
-    wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+    wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running') AND ends_at < now() at time zone 'utc'",
                                 (ids,)), timeout=5, interval=0.2, what="the ended runs closed")
     # The long ones end on time: a survivor's OFF, no pump on 2 s past its end.
@@ -175,7 +134,7 @@ def test_a_killed_nodes_partitions_are_taken_over_and_its_runs_end_on_time(clust
     for d in scheduled:
         assert next(c for c in fleet.commands[d] if c["action"] == "on")["node"] in survivors
     # No accepted activation is left without a final state.
-    wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+    wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running', 'stopping')", (ids,)),
                timeout=10, interval=0.2, what="every run final")
     assert sampler.doubles == []
@@ -202,7 +161,7 @@ def test_sigterm_hands_partitions_over_at_once_and_the_new_owner_ends_the_runs(c
         run = fleet.runs[d][-1]
         assert run["off"] - run["planned_off"] <= 2.0, (d, run)
         assert fleet.commands[d][-1]["action"] == "off" and fleet.commands[d][-1]["node"] in stayed
-    wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+    wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                      "('queued', 'starting', 'running', 'stopping')",
                                 ([r["activation"] for r in runs],)),
                timeout=10, interval=0.2, what="every run final")
@@ -227,7 +186,7 @@ def test_a_frozen_node_is_replaced_and_after_waking_commands_nothing_under_its_o
         survivors = [n for n in NODES if n != frozen]
         wait_until(lambda: sampler.settled(survivors), timeout=SESSION_S + 10, interval=0.1, what="takeover")
         print(f"takeover from a frozen {frozen}: {time.monotonic() - stopped:.2f}s")
-        wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+        wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                          "('queued', 'starting', 'running', 'stopping')",
                                     ([r["activation"] for r in first],)),
                    timeout=10, interval=0.2, what="the first runs closed by the new owners")
@@ -248,7 +207,7 @@ def test_a_frozen_node_is_replaced_and_after_waking_commands_nothing_under_its_o
     late = [(d, c) for d in fleet.device_ids for c in fleet.commands[d] if c.get("node") == frozen and c["at"] >= woke]
     assert all(c["epoch"] > old_epochs.get(partition_of(d), -1) for d, c in late), late
     # The database holds newer epochs for its old partitions: a late write of its old epoch is refused.
-    held = dict(_sql(url, "SELECT partition, epoch FROM partition_epoch"))
+    held = dict(sql(url, "SELECT partition, epoch FROM partition_epoch"))
     assert all(held[p] > e for p, e in old_epochs.items())
     after = requests.get(f"{nodes[frozen].base}/api/v1/ready", timeout=5).json()["cluster"]
     print(f"woken node's handovers: {after['handovers']}; commands it sent after waking: {len(late)}")
@@ -287,7 +246,7 @@ def test_seeded_rounds_of_sigkill_and_restart(cluster):
         over_runs += [fleet.runs[d][-1]["off"] - fleet.runs[d][-1]["planned_off"] for d in long_]
         assert max(over_runs) <= 2.0, (seed, victim, over_runs)
         ids = [r["activation"] for r in runs]
-        wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
+        wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE id = ANY(%s) AND state IN "
                                          "('queued', 'starting', 'running', 'stopping')", (ids,)),
                    timeout=10, interval=0.2, what="every run final")
         nodes[victim].start(timeout=60)

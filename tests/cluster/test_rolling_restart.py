@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import collections
 import random
-import secrets
-import subprocess
 import threading
 import time
-import uuid
 
-import psycopg2
 import pytest
 import requests
 
 from tests.cluster.fleet import Fleet
-from tests.cluster.nodes import Sampler
-from tests.conftest import ADMIN, TEST_LIMITS
-from tests.support import MQTT_URL, PUMPLINK_BIN, Api, Server, free_port, server_env, wait_until
+from tests.cluster.nodes import pumped_cluster, sql
+from tests.conftest import ADMIN
+from tests.support import Api, Server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,46 +38,12 @@ FINAL = ("completed", "stopped", "failed", "cancelled")
 MAX_OVER_RUN_S = 2.0
 
 
-def _sql(url: str, query: str, params=()) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def cluster(zookeeper, pg_factory, run_tag, log_dir):
-    url = pg_factory()
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"pltest-{run_tag}-rr{tag}"
-    base = server_env(url, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=f"{zookeeper.hosts}/pl-{tag}",
-                      PUMPLINK_CLUSTER_SECRET=secrets.token_urlsafe(40), PUMPLINK_ZK_SESSION_TIMEOUT_S=SESSION_S,
-                      PUMPLINK_ACK_TIMEOUT_S=2)
-    subprocess.run([PUMPLINK_BIN, "migrate"], env=base, check=True, capture_output=True, timeout=60)
-    rows = _sql(url, "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
-                     "SELECT 'Rolling pump ' || n, 'pumplink', 1440, now(), (SELECT id FROM site WHERE is_default) "
-                     "FROM generate_series(1, %s) AS n RETURNING id", (PUMPS,))
-    ids = sorted(i for (i,) in rows)
-    fleet = Fleet(MQTT_URL, prefix, ids, clients=3)
-    fleet.no_timer.update(ids[::2])  # these pumps stop only on a server's OFF
-    nodes = {name: Server({**base, "PUMPLINK_BIND": f"127.0.0.1:{free_port()}", "PUMPLINK_NODE_NAME": name},
-                          log_dir / f"rolling-{tag}-{name}.log") for name in NODES}
-    sampler = Sampler(nodes)
-    try:
-        fleet.start()
-        for server in nodes.values():
-            server.start(timeout=60)
-        sampler.start()
-        wait_until(lambda: sampler.settled(NODES), timeout=30, interval=0.1, what="every partition owned once")
-        yield {"url": url, "ids": ids, "fleet": fleet, "nodes": nodes, "sampler": sampler}
-    finally:
-        sampler.stop()
-        for server in nodes.values():
-            server.stop()
-        fleet.close()
+    with pumped_cluster(NODES, url=pg_factory(), zookeeper=zookeeper, run_tag=run_tag, log_dir=log_dir,
+                        pumps=PUMPS, session_s=SESSION_S, label="rolling",
+                        no_timer=lambda ids: ids[::2]) as cluster:  # these pumps stop only on a server's OFF
+        yield cluster
 
 
 class Clients:
@@ -231,7 +193,7 @@ def test_a_rolling_restart_of_three_nodes_with_pumps_running(cluster):
     # (2) Every pump goes off, none later than 2 s past the end of the runs it was started for.
     fleet.wait_for(lambda: all(s == "off" for s in fleet.state.values()), 3 + MAX_OVER_RUN_S + 10,
                    "every pump off")
-    durations = dict(_sql(url, "SELECT id, duration_s FROM activation"))
+    durations = dict(sql(url, "SELECT id, duration_s FROM activation"))
     over = _over_runs(fleet, durations)
     worst = max(over, key=lambda o: o[0])
     by_fleet = max(run["off"] - run["planned_off"] for d in fleet.device_ids for run in fleet.runs[d])
@@ -249,10 +211,10 @@ def test_a_rolling_restart_of_three_nodes_with_pumps_running(cluster):
 
     # (3) Every activation (accepted, or done behind a 503 owner_timeout) ends in a final state.
     accepted = [a["id"] for a in clients.accepted]
-    wait_until(lambda: not _sql(url, "SELECT id FROM activation WHERE state <> ALL(%s)", (list(FINAL),)),
+    wait_until(lambda: not sql(url, "SELECT id FROM activation WHERE state <> ALL(%s)", (list(FINAL),)),
                timeout=15, interval=0.2, what="every activation final")
-    states = dict(_sql(url, "SELECT state, count(*) FROM activation GROUP BY state"))
-    known = {i for (i,) in _sql(url, "SELECT id FROM activation WHERE id = ANY(%s)", (accepted,))}
+    states = dict(sql(url, "SELECT state, count(*) FROM activation GROUP BY state"))
+    known = {i for (i,) in sql(url, "SELECT id FROM activation WHERE id = ANY(%s)", (accepted,))}
     assert known == set(accepted)
     print(f"activations: {len(accepted)} accepted, by final state {states}")
 
