@@ -318,18 +318,18 @@ class MqttActor(pykka.ThreadingActor):
             if self.per_device:
                 # Cluster mode: only the owned devices' topics, each with its retained state.
                 client.subscribe([(self._probe_topic, 0), (self._marker_topic, 1)])
-                self.actor_ref.tell(_Fetch(client))
             elif self.rt.config.mqtt_protocol == "5":
                 no_retained = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
                 client.subscribe([(topic, no_retained) for topic in self.rt.topics.subscriptions()]
                                  + [(self._probe_topic, SubscribeOptions(qos=0)),
                                     (self._marker_topic, SubscribeOptions(qos=1))])
-                self.actor_ref.tell(_Fetch(client))
             else:
-                # MQTT 3.1.1 has no such option: the retained messages come with the wildcards,
-                # as many as the broker queues for one client (fine for a small install).
+                # MQTT 3.1.1 has no such option: most brokers send the retained messages with the
+                # wildcards (as many as they queue for one client), RabbitMQ 3.x only for exact
+                # filters. The fetch below brings them there; elsewhere a second copy of a snapshot.
                 client.subscribe([(topic, 1) for topic in self.rt.topics.subscriptions()]
                                  + [(self._probe_topic, 0), (self._marker_topic, 1)])
+            self.actor_ref.tell(_Fetch(client))
             self._connected_at = self._last_inbound = time.monotonic()
             self.status.connects += 1
             self.status.last_error = None
