@@ -21,8 +21,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m 'not solo and not slow' $(PYTEST_ARGS)
 	$(PY) -m pytest -q --durations=5 -m solo $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] || exit $$rc  # 5: none selected
 
+# The slow tests: several nodes in a cluster, and the smoke test against a private RabbitMQ.
 test-cluster: $(STAMP)
-	$(PY) -m pytest -q --durations=5 -m slow tests/cluster $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=5 -m slow tests/cluster tests/e2e/test_rabbitmq.py $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@$(VENV)/bin/pumplink demo
