@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 
-from pumplink.devices.simulator import SimulatedPump, wait_on
+from pumplink.devices.simulator import SimulatedPump
 from tests.conftest import World
 from tests.e2e.test_ws import connect, recv_json, recv_until, ws_url
 from tests.rabbitmq import RABBITMQ_SERVER, RabbitMQ
@@ -52,11 +52,8 @@ def retained(url: str, topics: list[str], predicate, timeout: float = 1.0) -> di
     client.loop_start()
     try:
         client.subscribe([(topic, 1) for topic in topics])
-        try:
-            wait_on(cond, lambda: predicate(got), timeout, lambda: "")
-        except AssertionError:
-            pass  # the caller judges what came
         with cond:
+            cond.wait_for(lambda: predicate(got), timeout)  # the caller judges what came
             return dict(got)
     finally:
         client.disconnect()
