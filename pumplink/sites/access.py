@@ -39,8 +39,11 @@ def role_in(user: m.User, site_id: int) -> str | None:
     """The user's effective role in a site: admins manage every site, a pending member views."""
     if is_admin(user):
         return MANAGE
-    role = (m.Membership.select(m.Membership.role)
-            .where((m.Membership.user == user.id) & (m.Membership.site == site_id)).scalar())
+    return _effective(user, m.Membership.select(m.Membership.role)
+                      .where((m.Membership.user == user.id) & (m.Membership.site == site_id)).scalar())
+
+
+def _effective(user: m.User, role: str | None) -> str | None:
     return role if role is None or roles.approved(user.role) else SEE
 
 
@@ -81,23 +84,30 @@ def rows_of_visible_devices(query, model, user: m.User):
 
 def device_for(user: m.User, device_id: int, need: str = SEE) -> m.Device:
     """The device if the user may ``need`` on it; 404 when they may not see it, 403 when they see
-    it but their role is too low."""
-    device = m.Device.get_or_none((m.Device.id == device_id) & m.Device.deleted_at.is_null())
-    _check(user, device.site_id if device is not None else None, need,
-           NotFound(f"There is no device {device_id}.", "device_not_found"))
+    it but their role is too low. The device and the user's membership in one query."""
+    live = (m.Device.id == device_id) & m.Device.deleted_at.is_null()
+    missing = NotFound(f"There is no device {device_id}.", "device_not_found")
+    if is_admin(user):
+        device = m.Device.get_or_none(live)
+        _check(user, MANAGE if device is not None else None, need, missing)
+        return device
+    device = (m.Device.select(m.Device, m.Membership.role.alias("member_role"))
+              .join(m.Membership, pw.JOIN.LEFT_OUTER,
+                    on=(m.Membership.site == m.Device.site) & (m.Membership.user == user.id))
+              .where(live).objects().first())
+    _check(user, _effective(user, device.member_role) if device is not None else None, need, missing)
     return device
 
 
 def site_for(user: m.User, site_id: int, need: str = SEE) -> m.Site:
     """The site if the user may ``need`` there; 404 when they are not a member, 403 when the role is too low."""
     site = m.Site.get_or_none(m.Site.id == site_id)
-    _check(user, site.id if site is not None else None, need,
+    _check(user, role_in(user, site.id) if site is not None else None, need,
            NotFound(f"There is no site {site_id}.", "site_not_found"))
     return site
 
 
-def _check(user: m.User, site_id: int | None, need: str, missing: NotFound) -> None:
-    role = role_in(user, site_id) if site_id is not None else None
+def _check(user: m.User, role: str | None, need: str, missing: NotFound) -> None:
     if role is None:
         raise missing  # out of reach looks exactly like not there
     if need != SEE and not roles.approved(user.role):

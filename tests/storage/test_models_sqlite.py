@@ -9,29 +9,8 @@ import pytest
 
 from pumplink.storage import migrations
 from pumplink.storage import models as m
-from pumplink.storage.db import make_database
-from tests.support import create_database, drop_database, run_id
 
 T0 = dt.datetime(2026, 3, 29, 10, 0)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        database = make_database(f"sqlite:///{tmp_path / 'pumplink.db'}")
-        yield database
-        database.close()
-        return
-    name = f"pumplink_unit_{run_id()}"
-    database = make_database(create_database(name))
-    try:
-        yield database
-    finally:
-        if not database.is_closed():
-            database.close()
-        if hasattr(database, "close_all"):
-            database.close_all()
-        drop_database(name)
 
 
 def test_migrating_twice_is_safe_and_a_fresh_install_has_the_motor_pump(db):
