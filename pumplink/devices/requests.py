@@ -46,12 +46,12 @@ class Requests:
 
     def _usage(self, now: dt.datetime, user_id: int | None) -> Usage:
         """Today's numbers for the quota check. A user's own and per-member quotas span devices:
-        their lock comes first, so checks of one user on two devices take turns (and on SQLite a
-        write must come before any read)."""
+        their lock comes before counting them, so checks of one user on two devices take turns
+        (usage.quota_reads); a user without such a quota takes no lock."""
         tz = self.config.tz
         if user_id is None:
             return Usage(usage.used_today(now, tz, device_id=self.device_id))
-        user_quota, member_minutes, device_used = usage.locked_reads(self.db, now, tz, user_id, self.device_id)
+        user_quota, member_minutes, device_used = usage.quota_reads(self.db, now, tz, user_id, self.device_id)
         member = usage.member_limit(now, tz, user_id, self.device_id, member_minutes)
         if user_quota is None:
             return Usage(device_used, member=member)

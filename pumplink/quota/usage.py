@@ -103,7 +103,7 @@ def _member_minutes(user_id: int, device_id: int):
 
 # The hot statement of every activation, written out: peewee took ~1 ms to build it, PostgreSQL
 # ~0.3 ms to run it (docs/decisions.md, "Hand-written SQL on the activation path").
-_LOCKED_READS = """
+_QUOTA_READS = """
 SELECT u.daily_quota_minutes,
   (SELECT ms.daily_quota_minutes FROM membership ms JOIN device d ON d.site_id = ms.site_id
     WHERE ms.user_id = u.id AND d.id = %(device)s),
@@ -111,21 +111,25 @@ SELECT u.daily_quota_minutes,
             LEAST(COALESCE(s.ended_at, %(now)s), %(end)s) - GREATEST(s.started_at, %(start)s)))), 0)
     FROM session s
     WHERE s.device_id = %(device)s AND s.started_at < %(end)s AND (s.ended_at IS NULL OR s.ended_at > %(start)s))
-FROM "user" u WHERE u.id = %(user)s FOR UPDATE OF u"""
+FROM "user" u WHERE u.id = %(user)s"""
 
 
-def locked_reads(db: pw.Database, now: dt.datetime, tz: ZoneInfo, user_id: int,
-                 device_id: int) -> tuple[float | None, float | None, float]:
-    """The user's quota lock (``lock_user``), and with it what no other quota check changes:
-    the user's daily minutes, their member minutes at the device's site, and the device's own
-    use today (only the device's actor writes its sessions). PostgreSQL: one round trip."""
+def quota_reads(db: pw.Database, now: dt.datetime, tz: ZoneInfo, user_id: int,
+                device_id: int) -> tuple[float | None, float | None, float]:
+    """The user's daily minutes, their member minutes at the device's site and the device's own
+    use today (only the device's actor writes its sessions); then, when a quota spanning devices
+    applies (the user's or the member's), the user's quota lock (``lock_user``), before the
+    caller counts that use. PostgreSQL: one round trip without such a quota, two with one."""
     if db.for_update:
         start, end = quota.day_bounds(now, tz)
-        row = db.execute_sql(_LOCKED_READS, {"user": user_id, "device": device_id, "now": to_db(now),
-                                             "start": to_db(start), "end": to_db(end)}).fetchone()
+        row = db.execute_sql(_QUOTA_READS, {"user": user_id, "device": device_id, "now": to_db(now),
+                                            "start": to_db(start), "end": to_db(end)}).fetchone()
         if row is None:
             return None, None, 0.0
+        if row[0] is not None or row[1] is not None:
+            lock_user(db, user_id)
         return row[0], row[1], float(row[2] or 0.0)
+    # SQLite: the write lock before any read of the transaction (see lock_user).
     lock_user(db, user_id)
     quota_minutes = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
     return (quota_minutes, _member_minutes(user_id, device_id).scalar(),

@@ -66,9 +66,9 @@ def test_the_database_sums_today_as_the_quota_rules_do(db, now, tz):
         assert set(usage.by_device(now, tz)) == {1, other.id}
 
 
-def test_the_locked_read_gives_the_quotas_and_the_devices_use(db):
-    """One round trip on PostgreSQL: the user's row locked, their quota, their member quota at
-    the device's site and the device's use today."""
+def test_the_quota_reads_give_the_quotas_and_the_devices_use(db):
+    """One round trip on PostgreSQL: the user's quota, their member quota at the device's site
+    and the device's use today."""
     migrations.migrate(db)
     now = dt.datetime(2026, 3, 29, 10, 0, tzinfo=UTC)
     tz = ZoneInfo("UTC")
@@ -78,10 +78,10 @@ def test_the_locked_read_gives_the_quotas_and_the_devices_use(db):
         m.Session.create(device=1, user=user.id, started_at=to_db(now - dt.timedelta(minutes=10)),
                          ended_at=to_db(now - dt.timedelta(minutes=4)), intended_s=600, start_cause="command")
         with db.atomic():
-            assert usage.locked_reads(db, now, tz, user.id, 1) == (30, None, pytest.approx(360, abs=0.01))
+            assert usage.quota_reads(db, now, tz, user.id, 1) == (30, None, pytest.approx(360, abs=0.01))
         m.Membership.create(user=user.id, site=1, role="operator", daily_quota_minutes=12, created_at=to_db(now))
         with db.atomic():
-            quota_minutes, member_minutes, used = usage.locked_reads(db, now, tz, user.id, 1)
+            quota_minutes, member_minutes, used = usage.quota_reads(db, now, tz, user.id, 1)
         assert (quota_minutes, member_minutes) == (30, 12)
         limit = usage.member_limit(now, tz, user.id, 1, member_minutes)
         assert (limit.quota_s, limit.used_s) == (720, pytest.approx(360, abs=0.01))
