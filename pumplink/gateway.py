@@ -249,8 +249,7 @@ class Gateway(Routed):
     def activate(self, user: m.User, device_id: int, duration_s: int) -> dict:
         if self._remote(device_id):
             return self._forward(device_id, "activate", user, duration_s=duration_s)
-        return self._call(device_id, lambda d: d.activate(user.id, duration_s, source="api",
-                                                           user_quota=user.daily_quota_minutes))
+        return self._call(device_id, lambda d: d.activate(user.id, duration_s, source="api"))
 
     def activate_for_schedule(self, device_id: int, user_id: int, duration_s: int, schedule_id: int,
                               run_id: int, reply_to: pykka.ActorRef) -> None:

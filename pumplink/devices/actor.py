@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import threading
 
 import pykka
 
@@ -29,7 +28,7 @@ from pumplink.errors import NotFound
 from pumplink.events import ActivationChanged, Alert, DeviceStateChanged
 from pumplink.runtime import Runtime
 from pumplink.storage import models as m
-from pumplink.timers import tell_later
+from pumplink.timers import Timer, tell_later
 from pumplink.views import activation_view
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         self.mqtt = mqtt
         self.device: m.Device | None = None  # the row: name and limits for requests and views
         self.machine: Machine | None = None
-        self.timers: dict[str, threading.Timer] = {}  # one of each kind: ack | off | owed | flap | adopt
+        self.timers: dict[str, Timer] = {}  # one of each kind: ack | off | owed | flap | adopt
         self.queued_counted = 0  # this device's part of the queued-activations gauge
         self.shown = "unknown"
         # Messages that arrived while the database was away, replayed in order when it returns.

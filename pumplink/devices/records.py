@@ -130,11 +130,20 @@ def fold(rows: list) -> list:
     return out
 
 
+# An API activation's one INSERT, written out for PostgreSQL: peewee took 0.3 ms to build it.
+_INSERT_ACTIVATION = 'INSERT INTO "activation" ({}) VALUES ({}) RETURNING "id"'.format(
+    ", ".join(f'"{k}"' for k in _ACTIVATION), ", ".join(["%s"] * len(_ACTIVATION)))
+
+
 def write(effect, device: state.Device) -> None:
     """Carry out one row effect of the machine; a record it inserts gets its id."""
     if isinstance(effect, state.Insert):
         model, values = _inserted(effect.row, device)
-        effect.record.id = model.insert(values).execute()
+        db = model._meta.database
+        if model is m.Activation and db.for_update:
+            effect.record.id = db.execute_sql(_INSERT_ACTIVATION, [values[k] for k in _ACTIVATION]).fetchone()[0]
+        else:
+            effect.record.id = model.insert(values).execute()
     elif isinstance(effect, state.Update):
         model = _model(effect.record)
         model.update(effect.values).where(model.id == effect.record.id).execute()

@@ -22,16 +22,12 @@ from pumplink.views import activation_view
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = object()  # "not given": look it up
-
-
 class Requests:
     """Mixin of ``DeviceActor``."""
 
     @transactional
     def activate(self, user_id: int | None, duration_s: int, source: str = "api",
-                 schedule_id: int | None = None, user_quota=UNKNOWN) -> dict:
-        """``user_quota``: the user's daily minutes when the caller has them at hand (None: no quota)."""
+                 schedule_id: int | None = None) -> dict:
         device = self._live_device()
         Gateway.check_run_length(device, duration_s, self.config.min_run_s)
         now = self.clock.now()
@@ -39,7 +35,7 @@ class Requests:
         result = self.machine.refusal(now, broker_connected=broker)
         if result is None:
             result = self.machine.activate(now, user_id=user_id, duration_s=duration_s, source=source,
-                                           schedule_id=schedule_id, usage=self._usage(now, user_id, user_quota),
+                                           schedule_id=schedule_id, usage=self._usage(now, user_id),
                                            broker_connected=broker)
         if isinstance(result, Refusal):
             raise self._refused(result, now)
@@ -48,21 +44,18 @@ class Requests:
         log.info("device %s activation %s queued for %ss (%s)", self.device_id, act.id, duration_s, source)
         return activation_view(act, now)
 
-    def _usage(self, now: dt.datetime, user_id: int | None, user_quota) -> Usage:
+    def _usage(self, now: dt.datetime, user_id: int | None) -> Usage:
         """Today's numbers for the quota check. A user's own and per-member quotas span devices:
-        their lock comes first, so checks of one user on two devices take turns (and on SQLite a
-        write must come before any read)."""
+        their lock comes before counting them, so checks of one user on two devices take turns
+        (usage.quota_reads); a user without such a quota takes no lock."""
+        tz = self.config.tz
         if user_id is None:
-            return Usage(usage.used_today(now, self.config.tz, device_id=self.device_id))
-        usage.lock_user(self.db, user_id)
-        device_used = usage.used_today(now, self.config.tz, device_id=self.device_id)
-        if user_quota is UNKNOWN:
-            user_quota = m.User.select(m.User.daily_quota_minutes).where(m.User.id == user_id).scalar()
-        member = usage.member_limit(now, self.config.tz, user_id, self.device_id)
+            return Usage(usage.used_today(now, tz, device_id=self.device_id))
+        user_quota, member_minutes, device_used = usage.quota_reads(self.db, now, tz, user_id, self.device_id)
+        member = usage.member_limit(now, tz, user_id, self.device_id, member_minutes)
         if user_quota is None:
             return Usage(device_used, member=member)
-        return Usage(device_used, user_quota, usage.used_today(now, self.config.tz, user_id=user_id),
-                     usage.reserved(now, user_id=user_id), member=member)
+        return Usage(device_used, user_quota, *usage.user_today(now, tz, user_id), member=member)
 
     def _refused(self, why: Refusal, now: dt.datetime) -> Exception:
         name = self.device.name

@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import itertools
 import logging
-import threading
 
 import pykka
 
@@ -24,7 +23,7 @@ from pumplink.events import (ActivationChanged, Alert, Audience, DeviceStateChan
 from pumplink.live.debounce import HOLD_S, Debouncer
 from pumplink.sites.reach import Reach
 from pumplink.runtime import Runtime
-from pumplink.timers import tell_later
+from pumplink.timers import Timer, tell_later
 from pumplink.live.connection import Connection
 from pumplink.live.frames import ADMINS, audience_of, dumps, event_body, legacy_frame, lost_access, owner_or_admins, receives
 
@@ -117,7 +116,7 @@ class BroadcasterActor(pykka.ThreadingActor):
         self.metrics = getattr(rt, "metrics", None)
         self.reach = Reach(rt.db)
         self.debounce = Debouncer(rt.config.live_changes_per_s)
-        self._timer: threading.Timer | None = None
+        self._timer: Timer | None = None
         self.relay = None  # cluster mode: cluster.events.ClusterEvents, to and from the other nodes
 
     def on_start(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from urllib.parse import urlsplit
 
 import peewee
@@ -24,7 +23,7 @@ from pumplink.storage import models as m
 from pumplink.clock import to_db
 from pumplink.events import Alert
 from pumplink.runtime import Runtime
-from pumplink.timers import tell_later
+from pumplink.timers import Timer, tell_later
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class NotifierActor(pykka.ThreadingActor):
         self.backoff_s = backoff_s
         self.receipt_delay_s = receipt_delay_s
         self.client: PushClient | None = None
-        self._timers: list[threading.Timer] = []
+        self._timers: list[Timer] = []
 
     def on_start(self) -> None:
         session = requests.Session()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 
 import peewee
@@ -28,7 +27,7 @@ from pumplink.runtime import Runtime
 from pumplink.schedules.planning import DueQueue, Recurrence, outcome_of, plan
 from pumplink.schedules.partitioned import REFRESH_S, Partitioned, Refresh
 from pumplink.views import run_view, schedule_view
-from pumplink.timers import tell_later
+from pumplink.timers import Timer, tell_later
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class SchedulerActor(Partitioned, pykka.ThreadingActor):
         self.started_in_s: float | None = None
 
     # --- life cycle ------------------------------------------------------------------------
-    def _arm(self, delay: float, token: int) -> threading.Timer:
+    def _arm(self, delay: float, token: int) -> Timer:
         return tell_later(self.actor_ref, delay, Wake(token))
 
     def on_start(self) -> None:

@@ -39,8 +39,11 @@ def role_in(user: m.User, site_id: int) -> str | None:
     """The user's effective role in a site: admins manage every site, a pending member views."""
     if is_admin(user):
         return MANAGE
-    role = (m.Membership.select(m.Membership.role)
-            .where((m.Membership.user == user.id) & (m.Membership.site == site_id)).scalar())
+    return _effective(user, m.Membership.select(m.Membership.role)
+                      .where((m.Membership.user == user.id) & (m.Membership.site == site_id)).scalar())
+
+
+def _effective(user: m.User, role: str | None) -> str | None:
     return role if role is None or roles.approved(user.role) else SEE
 
 
@@ -79,25 +82,31 @@ def rows_of_visible_devices(query, model, user: m.User):
         m.Device.select(m.Device.id).where(device_filter(user, m.Device.site))))
 
 
+# Every device request asks this; written out because peewee took longer to build the join than
+# the database to answer it (docs/decisions.md, "Hand-written SQL on the activation path").
+_DEVICE_AND_ROLE = ('SELECT d.*, ms.role AS member_role FROM device d LEFT JOIN membership ms'
+                    ' ON ms.site_id = d.site_id AND ms.user_id = {p} WHERE d.id = {p} AND d.deleted_at IS NULL')
+
+
 def device_for(user: m.User, device_id: int, need: str = SEE) -> m.Device:
     """The device if the user may ``need`` on it; 404 when they may not see it, 403 when they see
-    it but their role is too low."""
-    device = m.Device.get_or_none((m.Device.id == device_id) & m.Device.deleted_at.is_null())
-    _check(user, device.site_id if device is not None else None, need,
-           NotFound(f"There is no device {device_id}.", "device_not_found"))
+    it but their role is too low. The device and the user's membership in one query."""
+    param = m.Device._meta.database.param
+    device = next(iter(m.Device.raw(_DEVICE_AND_ROLE.format(p=param), user.id, device_id)), None)
+    role = None if device is None else MANAGE if is_admin(user) else _effective(user, device.member_role)
+    _check(user, role, need, NotFound(f"There is no device {device_id}.", "device_not_found"))
     return device
 
 
 def site_for(user: m.User, site_id: int, need: str = SEE) -> m.Site:
     """The site if the user may ``need`` there; 404 when they are not a member, 403 when the role is too low."""
     site = m.Site.get_or_none(m.Site.id == site_id)
-    _check(user, site.id if site is not None else None, need,
+    _check(user, role_in(user, site.id) if site is not None else None, need,
            NotFound(f"There is no site {site_id}.", "site_not_found"))
     return site
 
 
-def _check(user: m.User, site_id: int | None, need: str, missing: NotFound) -> None:
-    role = role_in(user, site_id) if site_id is not None else None
+def _check(user: m.User, role: str | None, need: str, missing: NotFound) -> None:
     if role is None:
         raise missing  # out of reach looks exactly like not there
     if need != SEE and not roles.approved(user.role):

@@ -9,29 +9,8 @@ import pytest
 
 from pumplink.storage import migrations
 from pumplink.storage import models as m
-from pumplink.storage.db import make_database
-from tests.support import create_database, drop_database, run_id
 
 T0 = dt.datetime(2026, 3, 29, 10, 0)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        database = make_database(f"sqlite:///{tmp_path / 'pumplink.db'}")
-        yield database
-        database.close()
-        return
-    name = f"pumplink_unit_{run_id()}"
-    database = make_database(create_database(name))
-    try:
-        yield database
-    finally:
-        if not database.is_closed():
-            database.close()
-        if hasattr(database, "close_all"):
-            database.close_all()
-        drop_database(name)
 
 
 def test_migrating_twice_is_safe_and_a_fresh_install_has_the_motor_pump(db):
@@ -116,22 +95,30 @@ def test_a_version_1_database_gains_the_owed_off_and_flapping_columns(db, monkey
         assert m.Device.get_by_id(1).off_owed_since == T0
 
 
-def test_the_users_quota_lock_makes_a_second_check_wait_and_count_the_first_run(db):
-    """Two quota checks of one user at once (two devices): the second waits for the first's
-    transaction and then counts its activation, on SQLite as on PostgreSQL."""
+@pytest.mark.parametrize("which", ["user", "member"])
+def test_quota_checks_of_one_user_take_turns(db, which):
+    """Two quota checks of one user at once (two devices), through the reads an activation makes
+    (usage.quota_reads): with a quota spanning devices (the user's own, or the member's at the
+    site) the second waits for the first's transaction and then counts its activation, on
+    SQLite as on PostgreSQL."""
     import threading
+    from zoneinfo import ZoneInfo
 
+    from pumplink.clock import UTC
     from pumplink.quota import usage
 
     migrations.migrate(db)
+    now, tz = T0.replace(tzinfo=UTC), ZoneInfo("UTC")
     with db.connection_context():
-        user = m.User.create(email="q@example.org", password_hash="x", daily_quota_minutes=1)
+        user = m.User.create(email="q@example.org", password_hash="x",
+                             daily_quota_minutes=1 if which == "user" else None)
         uid = user.id
+        m.Membership.create(user=uid, site=1, role="operator", daily_quota_minutes=1 if which == "member" else None)
     first_locked, seen = threading.Event(), {}
 
     def first():
         with db.connection_context(), db.atomic():
-            usage.lock_user(db, uid)
+            usage.quota_reads(db, now, tz, uid, 1)
             first_locked.set()
             seen["first"] = usage.reserved(T0, user_id=uid)
             threading.Event().wait(0.3)  # the other check arrives meanwhile
@@ -140,7 +127,7 @@ def test_the_users_quota_lock_makes_a_second_check_wait_and_count_the_first_run(
     def second():
         first_locked.wait(5)
         with db.connection_context(), db.atomic():
-            usage.lock_user(db, uid)
+            usage.quota_reads(db, now, tz, uid, 1)
             seen["second"] = usage.reserved(T0, user_id=uid)
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
