@@ -145,10 +145,12 @@ def write(effect, device: state.Device) -> None:
 
 
 def write_many(units: list[tuple[list, state.Device]]) -> None:
-    """The row effects of many devices' messages in a few statements: the inserts of each table in
-    one (PostgreSQL returns their ids in order), then the updates in order, then the log rows in
-    one. Rows of different devices do not depend on each other; within a message an update or a
-    log row may name a record inserted before it, which by then has its id."""
+    """The row effects of many devices' messages in a few statements: the updates in order, then
+    the inserts of each table in one (PostgreSQL returns their ids in order), then the log rows in
+    one. Rows of different devices do not depend on each other. Updates go first: after ``fold``
+    each is of a record committed earlier, and a session it closes must be closed before the
+    device's next one is inserted open (one open session per device, a unique index). A log row
+    may name a record inserted before it, which by then has its id."""
     inserts: dict[type, list] = collections.defaultdict(list)
     updates, logs = [], []
     for rows, device in units:
@@ -160,11 +162,11 @@ def write_many(units: list[tuple[list, state.Device]]) -> None:
                 logs.append((e, device))
             else:
                 updates.append((e, device))
+    _update_many(updates)
     for model, items in inserts.items():
         ids = model.insert_many([values for _, values in items]).returning(model.id).tuples().execute()
         for (e, _), (id_,) in zip(items, ids, strict=True):
             e.record.id = id_
-    _update_many(updates)
     if logs:
         m.DeviceLog.insert_many([_logged(e, device) for e, device in logs]).execute()
 
