@@ -158,7 +158,8 @@ def test_a_burst_of_reports_in_one_unit_keeps_one_session_per_on_off(db):
         t = [T0 + dt.timedelta(milliseconds=10 * n) for n in range(8)]
         first = state.Session(to_db(t[0]), "manual")
         writer.commit([state.Insert(first), state.WriteLog("on", "manual", "device", t[0], first)], device)
-        rows, sessions = [_close(first, t[1], "manual"), state.WriteLog("off", "manual", "device", t[1], first)], [first]
+        rows = [_close(first, t[1], "manual"), state.WriteLog("off", "manual", "device", t[1], first)]
+        sessions = [first]
         for n in (2, 4, 6):
             s = state.Session(to_db(t[n]), "manual")
             sessions.append(s)
