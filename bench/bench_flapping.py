@@ -52,8 +52,7 @@ c.connect(host, port); c.loop_start()
 began = time.monotonic(); n = 0
 while time.monotonic() - began < seconds:
     due = began + n / rate
-    if due > time.monotonic():
-        time.sleep(due - time.monotonic())
+    time.sleep(max(0.0, due - time.monotonic()))
     c.publish(topic, json.dumps({"state": "on" if n % 2 == 0 else "off", "reason": "manual"}), qos=1, retain=True)
     n += 1
 c.publish(topic, json.dumps({"state": "off", "reason": "manual"}), qos=1, retain=True).wait_for_publish(10)
