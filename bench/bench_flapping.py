@@ -8,7 +8,8 @@ A real ``pumplink serve``; the flapping pump is a plain paho publisher in a chil
 switched by hand every 0.6 s. Each of its changes is timed from the switch to its arrival at
 every client (greenlets of this process, websocket-client). Baseline from the same run: the
 same 6 changes with no flapping. ``/health`` is timed every 50 ms throughout, and the worker's CPU
-(per cent of one core) over each phase.
+(per cent of one core) over each phase; after the flapping, how long until each of its reports
+has its log row (a device that cannot keep up falls further behind the longer it flaps).
 Writes bench/results_flapping.json. ``--changes N --seconds S``: more changes (S >= 0.6 N + 1)
 for a steadier p99 than 6 give; ``--profile``: py-spy of the server's worker while the pump
 flaps (raw stacks in /tmp, the top functions in the results).
@@ -102,6 +103,27 @@ def summary(latencies: list[float], missed: int) -> dict:
             "max_ms": round(max(latencies), 1) if latencies else None, "missed": missed}
 
 
+def all_logged(url: str, published: int, limit_s: float = 120.0) -> tuple[float | None, int]:
+    """Seconds from the flapper's end until each of its reports has its log row (None: not
+    within ``limit_s``), and how many had one then."""
+    import psycopg2
+
+    began, logged = time.monotonic(), 0
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while time.monotonic() - began < limit_s:
+                cur.execute("SELECT count(*) FROM device_log WHERE device_id = 1")
+                logged = cur.fetchone()[0]
+                if logged >= published:
+                    return round(time.monotonic() - began, 1), logged
+                gevent.sleep(0.2)
+    finally:
+        conn.close()
+    return None, logged
+
+
 def cpu_s(pid: int) -> float:
     t = psutil.Process(pid).cpu_times()
     return t.user + t.system
@@ -162,6 +184,7 @@ def measure(n_clients: int, rate: float, seconds: float, profile: bool = False, 
         flap_health = list(health)
         poller.kill()
         published = json.loads(out.strip().splitlines()[-1])
+        behind_s, logged = all_logged(url, published["published"])
         metrics = requests.get(f"{server.base}/metrics", timeout=10).text
         def total(name: str) -> float:
             return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
@@ -172,7 +195,8 @@ def measure(n_clients: int, rate: float, seconds: float, profile: bool = False, 
             **({"profile": spy.summary} if spy is not None else {}),
             "clients": n_clients, "changes": n_changes,
             "worker_cpu_percent": {"flapping": round(flap_cpu), "calm": round(calm_cpu)}, "flap_rate_per_s": round(published["published"] / published["seconds"]),
-            "flap_published": published["published"], "debounced_events": int(debounced),
+            "flap_published": published["published"], "flap_logged": logged,
+            "all_logged_s_after_flapping": behind_s, "debounced_events": int(debounced),
             "messages_per_unit": round(total("pumplink_device_unit_messages_sum") / units, 2) if units else None,
             "flapping": summary(flapping, flap_missed), "calm": summary(calm, calm_missed),
             "health_flapping_ms": {"p99": round(pct(flap_health, 99), 1), "max": round(max(flap_health), 1)},
@@ -210,6 +234,8 @@ def main(argv=None) -> int:
     print(f"  calm:     p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, max {c['max_ms']} ms, missed {c['missed']}")
     print(f"  worker CPU: {r['worker_cpu_percent']['flapping']} % flapping, {r['worker_cpu_percent']['calm']} % calm; "
           f"debounced state events: {r['debounced_events']}; device messages per unit: {r['messages_per_unit']}")
+    print(f"  the flapping pump's {r['flap_published']} reports: {r['flap_logged']} logged, all of them "
+          f"{r['all_logged_s_after_flapping']} s after it stopped")
     print(f"  verdict {'PASS' if r['pass'] else 'FAIL'}")
     (HERE / "results_flapping.json").write_text(json.dumps(r, indent=2) + "\n")
     return 0
