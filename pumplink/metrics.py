@@ -47,8 +47,11 @@ class Metrics:
                                            "How late due schedule runs were handed to their device",
                                            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300), registry=r)
         self.commit_batch = Histogram("pumplink_group_commit_batch_size",
-                                      "Device messages whose rows were committed in one transaction",
+                                      "Device units (a device's messages handled together) per transaction",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.device_unit = Histogram("pumplink_device_unit_messages",
+                                     "A device's waiting messages handled as one unit, with one commit",
+                                     buckets=(1, 2, 4, 8, 16, 32), registry=r)
         self.commit_wait = Histogram("pumplink_group_commit_wait_seconds",
                                      "From a device handing its rows to the writer until they were durable",
                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),

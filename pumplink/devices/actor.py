@@ -18,6 +18,7 @@ import pykka
 
 from pumplink.cluster import fencing
 from pumplink.devices import commands, records, state
+from pumplink.devices.doorbell import Doorbell
 from pumplink.devices.machine import Machine
 from pumplink.devices.messages import Publish, TimerFired
 from pumplink.devices.records import DeviceRecords
@@ -42,8 +43,9 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, device_id: int, rt: Runtime, mqtt: pykka.ActorRef, writer: GroupWriter,
-                 preload: "DeviceRecords | None" = None, cluster=None):
+                 preload: "DeviceRecords | None" = None, cluster=None, bell: Doorbell | None = None):
         super().__init__()
+        self.bell = bell if bell is not None else Doorbell()  # the link's messages (Supervisor.route)
         # Cluster mode (cluster/node.py): this device's partition and the epoch it was started
         # under; every write checks it, every command carries it. None: a single node.
         self.cluster = cluster
@@ -51,6 +53,7 @@ class DeviceActor(Transactions, Requests, pykka.ThreadingActor):
         self.writer = writer
         self._grouped = False  # this message's rows go to the writer, not to a transaction of ours
         self.unsaved: tuple[list, list] | None = None  # (rows, effects after them) of a failed group commit
+        self._unit = 1  # messages the machine took in the unit being handled (transactions.py)
         self.device_id = device_id
         self.preload = preload
         self.rt = rt

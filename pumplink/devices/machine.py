@@ -23,7 +23,7 @@ from pumplink.devices import rules
 from pumplink.devices.reactions import Reactions, actor_of
 from pumplink.devices.messages import StateReport, TimerFired
 from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Insert, Loaded, Publish, Refusal, RunChanged,
-                                    Update, Usage)
+                                    Starts, Update, Usage)
 from pumplink.events import Audience
 from pumplink.quota import rules as quota_rules
 from pumplink.quota.usage import promised
@@ -194,7 +194,7 @@ class Machine(Reactions):
             st.queue.clear()
             st.current = st.pending = st.adopting = None
         st.device, st.session = loaded.device, loaded.session
-        st.manual_starts = list(loaded.manual_starts)
+        st.manual_starts = Starts(sorted(loaded.manual_starts))
         by_id = {act.id: act for act in loaded.activations}
         plan = rules.recover(
             [rules.Run(a.id, a.state, _end_of(a)) for a in loaded.activations],

@@ -48,6 +48,11 @@ class Publish:
 
 
 @dataclasses.dataclass(frozen=True)
+class Ring:
+    """Messages from the MQTT link wait in the device's doorbell (doorbell.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Replay:
     """Try the messages that waited for the database again."""
 

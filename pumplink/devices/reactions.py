@@ -147,7 +147,7 @@ class Reactions:
             elif meaning == "manual":
                 # Recorded even while an OFF is on its way: the pump did run until that OFF lands.
                 self._open_session(None, report.reason)
-                st.manual_starts.append(self.now)
+                st.manual_starts.add(self.now)
                 self._log("on", report.reason, "device")
                 if not self._flapping():
                     self._alert("device_on", ("device_on", "session", st.session), st.device.name,
@@ -255,9 +255,7 @@ class Reactions:
         """Whether pump-started runs in the trailing hour exceed the limit; beyond it the device
         is flagged (one alert to admins) and those runs are not pushed one by one."""
         st = self.st
-        since = self.now - rules.FLAP_WINDOW
-        st.manual_starts = [t for t in st.manual_starts if t > since]
-        count = len(st.manual_starts)
+        count = st.manual_starts.count_after(self.now - rules.FLAP_WINDOW)
         decision = rules.flap_decision(count, self.cfg.manual_runs_per_hour, st.device.flapping_since is not None)
         if decision in ("clear", "calm"):
             self._clear_flapping()
@@ -297,8 +295,8 @@ class Reactions:
         st.flap_armed = False
         if st.device.flapping_since is None:
             return
-        st.manual_starts = [t for t in st.manual_starts if t > self.now - rules.FLAP_WINDOW]
-        if rules.flap_decision(len(st.manual_starts), self.cfg.manual_runs_per_hour, True) == "clear":
+        count = st.manual_starts.count_after(self.now - rules.FLAP_WINDOW)
+        if rules.flap_decision(count, self.cfg.manual_runs_per_hour, True) == "clear":
             self._clear_flapping()
         else:
             self._arm_flap()

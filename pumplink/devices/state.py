@@ -8,6 +8,7 @@ later effect out (a log row of a session opened in the same step, the ON of a ne
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import datetime as dt
@@ -87,6 +88,23 @@ class Command:
     attempts: int = 1
 
 
+class Starts(collections.deque):
+    """Start times of pump-started sessions, oldest first. Counting the trailing hour's drops the
+    older ones, each once, instead of filtering every one at every report (a pump flapping for an
+    hour holds a million)."""
+
+    def add(self, at: dt.datetime) -> None:
+        if self and at < self[-1]:
+            bisect.insort(self, at)  # the clock was set back: still in order
+        else:
+            self.append(at)
+
+    def count_after(self, since: dt.datetime) -> int:
+        while self and self[0] <= since:
+            self.popleft()
+        return len(self)
+
+
 @dataclasses.dataclass
 class DeviceState:
     device: Device
@@ -106,7 +124,7 @@ class DeviceState:
     flap_token: int = 0
     owed_armed: bool = False
     flap_armed: bool = False
-    manual_starts: list[dt.datetime] = dataclasses.field(default_factory=list)  # pump-started sessions, last hour
+    manual_starts: Starts = dataclasses.field(default_factory=Starts)  # pump-started sessions, last hour
 
 
 # --- what the shell gives the machine ---------------------------------------------------------

@@ -21,12 +21,14 @@ from pumplink.storage import models as m
 from pumplink.errors import NotFound
 from pumplink.runtime import Runtime
 from pumplink.devices.actor import DeviceActor, DeviceRecords
-from pumplink.devices.messages import BrokerConnected
+from pumplink.devices.doorbell import Doorbell
+from pumplink.devices.messages import BrokerConnected, Ring
 from pumplink.devices.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 
 RECHECK_S = 10.0  # a device's protocol is re-read on a mismatch at most this often
+RING = Ring()
 
 
 class Supervisor:
@@ -35,6 +37,8 @@ class Supervisor:
         self.mqtt = mqtt
         self.cluster = cluster
         self._refs: dict[int, pykka.ActorRef] = {}
+        # Each actor's doorbell: what the MQTT link has for it, told once per burst (doorbell.py).
+        self._bells: dict[int, Doorbell] = {}
         # Each device's protocol: its messages are read only from its own protocol's topics.
         self._protocols: dict[int, str] = {}
         self._rechecked: dict[int, float] = {}
@@ -75,7 +79,9 @@ class Supervisor:
                 self._protocols[device_id] = records.device.protocol
             else:
                 self._protocols[device_id] = self._load_protocol(device_id)
-            ref = DeviceActor.start(device_id, self.rt, self.mqtt, self.writer, records, self.cluster)
+            bell = Doorbell()  # a new actor: what waited for a dead one is gone with it, as its mailbox
+            ref = DeviceActor.start(device_id, self.rt, self.mqtt, self.writer, records, self.cluster, bell)
+            self._bells[device_id] = bell
             self._refs[device_id] = ref
         if self.cluster is not None and records is None:
             self.cluster.device_started(device_id)  # one started alone (new, or restarted): its topics
@@ -154,22 +160,30 @@ class Supervisor:
         if self._protocols.get(device_id) != protocol:
             self._recheck_protocol(device_id)
             return "wrong_protocol"
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
+        return self._deliver(ref, self._bells.get(device_id), message)
+
+    @staticmethod
+    def _deliver(ref: pykka.ActorRef, bell: Doorbell | None, message) -> str:
+        """Into the device's doorbell, in arrival order; the actor is told only when no Ring is pending."""
+        if bell is None or not ref.is_alive():  # a dead actor's doorbell would fill for nothing
             return "unknown_device"
+        if bell.put(message):
+            try:
+                ref.tell(RING)
+            except pykka.ActorDeadError:
+                return "unknown_device"
         return "ok"
 
     def broker_connected(self) -> None:
-        for ref in list(self._refs.values()):
-            try:
-                ref.tell(BrokerConnected())
-            except pykka.ActorDeadError:
-                pass
+        # Through the doorbells: the retained reports that follow come after it, as they arrive.
+        for i, ref in list(self._refs.items()):  # paho's thread: no lock taken
+            bell = self._bells.get(i)
+            self._deliver(ref, bell, BrokerConnected())
 
     def stop_device(self, device_id: int) -> None:
         with self._lock:
             ref = self._refs.pop(device_id, None)
+            self._bells.pop(device_id, None)
             self._protocols.pop(device_id, None)
         if ref is not None:
             ref.stop(block=True, timeout=10)
@@ -181,11 +195,13 @@ class Supervisor:
             refs = [self._refs.pop(i) for i in ids if i in self._refs]
             for i in ids:
                 self._protocols.pop(i, None)
+                self._bells.pop(i, None)
         _stop_refs(refs)
 
     def stop_all(self) -> None:
         with self._lock:
             refs, self._refs = list(self._refs.values()), {}
+            self._bells = {}
         _stop_refs(refs)
         self.writer.stop()
 

@@ -4,18 +4,26 @@ transaction of its own (its quota check reads under the user's lock); while the 
 away, messages wait in a backlog (a due OFF does not: Machine.without_database) and are
 replayed when it returns; an ON is published only once the rows recording it committed.
 
+Messages that wait together (a burst from the link's doorbell, doorbell.py, or a backlog) are
+handled as one unit of at most ``UNIT`` messages: the machine takes each in order, and their rows
+go to the writer together, so the unit waits for one commit instead of one per message. A unit
+ends with the first message that sends an ON: that ON goes out after its commit and before any
+later message's OFF, as when each message was handled alone. OFFs go out before the commit.
+
 A mixin of ``DeviceActor``: it runs on its thread. It decides nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 
 import pykka
 
 from pumplink.cluster.fencing import Fenced, check as check_fence
-from pumplink.devices.messages import Replay, RunRequest, RunSettled
+from pumplink.devices import state
+from pumplink.devices.messages import Replay, Ring, RunRequest, RunSettled
 from pumplink.errors import DatabaseUnavailable
 from pumplink.storage.db import OPERATIONAL_ERRORS
 from pumplink.timers import tell_later
@@ -23,6 +31,8 @@ from pumplink.timers import tell_later
 log = logging.getLogger(__name__)
 
 REPLAY_S = 1.0  # while the database is away, try the backlog again this often
+# Messages handled as one unit (one commit) at most: a timer told meanwhile waits at most one unit.
+UNIT = 32
 
 
 # The database could not be reached; what was being done is not done.
@@ -50,10 +60,15 @@ class Transactions:
         if isinstance(message, RunRequest):
             self._run_for_schedule(message)
             return
-        if not isinstance(message, Replay):
-            self.backlog.append(message)
-        else:
+        if isinstance(message, Ring):
+            taken, more = self.bell.take(UNIT)
+            if more:
+                self.actor_ref.tell(message)  # the rest after what was told meanwhile (a timer's OFF)
+            self.backlog.extend(taken)
+        elif isinstance(message, Replay):
             self.replay_armed = False
+        else:
+            self.backlog.append(message)
         try:
             self._catch_up()
         except Fenced:
@@ -80,24 +95,29 @@ class Transactions:
             log.warning("schedule %s run %s settled after the scheduler stopped", req.schedule_id, req.run_id)
 
     def _catch_up(self) -> None:
-        """Handle the backlog in order, each message in one transaction; DatabaseDown leaves the rest."""
+        """Handle the backlog in order, a unit of messages at a time; DatabaseDown leaves the rest."""
         if self.resync_needed:
             self._in_transaction(self._resync)
             self.resync_needed = False
         if self.unsaved is not None:
             self._group_committed(self._save_unsaved)
         while self.backlog:
-            message = self.backlog[0]
+            self._unit = 1  # messages of this unit that the machine has taken (set by _dispatch)
             try:
-                self._group_committed(self._dispatch, message)
+                self._group_committed(self._dispatch, list(itertools.islice(self.backlog, UNIT)))
             except Unsaved:
-                self.backlog.popleft()
+                self._forget(self._unit)
                 raise
             except (DatabaseDown, Fenced):
                 raise
             except Exception:
                 # A bug must not wedge the device behind one message (nor kill the actor).
-                log.exception("device %s failed handling %r", self.device_id, message)
+                log.exception("device %s failed handling %r", self.device_id,
+                              list(itertools.islice(self.backlog, self._unit)))
+            self._forget(self._unit)
+
+    def _forget(self, n: int) -> None:
+        for _ in range(n):
             self.backlog.popleft()
 
     def _in_transaction(self, fn, *args, **kwargs):
@@ -168,8 +188,22 @@ class Transactions:
         except Exception:  # a connection already broken; the pool replaces it
             log.debug("closing a broken connection failed", exc_info=True)
 
-    def _dispatch(self, message) -> None:
-        self._apply(self.machine.handle(message, self.clock.now()))
+    def _dispatch(self, messages: list) -> None:
+        """The machine takes the messages in order, up to the first that sends an ON; their
+        effects are carried out together (one commit)."""
+        effects = []
+        for n, message in enumerate(messages, 1):
+            self._unit = n
+            try:
+                fx = self.machine.handle(message, self.clock.now())
+            except Exception:  # a bug in one message must not lose the others' effects
+                log.exception("device %s failed handling %r", self.device_id, message)
+                continue
+            effects += fx
+            if any(isinstance(e, state.Publish) and e.command.action == "on" for e in fx):
+                break
+        self.rt.metrics.device_unit.observe(self._unit)
+        self._apply(effects)
 
     def _safety_without_database(self, message) -> None:
         """An OFF that is due does not wait for the database: send it now, book it later."""

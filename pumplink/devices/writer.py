@@ -1,11 +1,11 @@
 """Group commit: the rows of many devices' messages in one transaction.
 
-A device actor handing the rows of a pump's message (a report, an ack, a timer) to
-``GroupWriter.commit`` waits until they are durable (or failed), so it publishes an ON only
-after the row recording it committed, exactly as with a transaction of its own; meanwhile the
-writer's thread gathers what other devices handed over. Batches form by themselves: while one
+A device actor handing the rows of a unit (a pump's message, a timer, or several that waited
+together: transactions.py) to ``GroupWriter.commit`` waits until they are durable (or failed),
+so it publishes an ON only after the row recording it committed, exactly as with a transaction
+of its own; meanwhile the writer's thread gathers what other devices handed over. Batches form by themselves: while one
 transaction commits, the next one's units queue up (no timed wait, so an idle device pays
-nothing); a batch holds at most ``MAX_UNITS`` messages and ``MAX_ROWS`` rows.
+nothing); a batch holds at most ``MAX_UNITS`` units and ``MAX_ROWS`` rows.
 
 A failed batch fails every unit in it with ``DatabaseUnavailable``: each device takes the path
 it takes when its own transaction fails mid-way (backlog, replay, resync from the database).
@@ -33,8 +33,9 @@ from pumplink.storage.db import OPERATIONAL_ERRORS
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 500  # rows in one transaction at most: a commit never waits on a huge batch
-# Messages in one transaction at most: their devices' events are released together when it
-# commits, and a burst larger than a WebSocket client's outbox (live/connection.py) drops it.
+# Units in one transaction at most: their devices' events are released together when it commits,
+# and a burst larger than a WebSocket client's outbox (live/connection.py) drops it (a device's
+# state events of one unit take one place there: a newer replaces the waiting one).
 MAX_UNITS = 32
 DOWN_RECHECK_S = 0.5  # while down, whether the database is back is asked at most this often
 

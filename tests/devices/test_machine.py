@@ -16,7 +16,7 @@ from pumplink.devices.machine import TRANSITIONS, Machine
 from pumplink.devices.messages import Ack, Availability, BrokerConnected, StateReport, TimerFired
 from pumplink.quota.rules import Limit
 from pumplink.devices.state import (Activation, Alert, Arm, Cancel, Count, Device, DeviceState, Insert, Loaded,
-                                    Publish, Refusal, RunChanged, Session, Settings, StateChanged, Update,
+                                    Publish, Refusal, RunChanged, Session, Settings, Starts, StateChanged, Update,
                                     UpdateDevice, Usage, WriteLog)
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -317,7 +317,7 @@ def test_manual_on_and_off():
     session = s.st.session
     assert session.start_cause == "manual" and session.activation is None and of(fx, Insert)[0].record is session
     assert alerts(fx) == ["device_on"] and of(fx, Alert)[0].key == ("device_on", "session", session)
-    assert s.st.shown == "on" and s.st.manual_starts == [at(1)]
+    assert s.st.shown == "on" and list(s.st.manual_starts) == [at(1)]
     fx = s.on(StateReport("off", "manual", None, False), 5)
     assert session.end_reason == "manual" and session.actual_s == 4 and s.st.shown == "off"
     assert of(fx, WriteLog)[0].actor == "device"
@@ -364,6 +364,20 @@ def test_flapping():
     assert Arm("flap", 0, rules.FLAP_RECHECK_S) in fx  # the window is still full
     fx = s.on(TimerFired("flap", 0), 3600 + 25)  # the first three have left the trailing hour
     assert s.st.device.flapping_since is None and UpdateDevice(("flapping_since",)) in fx and s.st.flap_token == 1
+
+
+def test_the_trailing_hours_starts_are_counted_as_by_filtering_them_all():
+    """A flapping pump's starts are dropped from the front as they leave the hour; what is kept
+    and counted is what filtering them all at each start kept, also with the clock set back."""
+    starts, kept = Starts(), []
+    times = [at(n * 7.5) for n in range(1200)]
+    times[600:603] = [at(30), at(4000), at(10)]  # set back twice
+    for n, t in enumerate(times):
+        starts.add(t)
+        since = t - rules.FLAP_WINDOW
+        kept = [x for x in [*kept, t] if x > since]
+        assert starts.count_after(since) == len(kept), n
+        assert list(starts) == sorted(kept)
 
 
 # --- requests that end runs ---------------------------------------------------------------------

@@ -124,3 +124,56 @@ def test_many_sessions_closed_in_one_batch_each_get_their_own_values(db):
             records.write_many(units)
         stored = {row.id: (row.ended_at, row.actual_s, row.end_reason) for row in m.Session.select()}
     assert stored == {s.id: (s.ended_at, s.actual_s, s.end_reason) for s in opened}
+
+
+def _close(s: state.Session, at: dt.datetime, why: str) -> state.Update:
+    s.ended_at, s.actual_s, s.end_reason = to_db(at), (at - T0).total_seconds(), why
+    return state.Update(s, ("ended_at", "actual_s", "end_reason"))
+
+
+def test_a_session_closed_and_the_next_opened_in_one_message_both_land(db):
+    """A run's ack supersedes the pump's own session: the close must reach the table before the
+    new open session, or the one-open-session-per-device index refuses the batch."""
+    writer = GroupWriter(db, Metrics()).start()
+    try:
+        device = records.device_value(m.Device.get_by_id(1))
+        manual = state.Session(to_db(T0), "manual")
+        writer.commit([state.Insert(manual)], device)
+        run = state.Session(to_db(T0 + dt.timedelta(seconds=5)), "command")
+        writer.commit([_close(manual, T0 + dt.timedelta(seconds=5), "superseded"), state.Insert(run),
+                       state.WriteLog("on", "command", "user:1", T0, run)], device)
+        with db.connection_context():
+            stored = {s.id: (s.ended_at, s.end_reason) for s in m.Session.select()}
+        assert stored == {manual.id: (manual.ended_at, "superseded"), run.id: (None, None)}
+    finally:
+        writer.stop()
+
+
+def test_a_burst_of_reports_in_one_unit_keeps_one_session_per_on_off(db):
+    """A flapping pump's reports handled as one unit: the session left open by the previous unit
+    closes, each ON..OFF in between is its own session, the last ON stays open, every change logged."""
+    writer = GroupWriter(db, Metrics()).start()
+    try:
+        device = records.device_value(m.Device.get_by_id(1))
+        t = [T0 + dt.timedelta(milliseconds=10 * n) for n in range(8)]
+        first = state.Session(to_db(t[0]), "manual")
+        writer.commit([state.Insert(first), state.WriteLog("on", "manual", "device", t[0], first)], device)
+        rows = [_close(first, t[1], "manual"), state.WriteLog("off", "manual", "device", t[1], first)]
+        sessions = [first]
+        for n in (2, 4, 6):
+            s = state.Session(to_db(t[n]), "manual")
+            sessions.append(s)
+            rows += [state.Insert(s), state.WriteLog("on", "manual", "device", t[n], s)]
+            if n < 6:
+                rows += [_close(s, t[n + 1], "manual"), state.WriteLog("off", "manual", "device", t[n + 1], s)]
+        writer.commit(rows, device)
+        with db.connection_context():
+            stored = [(s.id, s.started_at, s.ended_at) for s in m.Session.select().order_by(m.Session.id)]
+            logged = [(e.event, e.session_id) for e in m.DeviceLog.select().order_by(m.DeviceLog.id)]
+        assert stored == [(s.id, s.started_at, s.ended_at) for s in sessions]
+        assert [ended is None for _, _, ended in stored] == [False, False, False, True]
+        assert logged == [("on", sessions[0].id), ("off", sessions[0].id), ("on", sessions[1].id),
+                          ("off", sessions[1].id), ("on", sessions[2].id), ("off", sessions[2].id),
+                          ("on", sessions[3].id)]
+    finally:
+        writer.stop()

@@ -174,6 +174,24 @@ def test_manual_on_opens_userless_session_and_timer_off_closes_it(world):
     assert causes[:2] == [("off", "timer"), ("on", "manual")]
 
 
+def test_a_run_acked_while_the_pump_runs_by_hand_supersedes_its_session(world):
+    """The ack closes the pump's own session and opens the run's in one group commit: both land
+    (the close first: one open session per device), and the run ends at its time."""
+    device_id, pump = ready_pump(world)
+    pump.manual("on")
+    wait_until(lambda: state_of(world.admin, device_id) == "on", what="device on by hand")
+    user = world.user()
+    r = user.post("activate", {"device_id": device_id, "duration_s": 1})
+    assert r.status_code == 202, r.text
+    assert ended(user, r.json()["activation"]["id"])["state"] == "completed"
+    pump.wait_for(lambda p: p.state == "off", timeout=3, what="the pump off at the run's end")
+    sessions = world.admin.get(f"devices/{device_id}/sessions").json()["items"]
+    assert len(sessions) == 2, sessions
+    run, manual = sessions
+    assert (manual["start_cause"], manual["end_reason"], manual["activation_id"]) == ("manual", "superseded", None)
+    assert run["activation_id"] == r.json()["activation"]["id"] and run["ended_at"] is not None
+
+
 def test_malformed_payloads_are_dropped_and_the_device_lives(world):
     device_id, pump = ready_pump(world)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
