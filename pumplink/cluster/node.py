@@ -88,7 +88,7 @@ class ClusterNode:
             owned = dict(sorted(self._epochs.items()))
         return {"node": self.node, "session": self.member.session.value, "partitions": sorted(owned),
                 "owned": len(owned), "epochs": {str(p): e for p, e in owned.items()},
-                "handovers": dict(self.handovers)}
+                "handovers": dict(self.handovers), "forwarded": self.rt.metrics.forwarded_counts()}
 
     # --- life ---------------------------------------------------------------------------------
     def start(self) -> "ClusterNode":
