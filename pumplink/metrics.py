@@ -7,6 +7,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
+# Outcomes of forwarded calls (cluster/forward.py sends, api/internal.py receives): /ready shows each, 0 included.
+FORWARDED_SENT = ("ok", "error", "unreachable", "timeout", "refused")
+FORWARDED_RECEIVED = ("ok", "error", "invalid", "refused")
+
 
 class Metrics:
     def __init__(self):
@@ -85,5 +89,21 @@ class Metrics:
         if new is not None:
             self.devices.labels(new).inc()
 
+    def forwarded_counts(self) -> dict[str, dict[str, int]]:
+        """Forwarded calls this node sent (to owners) and received (as owner), by outcome, from the
+        counters /metrics shows (summed over operations): /ready's ``cluster.forwarded``."""
+        return {"sent": _by_outcome(self.forwarded, FORWARDED_SENT),
+                "received": _by_outcome(self.forwarded_served, FORWARDED_RECEIVED)}
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _by_outcome(counter: Counter, outcomes: tuple[str, ...]) -> dict[str, int]:
+    out = dict.fromkeys(outcomes, 0)
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                outcome = sample.labels["outcome"]
+                out[outcome] = out.get(outcome, 0) + int(sample.value)
+    return out

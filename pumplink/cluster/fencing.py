@@ -4,7 +4,8 @@ A ZooKeeper lock alone does not stop a node that was paused past its session fro
 an old belief (Kleppmann, "How to do distributed locking"). So the database keeps, per
 partition, the epoch of its newest owner (``partition_epoch``, migration 5):
 
-- a new owner ``claim``s the partition: the row's epoch rises to its own, only upwards;
+- a new owner ``claim``s the partition (``claim_all``: every partition of a handover's batch at
+  once): the row's epoch rises to its own, only upwards;
 - every device transaction ``check``s its (partition, epoch) first, ``FOR SHARE``: a stale
   owner's write is refused, and a takeover's claim waits for in-flight writes of the old owner
   to end, then refuses every later one.
@@ -37,14 +38,26 @@ def claim(db, partition: int, epoch: int, wait_s: float = 10.0) -> bool:
     It waits for the old owner's writes in flight (their FOR SHARE), at most ``wait_s``: a frozen
     old owner's transaction is ended by PostgreSQL (idle_in_transaction_session_timeout, set in
     cluster mode), and a claim that gave up is tried again by the Member."""
+    return partition in claim_all(db, {partition: epoch}, wait_s)
+
+
+def claim_all(db, epochs: dict[int, int], wait_s: float = 10.0) -> set[int]:
+    """``claim`` for several partitions in one statement (a handover's batch): the partitions whose
+    epoch rose. Rows are locked in partition order, as ``refused`` share-locks them, so a batch
+    and a writer's check never wait on each other in a cycle. A lock wait past ``wait_s`` fails
+    the whole batch (nothing claimed)."""
+    if not epochs:
+        return set()
+    wanted = sorted(epochs.items())
+    values = ", ".join(["(%s, %s)"] * len(wanted))
     with db.atomic():
         db.execute_sql(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}")
         cursor = db.execute_sql(
-            "INSERT INTO partition_epoch (partition, epoch) VALUES (%s, %s) "
+            f"INSERT INTO partition_epoch (partition, epoch) VALUES {values} "
             "ON CONFLICT (partition) DO UPDATE SET epoch = EXCLUDED.epoch "
-            "WHERE partition_epoch.epoch < EXCLUDED.epoch RETURNING epoch",
-            (partition, epoch))
-        return cursor.fetchone() is not None
+            "WHERE partition_epoch.epoch < EXCLUDED.epoch RETURNING partition",
+            [x for pair in wanted for x in pair])
+        return {int(p) for (p,) in cursor.fetchall()}
 
 
 def refused(db, fences: Iterable[Fence]) -> set[Fence]:

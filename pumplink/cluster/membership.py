@@ -16,10 +16,11 @@
   now, though we cannot hear it; every partition counts as lost here at once (``on_released``),
   and if the session does come back its old locks are given back and taken anew (new epochs).
 
-Callbacks (``on_acquired(p, epoch)``, ``on_released(p)``) run in the member's own worker, never
-in kazoo's connection thread. ``on_acquired`` runs before the partition counts as owned (the place
-for the moved devices' recovery; if it raises, the lock is given back and tried again soon);
-``on_released`` runs before the lock is given back.
+Callbacks (``on_acquired({p: epoch})``, ``on_released(p)``) run in the member's own worker, never
+in kazoo's connection thread. ``on_acquired`` gets at once every partition one pass took the lock
+of (their devices recover in one batch), before they count as owned; those it returns (refused),
+or all if it raises, are given back and tried again soon. ``on_released`` runs before the lock is
+given back. A pass tries only the locks nobody holds, all at once (locks.py), and watches the others.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ import logging
 import threading
 import time
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import KazooState
 
+from pumplink.cluster import locks
 from pumplink.cluster.partitions import PARTITIONS, assign, partition_of
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_ERROR_S = 0.5
-_LOCK_MARK = "__lock__"
 _PARTY_MARK = "__party__"
 
 
@@ -70,16 +71,8 @@ def make_handler():
 
 def make_client(hosts: str, session_timeout_s: float) -> KazooClient:
     # Reconnect quickly (≤ 1 s apart): a session only survives if we are back before it expires.
-    return KazooClient(
-        hosts=hosts,
-        timeout=session_timeout_s,
-        handler=make_handler(),
-        connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
-    )
-
-
-def _sequence(lock_node: str) -> int:
-    return int(lock_node[-10:])
+    return KazooClient(hosts=hosts, timeout=session_timeout_s, handler=make_handler(),
+                       connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0})
 
 
 class Member:
@@ -94,7 +87,7 @@ class Member:
         root: str = "/pumplink",
         session_timeout_s: float = 10.0,
         partitions: int = PARTITIONS,
-        on_acquired: Callable[[int, int], None] | None = None,
+        on_acquired: Callable[[dict[int, int]], Iterable[int] | None] | None = None,
         on_released: Callable[[int], None] | None = None,
     ) -> None:
         self.node = node
@@ -102,7 +95,7 @@ class Member:
         self.partitions = partitions
         self._root = root.rstrip("/")
         self._members_path = f"{self._root}/members"
-        self._on_acquired = on_acquired or (lambda p, epoch: None)
+        self._on_acquired = on_acquired or (lambda grants: None)
         self._on_released = on_released or (lambda p: None)
         self.session_timeout_s = session_timeout_s
         self.client = make_client(hosts, session_timeout_s)
@@ -231,9 +224,9 @@ class Member:
                 try:
                     self._reconcile()
                     failed = False
-                except KazooException as exc:
+                except (KazooException, Refused) as exc:
                     # Connection trouble also arrives as a state change; other errors retry soon.
-                    log.info("cluster: %s reconcile failed (%s); retrying", self.node, exc.__class__.__name__)
+                    log.info("cluster: %s reconcile failed (%r); retrying", self.node, exc)
                     failed = True
                 except Exception:
                     log.exception("cluster: %s reconcile failed in a callback; retrying", self.node)
@@ -279,43 +272,47 @@ class Member:
         wanted = assign(self._members(), self.partitions).get(self.node, frozenset())
         for p in sorted(set(self._held) - wanted):
             self._release(p)
-        for p in sorted(wanted - set(self._held)):
-            if self._session is not Session.CONNECTED:
-                return
-            self._try_acquire(p)
+        missing = wanted - set(self._held)
+        if missing and self._session is Session.CONNECTED:
+            paths = {p: self._partition_path(p) for p in sorted(missing)}
+            self._acquire(locks.free(self.client, paths, self._poke))
 
     def _members(self) -> list[str]:
         children = self.client.get_children(self._members_path, watch=self._poke)
+        reads = [self.client.get_async(f"{self._members_path}/{c}") for c in children if _PARTY_MARK in c]
         names = []
-        for child in children:
-            if _PARTY_MARK not in child:
-                continue
+        for read in reads:
             try:
-                data, _ = self.client.get(f"{self._members_path}/{child}")
+                names.append(json.loads(read.get()[0])["node"])
             except NoNodeError:
-                continue
-            names.append(json.loads(data)["node"])
+                continue  # left meanwhile
         return names
 
     def _partition_path(self, p: int) -> str:
         return f"{self._root}/partitions/{p}"
 
-    def _try_acquire(self, p: int) -> None:
-        lock = self.client.Lock(self._partition_path(p), identifier=self.node)
-        if lock.acquire(blocking=False):
-            epoch = _sequence(lock.node)
-            try:
-                self._on_acquired(p, epoch)  # e.g. recover the partition's devices before it counts as ours
-            except Exception:
-                lock.release()
-                raise
-            self._set_held({**self._held, p: (lock, epoch)})
-            log.info("cluster: %s owns partition %d, epoch %d", self.node, p, epoch)
+    def _acquire(self, free: list[int]) -> None:
+        """Takes the locks of ``free`` at once, then hands them all to ``on_acquired``; only then
+        do they count as owned."""
+        taken = locks.take(self.client, {p: self._partition_path(p) for p in free}, self.node) if free else {}
+        if len(taken) < len(free):
+            self._poke()  # another node won one between the read and the try: look again
+        if not taken:
             return
-        # Someone else holds it (leaving, or dead and not yet expired): wake when that znode goes.
-        holder = _holder(self.client, self._partition_path(p))
-        if holder is None or self.client.exists(f"{self._partition_path(p)}/{holder}", watch=self._poke) is None:
-            self._poke()
+        try:
+            refused = set(self._on_acquired({p: epoch for p, (_, epoch) in taken.items()}) or ())
+        except BaseException:
+            for lock, _ in taken.values():
+                locks.give_back(lock)
+            raise
+        for p in refused & set(taken):
+            locks.give_back(taken.pop(p)[0])
+        if taken:
+            self._set_held({**self._held, **taken})
+            log.info("cluster: %s owns partitions %s", self.node,
+                     ", ".join(f"{p} (epoch {epoch})" for p, (_, epoch) in sorted(taken.items())))
+        if refused:
+            raise Refused(refused)
 
     def _release(self, p: int) -> None:
         self._on_released(p)
@@ -327,13 +324,8 @@ class Member:
         log.info("cluster: %s released partition %d", self.node, p)
 
 
-def _holder(client: KazooClient, path: str) -> str | None:
-    """The lock znode that holds a partition: the lowest sequence among its contenders."""
-    try:
-        children = [c for c in client.get_children(path) if _LOCK_MARK in c]
-    except NoNodeError:
-        return None
-    return min(children, key=_sequence) if children else None
+class Refused(Exception):
+    """``on_acquired`` refused these partitions (a newer owner claimed them): tried again soon."""
 
 
 def cluster_map(client: KazooClient, root: str = "/pumplink", partitions: int = PARTITIONS) -> dict:
@@ -355,14 +347,17 @@ def cluster_map(client: KazooClient, root: str = "/pumplink", partitions: int = 
     owners: dict[int, dict | None] = {}
     for p in range(partitions):
         path = f"{root}/partitions/{p}"
-        holder = _holder(client, path)
+        try:
+            holder = locks.holder(client.get_children(path))
+        except NoNodeError:
+            holder = None
         owners[p] = None
         if holder is not None:
             try:
                 data, _ = client.get(f"{path}/{holder}")
             except NoNodeError:
                 continue
-            owners[p] = {"node": data.decode("utf-8"), "epoch": _sequence(holder)}
+            owners[p] = {"node": data.decode("utf-8"), "epoch": locks.sequence(holder)}
     nodes = {name: {"address": address, "partitions": {}} for name, address in members.items()}
     for p, owner in owners.items():
         if owner is not None:

@@ -1,10 +1,10 @@
 """This node in cluster mode: the Member's hooks wired to the device layer.
 
-- ``on_acquired(p, epoch)``: claim the epoch in PostgreSQL (fencing.py; refused: the partition
-  is given back), start and recover the partition's device actors, subscribe their topics
-  (their retained state arrives) and plan their schedules. Only then does the Member count the
-  partition as owned; the device layer counts it from the claim on (``owns``), so recovery's
-  writes carry the epoch.
+- ``on_acquired({p: epoch})``: every partition whose lock the Member just took, as one batch:
+  claim their epochs in PostgreSQL (fencing.py; refused ones are given back), start and recover
+  their device actors, subscribe their topics (their retained state arrives) and plan their
+  schedules. Only then does the Member count them as owned; the device layer counts them from
+  the claim on (``owns``), so recovery's writes carry the epoch.
 - ``on_released(p)``: at once no ON for its devices, then their actors stop, the scheduler
   forgets them, the link unsubscribes. Pumps keep their own OFF timers meanwhile.
 - A write refused by the fence (``fenced``) drops the partition here the same way.
@@ -88,7 +88,7 @@ class ClusterNode:
             owned = dict(sorted(self._epochs.items()))
         return {"node": self.node, "session": self.member.session.value, "partitions": sorted(owned),
                 "owned": len(owned), "epochs": {str(p): e for p, e in owned.items()},
-                "handovers": dict(self.handovers)}
+                "handovers": dict(self.handovers), "forwarded": self.rt.metrics.forwarded_counts()}
 
     # --- life ---------------------------------------------------------------------------------
     def start(self) -> "ClusterNode":
@@ -107,26 +107,38 @@ class ClusterNode:
         self._gauge()
 
     # --- the Member's hooks (its worker) -------------------------------------------------------
-    def _acquired(self, p: int, epoch: int) -> None:
+    def _acquired(self, grants: dict[int, int]) -> set[int]:
+        """Partitions whose locks one pass took, recovered as one batch: one claim statement, one
+        read of their devices' records (four queries), their actors started together, not one
+        partition after another (docs/decisions.md). Returns those refused."""
+        began = time.monotonic()
         with self.rt.db.connection_context():
-            if not fencing.claim(self.rt.db, p, epoch, wait_s=self.session_timeout_s):
-                self.handovers["refused"] += 1
-                raise fencing.Fenced(p, epoch)  # a newer owner exists: the Member gives the lock back
-            ids = self._ids_of(p)
+            claimed = fencing.claim_all(self.rt.db, grants, wait_s=self.session_timeout_s)
+            ids = {p: self._ids_of(p) for p in sorted(claimed)}
+        refused = set(grants) - claimed  # a newer owner exists: the Member gives these locks back
+        self.handovers["refused"] += len(refused)
         with self._lock:
-            self._epochs[p] = epoch
+            self._epochs.update({p: grants[p] for p in claimed})
         try:
-            started = self.supervisor.start_devices(ids)  # crash recovery, before the partition counts
+            # Crash recovery, before the partitions count; a partition of no device starts nothing.
+            started = self.supervisor.start_devices([i for p in ids for i in ids[p]]) if claimed else []
         except BaseException:
-            self._drop(p)
+            for p in claimed:
+                self._drop(p)
             raise
         self._watch(started)
-        if self.scheduler is not None:
+        if self.scheduler is not None and started:
             self.scheduler.tell(Plan(tuple(started)))
-        self.handovers["acquired"] += 1
-        self.rt.metrics.cluster_handovers.labels("acquired").inc()
+        self.handovers["acquired"] += len(claimed)
+        self.rt.metrics.cluster_handovers.labels("acquired").inc(len(claimed))
         self._gauge()
-        log.info("cluster: partition %d (epoch %d) recovered here: %d devices", p, epoch, len(started))
+        ready_at, took_ms = time.time(), round((time.monotonic() - began) * 1000, 1)
+        for p in sorted(claimed):
+            n = sum(1 for i in started if partition_of(i) == p)
+            log.info("cluster: partition %d (epoch %d) recovered here: %d devices", p, grants[p], n,
+                     extra={"partition": p, "epoch": grants[p], "ready_at": ready_at, "batch": len(claimed),
+                            "took_ms": took_ms})
+        return refused
 
     def _ids_of(self, p: int) -> list[int]:
         """The partition's live devices. Every device id is read once for a burst of acquisitions
@@ -157,6 +169,7 @@ class ClusterNode:
         with self._lock:
             if self._epochs.pop(p, None) is None:
                 return False
+        released_at = time.time()
         # Not ours from here on (no ON, no fence); then the actors, schedules and topics go.
         ids = [i for i in self.supervisor.ids() if partition_of(i) == p]
         if self.scheduler is not None:
@@ -165,7 +178,8 @@ class ClusterNode:
         if self.mqtt is not None and ids:
             self.mqtt.tell(Unwatch(tuple(t for i in ids for t in self.rt.topics.device(i))))
         self._gauge()
-        log.info("cluster: partition %d left this node (%d devices)", p, len(ids))
+        log.info("cluster: partition %d left this node (%d devices)", p, len(ids),
+                 extra={"partition": p, "released_at": released_at})
         return True
 
     def device_started(self, device_id: int) -> None:

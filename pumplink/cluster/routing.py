@@ -17,7 +17,8 @@ from typing import Any, Callable
 from kazoo.exceptions import KazooException, NoNodeError
 from kazoo.protocol.states import KazooState
 
-from pumplink.cluster.membership import _LOCK_MARK, _PARTY_MARK, _sequence
+from pumplink.cluster.locks import holder
+from pumplink.cluster.membership import _PARTY_MARK
 from pumplink.cluster.partitions import PARTITIONS, partition_of
 from pumplink.errors import PumpLinkError, Unavailable
 
@@ -55,11 +56,11 @@ class Owners:
             # Nobody ever took it; the lock recipe creates the znode, and watching its creation
             # would cost a znode per partition: ask again next time.
             return None
-        locks = [c for c in children if _LOCK_MARK in c]
+        lock = holder(children)
         owner = None
-        if locks:
+        if lock is not None:
             try:
-                data, _ = self.client.get(f"{path}/{min(locks, key=_sequence)}")
+                data, _ = self.client.get(f"{path}/{lock}")
                 owner = data.decode("utf-8") or None
             except NoNodeError:
                 return None  # it just went; the watch fired or will

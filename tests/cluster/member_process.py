@@ -21,9 +21,10 @@ def main() -> None:
     hosts, node, root, timeout = sys.argv[1:5]
     owned: set[int] = set()
 
-    def acquired(p: int, _epoch: int) -> None:
-        owned.add(p)
-        print(f"owned {len(owned)}", flush=True)
+    def acquired(grants: dict[int, int]) -> None:
+        for p in grants:
+            owned.add(p)
+            print(f"owned {len(owned)}", flush=True)
 
     member = Member(hosts, node, f"http://{node}", root=root, session_timeout_s=float(timeout),
                     on_acquired=acquired, on_released=owned.discard)

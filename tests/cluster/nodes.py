@@ -138,16 +138,16 @@ def sql(url: str, query: str, params=()) -> list[tuple]:
 
 @contextlib.contextmanager
 def pumped_cluster(names, *, url: str, zookeeper, run_tag: str, log_dir, pumps: int, session_s: float,
-                   label: str, no_timer=lambda ids: ()):
+                   label: str, no_timer=lambda ids: (), **env):
     """Nodes ``names`` on one database with ``pumps`` devices (rows inserted before start-up, a
     Fleet answering for them; ``no_timer(ids)`` are pumps that keep no OFF timer of their own)
-    and a Sampler of every node's /ready, once every partition has one owner. Yields
-    ``{"url", "ids", "fleet", "nodes", "sampler"}``."""
+    and a Sampler of every node's /ready, once every partition has one owner; ``env``: more
+    settings for every node. Yields ``{"url", "ids", "fleet", "nodes", "sampler"}``."""
     tag = uuid.uuid4().hex[:8]
     prefix = f"pltest-{run_tag}-{label}{tag}"
     base = server_env(url, prefix, **TEST_LIMITS, PUMPLINK_ZOOKEEPER=f"{zookeeper.hosts}/pl-{tag}",
                       PUMPLINK_CLUSTER_SECRET=secrets.token_urlsafe(40), PUMPLINK_ZK_SESSION_TIMEOUT_S=session_s,
-                      PUMPLINK_ACK_TIMEOUT_S=2)
+                      PUMPLINK_ACK_TIMEOUT_S=2, **env)
     subprocess.run([PUMPLINK_BIN, "migrate"], env=base, check=True, capture_output=True, timeout=60)
     rows = sql(url, "INSERT INTO device (name, protocol, max_run_minutes, created_at, site_id) "
                     "SELECT 'Cluster pump ' || n, 'pumplink', 1440, now(), (SELECT id FROM site WHERE is_default) "

@@ -56,6 +56,11 @@ def metric(node: Server, line_start: str) -> float:
     return 0.0
 
 
+def forwarded(node: Server) -> dict:
+    """/ready's counts of forwarded calls: ``{"sent": {outcome: n}, "received": {outcome: n}}``."""
+    return requests.get(node.base + "/api/v1/ready", timeout=5).json()["cluster"]["forwarded"]
+
+
 def test_an_activation_through_the_other_node_starts_the_pump_and_answers_as_the_owner(two):
     a, b, owners, world = two
     device_id = device_owned_by(world, owners, "node-b")
@@ -63,9 +68,13 @@ def test_an_activation_through_the_other_node_starts_the_pump_and_answers_as_the
     user = world.user()
     on_a, on_b = api_on(a, user), api_on(b, user)
     wait_until(lambda: on_a.get(f"devices/{device_id}").json().get("state") == "off", what="device off, seen on a")
+    sent, received = forwarded(a)["sent"], forwarded(b)["received"]
 
     r = on_a.post("activate", {"device_id": device_id, "duration_s": 2})
     assert r.status_code == 202, r.text
+    # /ready shows it: one more call sent by a and served by b, both "ok".
+    assert forwarded(a)["sent"] == {**sent, "ok": sent["ok"] + 1}
+    assert forwarded(b)["received"] == {**received, "ok": received["ok"] + 1}
     activation = r.json()["activation"]
     cmd = pump.wait_for(lambda p: p.commands and p.commands[0], what="ON command")
     assert cmd["action"] == "on" and cmd["duration_s"] == 2
@@ -90,6 +99,12 @@ def test_an_activation_through_the_other_node_starts_the_pump_and_answers_as_the
     too_long = {"device_id": device_id, "duration_s": 10 ** 6}
     ra, rb = on_a.post("activate", too_long), on_b.post("activate", too_long)
     assert (ra.status_code, ra.json()) == (rb.status_code, rb.json()) and ra.status_code == 422
+    # An error of the owner's actor counts as such on both sides of /ready: the ended run's cancel.
+    sent, received = forwarded(a)["sent"], forwarded(b)["received"]
+    r = on_a.delete(f"activations/{activation['id']}")
+    assert r.status_code == 409 and r.json()["code"] == "activation_ended", r.text
+    assert forwarded(a)["sent"] == {**sent, "error": sent["error"] + 1}
+    assert forwarded(b)["received"] == {**received, "error": received["error"] + 1}
 
 
 def test_a_websocket_client_on_one_node_sees_a_device_of_the_other(two):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import peewee as pw
 import pytest
 
 from pumplink.cluster import fencing
@@ -39,6 +40,38 @@ def test_epochs_only_rise(db):
         assert fencing.current(db, 5) == 10
         assert fencing.claim(db, 5, 11)
         assert fencing.current(db, 5) == 11
+
+
+def test_a_batch_claim_raises_each_partition_it_may_and_refuses_the_others(db):
+    with db.connection_context():
+        assert fencing.claim(db, 5, 10)
+        assert fencing.claim_all(db, {3: 4, 5: 9, 6: 12}) == {3, 6}  # 5 has a newer owner
+        assert [fencing.current(db, p) for p in (3, 5, 6)] == [4, 10, 12]
+        assert fencing.claim_all(db, {}) == set()
+
+
+def test_a_batch_claim_that_waits_too_long_claims_nothing(db):
+    """A lock wait past ``wait_s`` on one partition fails the whole batch: the Member gives every
+    lock of it back and tries again, so no partition counts as claimed without its row."""
+    with db.connection_context():
+        fencing.claim_all(db, {1: 5, 2: 5})
+    with db.connection_context(), db.atomic():
+        fencing.check(db, (2, 5))  # an old owner's write in flight on partition 2
+        errors = []
+
+        def takeover():
+            with db.connection_context():
+                try:
+                    fencing.claim_all(db, {1: 6, 2: 6}, wait_s=0.2)
+                except pw.OperationalError as exc:
+                    errors.append(exc)
+
+        thread = threading.Thread(target=takeover)
+        thread.start()
+        thread.join(10)
+    assert len(errors) == 1 and "lock timeout" in str(errors[0])
+    with db.connection_context():
+        assert [fencing.current(db, p) for p in (1, 2)] == [5, 5]
 
 
 def test_a_late_write_of_an_old_epoch_is_refused_and_the_current_one_lands(db):

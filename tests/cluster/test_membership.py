@@ -138,8 +138,8 @@ def test_a_dead_members_partitions_move_only_after_its_session_expired(zookeeper
     share = assign(nodes)
     takeovers: dict[int, tuple[float, int]] = {}
 
-    def record(p, epoch):
-        takeovers[p] = (time.monotonic(), epoch)
+    def record(grants):
+        takeovers.update({p: (time.monotonic(), epoch) for p, epoch in grants.items()})
 
     survivors = [members(node, on_acquired=record) for node in nodes[:2]]
     for member in survivors:
@@ -202,7 +202,7 @@ def test_a_member_whose_session_expired_gives_up_everything_then_owns_again_with
 ):
     released, acquired = [], []
     member = members("solo:8080", session_timeout_s=10.0,
-                     on_released=released.append, on_acquired=lambda p, epoch: acquired.append(p))
+                     on_released=released.append, on_acquired=acquired.extend)
     assert member.wait_for(lambda m: len(m.owned()) == PARTITIONS, WAIT_S)
     epochs, session = member.owned(), member.client.client_id
     acquired.clear()
