@@ -188,8 +188,9 @@ class ClusterStatus(BaseModel):
     epochs: dict[str, int]
     handovers: dict[str, int]
     forwarded: dict[str, dict[str, int]] = Field(
-        default_factory=dict, description="forwarded calls since start: sent (to owners: ok, error, unreachable, timeout, "
-                                          "refused) and received (as owner: ok, error, invalid, refused)")
+        default_factory=dict,
+        description="forwarded calls since start: sent (to owners: ok, error, unreachable, timeout, refused) "
+                    "and received (as owner: ok, error, invalid, refused)")
 
 
 class Ready(BaseModel):

@@ -16,6 +16,7 @@ Nothing here is imported by a single node.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -133,9 +134,9 @@ class ClusterNode:
         self.rt.metrics.cluster_handovers.labels("acquired").inc(len(claimed))
         self._gauge()
         ready_at, took_ms = time.time(), round((time.monotonic() - began) * 1000, 1)
+        devices = collections.Counter(partition_of(i) for i in started)
         for p in sorted(claimed):
-            n = sum(1 for i in started if partition_of(i) == p)
-            log.info("cluster: partition %d (epoch %d) recovered here: %d devices", p, grants[p], n,
+            log.info("cluster: partition %d (epoch %d) recovered here: %d devices", p, grants[p], devices[p],
                      extra={"partition": p, "epoch": grants[p], "ready_at": ready_at, "batch": len(claimed),
                             "took_ms": took_ms})
         return refused
