@@ -29,7 +29,7 @@ SESSION_S = 3.0
 PUMPS = 240
 RUNNING = PUMPS // 4  # pumps on when the node leaves: their runs resume on the takers
 LOAD_PACE_S = 0.05  # each of two client threads: a 1 s run on an idle pump every 50 ms, meanwhile
-MAX_GAP_S = 0.5  # measured 0.13-0.29 s here; one partition after another took 0.6-0.9 s (docs/cluster.md)
+MAX_GAP_S = 0.5  # measured 0.11-0.29 s here; one partition after another took 0.6-0.9 s (docs/cluster.md)
 
 
 def entries(server: Server, field: str, since: float) -> list[dict]:
